@@ -1,0 +1,118 @@
+"""A trained model as one self-describing file (`.cadx`): weights, thresholds, settings, summary.
+
+The file is a zip holding `manifest.json`, `weights.pt` and `checksum.sha256` (SHA-256 of the
+two others). Loading refuses a bundle whose checksum does not match, so a truncated copy or a
+hand-edited threshold is never used silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cadx import __version__
+from cadx.config import PipelineConfig
+from cadx.decide.roc import OperatingPoint
+from cadx.errors import BundleError
+from cadx.io.atomic import atomic_path
+from cadx.models.patch_cnn import PatchCNN
+
+BUNDLE_FORMAT = "cadx-patch-bundle/1"
+
+
+@dataclass
+class PatchModelBundle:
+    """Everything `diagnose` needs: network weights, both thresholds, the pipeline settings."""
+
+    config: PipelineConfig
+    state_dict: dict[str, torch.Tensor]
+    patch_operating_point: OperatingPoint
+    patient_operating_point: OperatingPoint
+    summary: dict[str, Any] = field(default_factory=dict)
+    name: str = "cadx-ct-patch-cnn"
+    cadx_version: str = __version__
+    created_utc: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def patch_threshold(self) -> float:
+        return self.patch_operating_point.threshold
+
+    @property
+    def patient_threshold(self) -> float:
+        return self.patient_operating_point.threshold
+
+    def build_model(self) -> PatchCNN:
+        """The network with its trained weights, in eval mode."""
+        model = PatchCNN(self.config.patches.size_px)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": BUNDLE_FORMAT, "name": self.name, "cadx_version": self.cadx_version,
+            "created_utc": self.created_utc, "config": self.config.to_dict(),
+            "patch_operating_point": self.patch_operating_point.to_dict(),
+            "patient_operating_point": self.patient_operating_point.to_dict(),
+            "summary": self.summary,
+        }
+
+
+def _checksum(manifest_bytes: bytes, weights_bytes: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (manifest_bytes, weights_bytes):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def save_bundle(bundle: PatchModelBundle, path: str | Path) -> Path:
+    """Write the bundle atomically to `path`."""
+    manifest_bytes = json.dumps(bundle.manifest(), indent=2).encode()
+    buffer = io.BytesIO()
+    torch.save(bundle.state_dict, buffer)
+    weights_bytes = buffer.getvalue()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("manifest.json", manifest_bytes)
+            archive.writestr("weights.pt", weights_bytes)
+            archive.writestr("checksum.sha256", _checksum(manifest_bytes, weights_bytes) + "\n")
+    return path
+
+
+def load_bundle(path: str | Path) -> PatchModelBundle:
+    """Read and verify a bundle; raises BundleError naming the file if anything is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: model bundle not found")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            manifest_bytes = archive.read("manifest.json")
+            weights_bytes = archive.read("weights.pt")
+            stored = archive.read("checksum.sha256").decode().strip()
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise BundleError(f"{path}: not a cadx model bundle ({exc})") from None
+    if stored != _checksum(manifest_bytes, weights_bytes):
+        raise BundleError(f"{path}: checksum mismatch; the bundle is corrupt or was edited")
+    manifest = json.loads(manifest_bytes)
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: unsupported bundle format {manifest.get('format')!r}")
+    state_dict = torch.load(io.BytesIO(weights_bytes), map_location="cpu", weights_only=True)
+    return PatchModelBundle(
+        config=PipelineConfig.from_dict(manifest["config"]),
+        state_dict=state_dict,
+        patch_operating_point=OperatingPoint.from_dict(manifest["patch_operating_point"]),
+        patient_operating_point=OperatingPoint.from_dict(manifest["patient_operating_point"]),
+        summary=manifest.get("summary", {}),
+        name=manifest["name"], cadx_version=manifest["cadx_version"],
+        created_utc=manifest["created_utc"],
+    )

@@ -1,0 +1,140 @@
+"""All settings of the CT patch pipeline in one object, saved with every model bundle."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from cadx.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LabelConvention:
+    """Which label values mean organ and tumour (default: MSD Task07 Pancreas, 1 organ, 2 tumour).
+
+    The organ region is the union of `organ_values` and `tumour_values`: in MSD the tumour voxels
+    carry 2, not 1, but they lie inside the pancreas.
+    """
+
+    organ_values: tuple[int, ...] = (1,)
+    tumour_values: tuple[int, ...] = (2,)
+
+    def __post_init__(self) -> None:
+        if not self.organ_values:
+            raise ConfigError("label convention needs at least one organ label value")
+        overlap = set(self.organ_values) & set(self.tumour_values)
+        if overlap:
+            raise ConfigError(f"label values {sorted(overlap)} are both organ and tumour")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Resampling, dilation, windowing (seed 000: 5 mm slices, 3x3 dilation, WL 75 / WW 250 HU)."""
+
+    slice_thickness_mm: float = 5.0
+    dilation_kernel_px: int = 3
+    window_level_hu: float = 75.0
+    window_width_hu: float = 250.0
+    # "window" for CT (HU); "percentile" maps the organ's 1st..99th intensity percentiles to
+    # 0..1, for MR whose units are arbitrary.
+    intensity: str = "window"
+
+    def __post_init__(self) -> None:
+        if self.intensity not in ("window", "percentile"):
+            raise ConfigError(f"intensity must be 'window' or 'percentile', got {self.intensity!r}")
+        if self.slice_thickness_mm <= 0:
+            raise ConfigError(f"slice thickness must be > 0 mm, got {self.slice_thickness_mm}")
+        if self.dilation_kernel_px < 1 or self.dilation_kernel_px % 2 == 0:
+            raise ConfigError(
+                f"dilation kernel must be an odd size >= 1 px, got {self.dilation_kernel_px}"
+            )
+        if self.window_width_hu <= 0:
+            raise ConfigError(f"window width must be > 0 HU, got {self.window_width_hu}")
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Square sliding window; stride = size means no overlap, 20-80 % overlap is allowed."""
+
+    size_px: int = 50
+    stride_px: int = 50
+    start: str = "corner"  # "corner" of the image, or "organ" bounding box
+    cover_edges: bool = True  # add a last window flush with the right/bottom border (seed FIG. 2C)
+
+    def __post_init__(self) -> None:
+        if self.size_px < 8:
+            raise ConfigError(f"patch size must be >= 8 px, got {self.size_px}")
+        if self.start not in ("corner", "organ"):
+            raise ConfigError(f"patch start must be 'corner' or 'organ', got {self.start!r}")
+        if self.stride_px != self.size_px:
+            overlap = 1.0 - self.stride_px / self.size_px
+            if not 0.2 - 1e-9 <= overlap <= 0.8 + 1e-9:
+                raise ConfigError(
+                    f"stride {self.stride_px} px gives {overlap:.0%} overlap of a "
+                    f"{self.size_px} px patch; use stride = size (no overlap) or 20-80 % overlap"
+                )
+
+    @property
+    def overlap_fraction(self) -> float:
+        return 1.0 - self.stride_px / self.size_px
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, callbacks and split settings (seed 000: reduce LR after 10, stop after 40)."""
+
+    batch_size: int = 256
+    max_epochs: int = 200
+    learning_rate: float = 1e-3
+    reduce_lr_patience: int = 10
+    reduce_lr_factor: float = 0.5
+    early_stop_patience: int = 40
+    validation_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+    augment_flips: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.max_epochs < 1:
+            raise ConfigError(f"max epochs must be >= 1, got {self.max_epochs}")
+        if not 0 < self.validation_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise ConfigError("validation fraction must be in (0, 1) and test fraction in [0, 1)")
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ConfigError("validation + test fractions leave no patient for training")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `diagnose` needs to treat a new patient exactly as the training patients."""
+
+    labels: LabelConvention = field(default_factory=LabelConvention)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        """Rebuild from `to_dict` output; unknown keys are an error (a bundle from elsewhere)."""
+        parts = {
+            "labels": LabelConvention,
+            "preprocess": PreprocessConfig,
+            "patches": PatchConfig,
+            "train": TrainConfig,
+        }
+        kwargs = {}
+        for name, part_cls in parts.items():
+            values = dict(data.get(name, {}))
+            known = {f.name for f in fields(part_cls)}
+            unknown = set(values) - known
+            if unknown:
+                raise ConfigError(f"unknown {name} settings: {sorted(unknown)}")
+            for key, value in values.items():
+                if isinstance(value, list):
+                    values[key] = tuple(value)
+            kwargs[name] = part_cls(**values)
+        return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""ROC curves, Youden thresholds and patient-level aggregation of patch scores."""

@@ -1,0 +1,1 @@
+"""The computer-aided-diagnosis path for a new patient."""

@@ -1,0 +1,95 @@
+"""Diagnose one patient: preprocess, crop, score patches in batches, aggregate, decide."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from cadx.bundle import PatchModelBundle
+from cadx.case import Case
+from cadx.decide.aggregate import patient_scores
+from cadx.patches.grid import PatchSet, extract_patches
+from cadx.preprocess.pipeline import preprocess_case
+from cadx.train.fit import predict_patch_probabilities
+
+POSITIVE, NEGATIVE = "cancer suspected", "no cancer detected"
+
+
+@dataclass
+class PositivePatch:
+    """A patch scored above the patch threshold, on the preprocessed grid."""
+
+    slice_index: int
+    slice_offset_mm: float
+    y_px: int
+    x_px: int
+    size_px: int
+    score: float
+
+
+@dataclass
+class Diagnosis:
+    """The result for one patient, ready to be written as JSON."""
+
+    patient_id: str
+    source: str
+    patient_score: float
+    decision: str
+    patch_threshold: float
+    patient_threshold: float
+    n_patches: int
+    n_positive_patches: int
+    organ_mask: str
+    model: dict[str, str]
+    positive_patches: list[PositivePatch] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def score_patches(model: torch.nn.Module, patches: PatchSet,
+                  batch_size: int = 1024) -> np.ndarray:
+    """Cancer probability of every patch, batched."""
+    return predict_patch_probabilities(model, patches.patches, batch_size)
+
+
+def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: str = "given",
+                  model: torch.nn.Module | None = None) -> Diagnosis:
+    """Run the trained pipeline on a patient `case` (image in HU + organ mask)."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    processed = preprocess_case(case, bundle.config.preprocess)
+    timings["preprocess"] = time.perf_counter() - start
+    start = time.perf_counter()
+    # A new patient's tumour status is unknown: crop by the organ mask alone.
+    processed.tumour_mask = None
+    patches = extract_patches(processed, bundle.config.patches)
+    timings["patches"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model = model if model is not None else bundle.build_model()
+    scores = score_patches(model, patches)
+    timings["score"] = time.perf_counter() - start
+    start = time.perf_counter()
+    score = patient_scores(patches.patient_ids, scores, bundle.patch_threshold)[case.patient_id]
+    positive = np.flatnonzero(scores > bundle.patch_threshold)
+    thickness = processed.spacing_zyx_mm[0]
+    positive_patches = [
+        PositivePatch(int(z), float(z * thickness), int(y), int(x), patches.patch_size_px,
+                      round(float(s), 6))
+        for (z, y, x), s in zip(patches.coords[positive], scores[positive], strict=True)
+    ]
+    timings["decide"] = time.perf_counter() - start
+    return Diagnosis(
+        patient_id=case.patient_id, source=case.source, patient_score=score,
+        decision=POSITIVE if score > bundle.patient_threshold else NEGATIVE,
+        patch_threshold=bundle.patch_threshold, patient_threshold=bundle.patient_threshold,
+        n_patches=len(patches), n_positive_patches=len(positive), organ_mask=organ_mask_source,
+        model={"name": bundle.name, "cadx_version": bundle.cadx_version,
+               "created_utc": bundle.created_utc},
+        positive_patches=positive_patches,
+        timings_s={k: round(v, 4) for k, v in timings.items()},
+    )

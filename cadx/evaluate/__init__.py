@@ -1,0 +1,1 @@
+"""Metrics, lesion measurements and reports."""

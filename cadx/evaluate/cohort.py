@@ -1,0 +1,79 @@
+"""Patch- and patient-level evaluation of a scored, labelled cohort at given thresholds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from cadx.decide.aggregate import patient_scores
+from cadx.evaluate.lesion_size import SIZE_BINS_MM, size_bin
+from cadx.evaluate.metrics import binary_metrics
+from cadx.patches.cohort import PatchedCase
+
+
+@dataclass
+class CohortEvaluation:
+    """Metrics at the stored thresholds, per-patient rows and sensitivity by tumour size."""
+
+    patch_threshold: float
+    patient_threshold: float
+    patch: dict[str, float | int | None]
+    patient: dict[str, float | int | None]
+    by_tumour_size: list[dict[str, object]]
+    patients: list[dict[str, object]]
+    patch_roc: dict[str, list[float]]
+    patient_roc: dict[str, list[float]]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "patch_threshold": self.patch_threshold, "patient_threshold": self.patient_threshold,
+            "patch": self.patch, "patient": self.patient, "by_tumour_size": self.by_tumour_size,
+            "patients": self.patients, "patch_roc": self.patch_roc,
+            "patient_roc": self.patient_roc,
+        }
+
+
+def _roc(y_true: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
+    if len(np.unique(y_true)) < 2:
+        return {"fpr": [], "tpr": []}
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+
+
+def evaluate_cohort(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndarray],
+                    patch_threshold: float, patient_threshold: float) -> CohortEvaluation:
+    """Evaluate `cases` whose patches scored `patch_scores` (one array per case)."""
+    all_scores = np.concatenate(patch_scores)
+    all_labels = np.concatenate([c.patches.labels for c in cases]).astype(bool)
+    all_ids = np.concatenate([c.patches.patient_ids for c in cases])
+    patch = binary_metrics(all_labels, all_scores > patch_threshold, all_scores)
+
+    score_of = patient_scores(all_ids, all_scores, patch_threshold)
+    truth = np.array([c.has_tumour for c in cases])
+    p_scores = np.array([score_of[c.patient_id] for c in cases])
+    predicted = p_scores > patient_threshold
+    patient = binary_metrics(truth, predicted, p_scores)
+
+    rows = [
+        {"patient_id": c.patient_id, "has_tumour": c.has_tumour,
+         "tumour_diameter_mm": None if c.tumour_diameter_mm is None
+         else round(c.tumour_diameter_mm, 1),
+         "size_bin": size_bin(c.tumour_diameter_mm), "n_patches": len(c.patches),
+         "n_cancer_patches": int(c.patches.labels.sum()),
+         "patient_score": float(s), "predicted_cancer": bool(p)}
+        for c, s, p in zip(cases, p_scores, predicted, strict=True)
+    ]
+    size_table = []
+    for _, _, name in SIZE_BINS_MM:
+        members = [r for r in rows if r["size_bin"] == name]
+        detected = sum(r["predicted_cancer"] for r in members)
+        size_table.append({"size_bin": name, "n": len(members), "detected": detected,
+                           "sensitivity": detected / len(members) if members else None})
+    return CohortEvaluation(
+        patch_threshold=patch_threshold, patient_threshold=patient_threshold,
+        patch=patch, patient=patient, by_tumour_size=size_table, patients=rows,
+        patch_roc=_roc(all_labels, all_scores), patient_roc=_roc(truth, p_scores),
+    )

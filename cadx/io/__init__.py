@@ -1,0 +1,1 @@
+"""Readers and writers: NIfTI/2D images into `Case`, dataset layouts, atomic outputs."""

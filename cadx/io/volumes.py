@@ -1,0 +1,156 @@
+"""Read NIfTI volumes, label maps and 2D images into `Case` objects, checking their geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from cadx.case import Case
+from cadx.config import LabelConvention
+from cadx.errors import EmptyMaskError, GeometryError, InputError
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid of a volume in (z, y, x) order, with its physical placement (ITK's x, y, z)."""
+
+    shape_zyx: tuple[int, ...]
+    spacing_zyx_mm: tuple[float, float, float]
+    origin_xyz_mm: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """Patient id from a file name: the name without its (possibly double) suffix."""
+    name = Path(path).name
+    for suffix in (".nii.gz", *VOLUME_SUFFIXES, *IMAGE_2D_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D (or 2D, as one slice) image file; returns the (z, y, x) array and its geometry."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown"
+        raise InputError(f"{path}: not a readable image ({first_line[:160]})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        if path.suffix.lower() in IMAGE_2D_SUFFIXES:
+            image = _to_grayscale(image)
+        else:
+            raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} channels, "
+                             "expected a single-channel image")
+    array = sitk.GetArrayFromImage(image)
+    dim = image.GetDimension()
+    if dim == 2:
+        array = array[np.newaxis]
+        sx, sy = image.GetSpacing()
+        spacing = (1.0, float(sy), float(sx))
+        origin = (*image.GetOrigin(), 0.0)
+        direction = (*image.GetDirection(), 1.0)
+    elif dim == 3:
+        sx, sy, sz = image.GetSpacing()
+        spacing = (float(sz), float(sy), float(sx))
+        origin = image.GetOrigin()
+        direction = image.GetDirection()
+    else:
+        raise InputError(f"{path}: {dim}D image, expected 2D or 3D")
+    geometry = Geometry(tuple(array.shape), spacing, tuple(origin), tuple(direction))
+    return array, geometry
+
+
+def _to_grayscale(image: sitk.Image) -> sitk.Image:
+    """Luminance of an RGB(A) 2D image (ITU-R BT.601 weights)."""
+    rgb = sitk.GetArrayFromImage(image).astype(np.float32)[..., :3]
+    gray = sitk.GetImageFromArray(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    gray.SetSpacing(image.GetSpacing())
+    return gray
+
+
+def check_same_geometry(
+    image: Geometry, label: Geometry, image_path: str | Path, label_path: str | Path
+) -> None:
+    """Raise GeometryError naming both files if the label does not lie on the image's grid."""
+    if image.shape_zyx != label.shape_zyx:
+        raise GeometryError(
+            f"{label_path}: shape {label.shape_zyx} (z,y,x) does not match image "
+            f"{image_path} shape {image.shape_zyx}"
+        )
+    if not np.allclose(image.spacing_zyx_mm, label.spacing_zyx_mm, rtol=1e-3, atol=1e-3):
+        raise GeometryError(
+            f"{label_path}: spacing {_fmt(label.spacing_zyx_mm)} mm (z,y,x) does not match image "
+            f"{image_path} spacing {_fmt(image.spacing_zyx_mm)} mm"
+        )
+    if not np.allclose(image.origin_xyz_mm, label.origin_xyz_mm, atol=1e-2):
+        raise GeometryError(
+            f"{label_path}: origin {_fmt(label.origin_xyz_mm)} mm does not match image "
+            f"{image_path} origin {_fmt(image.origin_xyz_mm)} mm"
+        )
+    if not np.allclose(image.direction, label.direction, atol=1e-3):
+        raise GeometryError(f"{label_path}: orientation does not match image {image_path}")
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3g}" for v in values) + ")"
+
+
+def read_case(
+    image_path: str | Path,
+    label_path: str | Path | None = None,
+    *,
+    labels: LabelConvention | None = None,
+    organ_mask_path: str | Path | None = None,
+    patient_id: str | None = None,
+) -> Case:
+    """Read an image with either a full label map (organ + tumour) or an organ mask only.
+
+    `label_path` holds the labelled training/test map interpreted with `labels`;
+    `organ_mask_path` is a mask for a new patient (any non-zero voxel is organ) and leaves the
+    tumour status unknown.
+    """
+    if label_path is not None and organ_mask_path is not None:
+        raise InputError("give either a label map or an organ mask, not both")
+    labels = labels or LabelConvention()
+    image, geometry = read_volume(image_path)
+    if not np.issubdtype(image.dtype, np.number):
+        raise InputError(f"{image_path}: pixel type {image.dtype} is not numeric")
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        bad = int((~np.isfinite(image)).sum())
+        raise InputError(f"{image_path}: {bad} voxels are NaN or infinite")
+    case = Case(
+        patient_id=patient_id or case_id_from_path(image_path),
+        image=image,
+        spacing_zyx_mm=geometry.spacing_zyx_mm,
+        source=str(image_path),
+    )
+    mask_path = label_path if label_path is not None else organ_mask_path
+    if mask_path is None:
+        return case
+    label, label_geometry = read_volume(mask_path)
+    check_same_geometry(geometry, label_geometry, image_path, mask_path)
+    if label_path is not None:
+        label = np.rint(label).astype(np.int32)
+        tumour = np.isin(label, labels.tumour_values)
+        organ = np.isin(label, labels.organ_values) | tumour
+        case.tumour_mask = tumour
+    else:
+        organ = label != 0
+    if not organ.any():
+        raise EmptyMaskError(f"{mask_path}: label map has no organ voxels "
+                             f"(expected values {list(labels.organ_values)})")
+    case.organ_mask = organ
+    return case

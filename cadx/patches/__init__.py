@@ -1,0 +1,1 @@
+"""Sliding-window patch extraction inside the dilated organ label, and patch labelling."""

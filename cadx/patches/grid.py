@@ -1,0 +1,126 @@
+"""Vectorised sliding-window patch extraction (seed 000, FIG. 2C/2D).
+
+A square window moves along x, then y, with a stride; windows that touch the dilated organ
+label are kept, and a window is cancerous if it holds any tumour voxel. Which windows touch what
+is computed for all windows at once from summed-area tables; the kept windows are gathered with
+one fancy index into a strided view, so there is no per-patch Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from cadx.case import Case
+from cadx.config import PatchConfig
+from cadx.errors import ConfigError
+
+
+@dataclass
+class PatchSet:
+    """Patches of one or more patients with their (patient, slice, y, x) coordinates.
+
+    `coords` holds (slice, y, x) of each patch's top-left corner on the preprocessed grid;
+    `labels` is 1 for cancerous patches, 0 otherwise, or None when the truth is unknown.
+    """
+
+    patches: np.ndarray
+    patient_ids: np.ndarray
+    coords: np.ndarray
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.patches.shape[0])
+
+    @property
+    def patch_size_px(self) -> int:
+        return int(self.patches.shape[-1])
+
+    def subset(self, keep: np.ndarray) -> PatchSet:
+        """The patches selected by a boolean mask or an index array."""
+        return PatchSet(self.patches[keep], self.patient_ids[keep], self.coords[keep],
+                        None if self.labels is None else self.labels[keep])
+
+    @staticmethod
+    def concat(sets: list[PatchSet]) -> PatchSet:
+        """Join patch sets (all labelled or all unlabelled) into one."""
+        if not sets:
+            raise ValueError("no patch sets to join")
+        labelled = [s.labels is not None for s in sets]
+        if any(labelled) and not all(labelled):
+            raise ValueError("cannot join labelled and unlabelled patch sets")
+        return PatchSet(
+            np.concatenate([s.patches for s in sets]),
+            np.concatenate([s.patient_ids for s in sets]),
+            np.concatenate([s.coords for s in sets]),
+            np.concatenate([s.labels for s in sets]) if all(labelled) else None,
+        )
+
+
+def grid_positions(length_px: int, size_px: int, stride_px: int, start_px: int = 0,
+                   cover_edges: bool = True) -> np.ndarray:
+    """Top-left window positions along one axis of `length_px` pixels.
+
+    Starts at `start_px` (clamped so the window fits) and steps by `stride_px`; with
+    `cover_edges` a last window flush with the far border is added when the steps miss it.
+    """
+    if size_px > length_px:
+        raise ConfigError(f"patch size {size_px} px is larger than the image ({length_px} px)")
+    last = length_px - size_px
+    start_px = min(max(start_px, 0), last)
+    positions = np.arange(start_px, last + 1, stride_px, dtype=np.int64)
+    if cover_edges and positions[-1] != last:
+        positions = np.append(positions, last)
+    return positions
+
+
+def _window_sums(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
+    """Number of true voxels in every window, shape (z, len(ys), len(xs)), via summed areas."""
+    z, h, w = mask.shape
+    table = np.zeros((z, h + 1, w + 1), dtype=np.int64)
+    table[:, 1:, 1:] = mask.astype(np.int64).cumsum(axis=1).cumsum(axis=2)
+    y0, x0 = ys[:, None], xs[None, :]
+    y1, x1 = y0 + size, x0 + size
+    return table[:, y1, x1] - table[:, y0, x1] - table[:, y1, x0] + table[:, y0, x0]
+
+
+def extract_patches(case: Case, config: PatchConfig) -> PatchSet:
+    """Crop the patches of a preprocessed case that touch its (dilated) organ mask.
+
+    A patch holding tumour is kept even where the organ mask misses it; non-cancerous patches
+    outside the organ mask are dropped. Works slice by slice on (z, y, x) volumes; a 2D image is
+    a one-slice volume.
+    """
+    if case.organ_mask is None:
+        raise ConfigError(f"{case.source or case.patient_id}: patch extraction needs an organ mask")
+    image, organ = case.image, case.organ_mask
+    _, height, width = image.shape
+    size = config.size_px
+    if size > height or size > width:
+        raise ConfigError(f"{case.source or case.patient_id}: patch size {size} px is larger "
+                          f"than the image ({height} x {width} px)")
+    start_y = start_x = 0
+    if config.start == "organ":
+        rows = np.flatnonzero(organ.any(axis=(0, 2)))
+        cols = np.flatnonzero(organ.any(axis=(0, 1)))
+        start_y, start_x = int(rows[0]), int(cols[0])
+    ys = grid_positions(height, size, config.stride_px, start_y, config.cover_edges)
+    xs = grid_positions(width, size, config.stride_px, start_x, config.cover_edges)
+
+    keep = _window_sums(organ, ys, xs, size) > 0
+    tumour_counts = None
+    if case.tumour_mask is not None:
+        tumour_counts = _window_sums(case.tumour_mask, ys, xs, size)
+        keep |= tumour_counts > 0
+    # np.nonzero walks z, then y, then x: the window order of the seed (along x, then y).
+    slice_idx, iy, ix = np.nonzero(keep)
+    windows = sliding_window_view(image, (size, size), axis=(1, 2))
+    patches = np.ascontiguousarray(windows[slice_idx, ys[iy], xs[ix]], dtype=np.float32)
+    coords = np.stack([slice_idx, ys[iy], xs[ix]], axis=1).astype(np.int32)
+    labels = None
+    if tumour_counts is not None:
+        labels = (tumour_counts[slice_idx, iy, ix] > 0).astype(np.uint8)
+    patient_ids = np.full(len(patches), case.patient_id, dtype=object)
+    return PatchSet(patches, patient_ids, coords, labels)

@@ -1,0 +1,1 @@
+"""Resampling, label dilation, windowing and normalisation (seed 000, image preprocessing)."""

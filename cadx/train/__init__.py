@@ -1,0 +1,1 @@
+"""Patient-level splits, the training loop, losses and callbacks."""
