@@ -52,7 +52,9 @@ def youden_operating_point(y_true: np.ndarray, scores: np.ndarray,
                          f"got only {'positive' if y_true.any() else 'negative'} ({len(y_true)})")
     fpr, tpr, thresholds = roc_curve(y_true, scores, drop_intermediate=False)
     youden = tpr - fpr
-    best = int(np.argmax(youden))
+    # First index within rounding of the maximum, so ties go to the higher threshold even when
+    # float error makes 1 - 1/3 look larger than 2/3.
+    best = int(np.flatnonzero(youden >= youden.max() - 1e-9)[0])
     chosen = thresholds[best]
     lower = scores[scores < chosen]
     if np.isinf(chosen):

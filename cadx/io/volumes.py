@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -42,6 +43,8 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise InputError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        return _read_nifti(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -69,6 +72,31 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     else:
         raise InputError(f"{path}: {dim}D image, expected 2D or 3D")
     geometry = Geometry(tuple(array.shape), spacing, tuple(origin), tuple(direction))
+    return array, geometry
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
+    """NIfTI through nibabel: SimpleITK's reader silently turns NaN voxels into 0."""
+    try:
+        image = nib.load(str(path))
+        array = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: "
+                         f"{str(exc)[:160]})") from None
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = array[:, :, np.newaxis]
+    if array.ndim != 3:
+        raise InputError(f"{path}: {array.ndim}D image, expected 2D or 3D")
+    # nibabel's voxel order is (x, y, z); cadx works in (z, y, x) like SimpleITK's arrays.
+    array = np.ascontiguousarray(array.transpose(2, 1, 0))
+    zooms = ([float(v) for v in image.header.get_zooms()[:3]] + [1.0, 1.0, 1.0])[:3]
+    affine = image.affine
+    direction = affine[:3, :3] / np.where(np.array(zooms[:3]) == 0, 1.0, zooms[:3])
+    geometry = Geometry(tuple(array.shape), (zooms[2], zooms[1], zooms[0]),
+                        tuple(float(v) for v in affine[:3, 3]),
+                        tuple(float(v) for v in direction.ravel()))
     return array, geometry
 
 

@@ -112,7 +112,7 @@ def fit_patch_cnn(
                 loss = loss_fn(model(batch), y_train[index])
                 loss.backward()
                 optimiser.step()
-                total_loss += float(loss) * len(index)
+                total_loss += float(loss.detach()) * len(index)
             val_loss = float(loss_fn(predict_logits(model, x_val), y_val))
             history.train_loss.append(total_loss / len(x_train))
             history.validation_loss.append(val_loss)
