@@ -51,10 +51,9 @@ class Diagnosis:
         return asdict(self)
 
 
-def score_patches(model: torch.nn.Module, patches: PatchSet,
-                  batch_size: int = 1024) -> np.ndarray:
+def score_patches(model: torch.nn.Module, patches: PatchSet) -> np.ndarray:
     """Cancer probability of every patch, batched."""
-    return predict_patch_probabilities(model, patches.patches, batch_size)
+    return predict_patch_probabilities(model, patches.patches)
 
 
 def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: str = "given",

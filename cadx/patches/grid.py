@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from cadx.case import Case
 from cadx.config import PatchConfig
-from cadx.errors import ConfigError
+from cadx.errors import ConfigError, EmptyMaskError
 
 
 @dataclass
@@ -77,13 +77,25 @@ def grid_positions(length_px: int, size_px: int, stride_px: int, start_px: int =
 
 
 def _window_sums(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) -> np.ndarray:
-    """Number of true voxels in every window, shape (z, len(ys), len(xs)), via summed areas."""
-    z, h, w = mask.shape
-    table = np.zeros((z, h + 1, w + 1), dtype=np.int64)
-    table[:, 1:, 1:] = mask.astype(np.int64).cumsum(axis=1).cumsum(axis=2)
-    y0, x0 = ys[:, None], xs[None, :]
+    """Number of true voxels in every window, shape (z, len(ys), len(xs)), via summed areas.
+
+    Only the box spanned by the windows is summed, so callers pass just the windows that can
+    touch the mask.
+    """
+    y_low, x_low = int(ys[0]), int(xs[0])
+    region = mask[:, y_low:int(ys[-1]) + size, x_low:int(xs[-1]) + size]
+    z, h, w = region.shape
+    table = np.zeros((z, h + 1, w + 1), dtype=np.int32)
+    np.cumsum(region, axis=1, dtype=np.int32, out=table[:, 1:, 1:])
+    np.cumsum(table[:, 1:, 1:], axis=2, out=table[:, 1:, 1:])
+    y0, x0 = (ys - y_low)[:, None], (xs - x_low)[None, :]
     y1, x1 = y0 + size, x0 + size
     return table[:, y1, x1] - table[:, y0, x1] - table[:, y1, x0] + table[:, y0, x0]
+
+
+def _touching(positions: np.ndarray, size: int, first: int, last: int) -> np.ndarray:
+    """The window positions whose [p, p + size) span meets the pixel range [first, last]."""
+    return positions[(positions + size > first) & (positions <= last)]
 
 
 def extract_patches(case: Case, config: PatchConfig) -> PatchSet:
@@ -101,26 +113,32 @@ def extract_patches(case: Case, config: PatchConfig) -> PatchSet:
     if size > height or size > width:
         raise ConfigError(f"{case.source or case.patient_id}: patch size {size} px is larger "
                           f"than the image ({height} x {width} px)")
-    start_y = start_x = 0
-    if config.start == "organ":
-        rows = np.flatnonzero(organ.any(axis=(0, 2)))
-        cols = np.flatnonzero(organ.any(axis=(0, 1)))
-        start_y, start_x = int(rows[0]), int(cols[0])
+    # Only slices and windows that can touch the organ or tumour are examined: the masks'
+    # bounding box is found in one pass, the summed-area tables are built inside it.
+    masks = organ if case.tumour_mask is None else organ | case.tumour_mask
+    slices = np.flatnonzero(masks.any(axis=(1, 2)))
+    if slices.size == 0:
+        raise EmptyMaskError(f"{case.source or case.patient_id}: organ mask is empty")
+    rows = np.flatnonzero(masks[slices].any(axis=(0, 2)))
+    cols = np.flatnonzero(masks[slices].any(axis=(0, 1)))
+    start_y, start_x = (int(rows[0]), int(cols[0])) if config.start == "organ" else (0, 0)
     ys = grid_positions(height, size, config.stride_px, start_y, config.cover_edges)
     xs = grid_positions(width, size, config.stride_px, start_x, config.cover_edges)
-
-    keep = _window_sums(organ, ys, xs, size) > 0
+    ys = _touching(ys, size, rows[0], rows[-1])
+    xs = _touching(xs, size, cols[0], cols[-1])
+    keep = _window_sums(organ[slices], ys, xs, size) > 0
     tumour_counts = None
     if case.tumour_mask is not None:
-        tumour_counts = _window_sums(case.tumour_mask, ys, xs, size)
+        tumour_counts = _window_sums(case.tumour_mask[slices], ys, xs, size)
         keep |= tumour_counts > 0
     # np.nonzero walks z, then y, then x: the window order of the seed (along x, then y).
-    slice_idx, iy, ix = np.nonzero(keep)
+    slice_pos, iy, ix = np.nonzero(keep)
+    slice_idx = slices[slice_pos]
     windows = sliding_window_view(image, (size, size), axis=(1, 2))
     patches = np.ascontiguousarray(windows[slice_idx, ys[iy], xs[ix]], dtype=np.float32)
     coords = np.stack([slice_idx, ys[iy], xs[ix]], axis=1).astype(np.int32)
     labels = None
     if tumour_counts is not None:
-        labels = (tumour_counts[slice_idx, iy, ix] > 0).astype(np.uint8)
+        labels = (tumour_counts[slice_pos, iy, ix] > 0).astype(np.uint8)
     patient_ids = np.full(len(patches), case.patient_id, dtype=object)
     return PatchSet(patches, patient_ids, coords, labels)

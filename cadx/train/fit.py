@@ -84,7 +84,8 @@ def fit_patch_cnn(
     _check_labelled(validation, "validation")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = PatchCNN(train.patch_size_px)
+    # channels_last is ~1.3x faster for training and ~1.5x for inference on CPU (benchmarks/).
+    model = PatchCNN(train.patch_size_px).to(memory_format=torch.channels_last)
     n_pos = int(train.labels.sum())
     loss_fn = WeightedBCELoss(n_positive=n_pos, n_negative=len(train) - n_pos)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -105,7 +106,7 @@ def fit_patch_cnn(
             total_loss = 0.0
             for start in range(0, len(order), config.batch_size):
                 index = order[start:start + config.batch_size]
-                batch = x_train[index]
+                batch = x_train[index].contiguous(memory_format=torch.channels_last)
                 if config.augment_flips:
                     batch = _random_flips(batch, generator)
                 optimiser.zero_grad(set_to_none=True)
@@ -130,13 +131,19 @@ def fit_patch_cnn(
     return model, history
 
 
+# Small batches keep the conv activations in cache: on 2 cores batch 32 in channels_last runs
+# ~4x faster than batch 1024 in NCHW (benchmarks/bench_patches.py).
+INFERENCE_BATCH = 32
+
+
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, patches: torch.Tensor,
-                   batch_size: int = 1024) -> torch.Tensor:
+                   batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
     """Logits for (N, 1, P, P) patches, in batches, with the model in eval mode."""
     was_training = model.training
-    model.eval()
-    outputs = [model(patches[i:i + batch_size]) for i in range(0, len(patches), batch_size)]
+    model.eval().to(memory_format=torch.channels_last)
+    outputs = [model(patches[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+               for i in range(0, len(patches), batch_size)]
     model.train(was_training)
     if not outputs:
         return torch.empty(0)
@@ -144,7 +151,7 @@ def predict_logits(model: torch.nn.Module, patches: torch.Tensor,
 
 
 def predict_patch_probabilities(model: torch.nn.Module, patches: np.ndarray,
-                                batch_size: int = 1024) -> np.ndarray:
+                                batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     """Cancer probability of each (N, P, P) patch."""
     tensor = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).unsqueeze(1)
     return torch.sigmoid(predict_logits(model, tensor, batch_size)).numpy().astype(np.float64)
