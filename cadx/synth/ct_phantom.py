@@ -27,16 +27,16 @@ Simulated anatomy and attenuation (pancreatic / early portal-venous phase, ~45-7
   splenic vein on the back of the pancreas is sometimes darker than the parenchyma.
 * pancreas: a lobulated curved tube (head beside the duodenum, neck anterior to the SMV/SMA,
   body over the aorta, tail towards the splenic hilum), 20-30 mm thick, ~120-160 mm long,
-  ~30-60 mm craniocaudal, base +95..+125 HU (normal parenchyma enhances to ~100-130 HU in the
+  ~30-60 mm craniocaudal, base +100..+130 HU (normal parenchyma enhances to ~100-130 HU in the
   pancreatic phase, e.g. Lu et al., AJR 1996; Prokesch et al., Radiology 2002), plus fine
   texture and fatty interdigitation between lobules (a heterogeneous, not flat, organ).
 * tumour (PDAC): an irregular ellipsoid of the requested volume-equivalent diameter centred in
   the pancreas (65 % in the head), locally enlarging the gland (mass effect), hypoattenuating by
-  20-60 HU with internal heterogeneity, central hypodensity when large and an infiltrative
-  margin; 12 % are near-isoattenuating (10-20 HU lower) -- about 5-15 % of PDAC are
-  isoattenuating in the pancreatic phase (Prokesch et al., Radiology 2002; Kim et al.,
-  Radiology 2010). Half of the tumours dilate the upstream main pancreatic duct and a head
-  tumour dilates and cuts off the common bile duct (secondary signs).
+  20-60 HU relative to the mean parenchyma, with internal heterogeneity, central hypodensity
+  when large and an infiltrative margin; 12 % are near-isoattenuating (10-20 HU lower) --
+  about 5-15 % of PDAC are isoattenuating in the pancreatic phase (Prokesch et al., Radiology
+  2002; Kim et al., Radiology 2010). Half of the tumours dilate the upstream main pancreatic
+  duct, and a head tumour dilates and cuts off the common bile duct (secondary signs).
 * distractors in tumour-free and tumour patients alike: a dilated main duct (10 % of
   tumour-free patients), the common bile duct in the head (label 0), focal fatty infiltration
   of the head (pseudolesion, -15..-35 HU, label 1), fluid-filled duodenum/jejunum, lymph nodes,
@@ -69,6 +69,7 @@ import SimpleITK as sitk
 from rich.progress import track
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
+from scipy.ndimage import label as connected_components
 
 __all__ = ["CohortSpec", "PhantomCase", "make_ct_phantom", "write_msd_cohort"]
 
@@ -227,6 +228,14 @@ class _Canvas:
         return self.ellipse(x, y, r * f, r * f)
 
 
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 26-connected component of a boolean mask (the mask itself if empty)."""
+    comp, n = connected_components(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    return comp == (int(np.argmax(np.bincount(comp.ravel())[1:])) + 1)
+
+
 def _zcap(z: np.ndarray, zc: float, c: float) -> np.ndarray:
     """Per-slice scale of an ellipsoid's cross-section (0 outside its z extent)."""
     return np.sqrt(np.clip(1.0 - ((z - zc) / c) ** 2, 0.0, None))
@@ -280,11 +289,13 @@ class _Body:
         return x, y
 
 
-def _organ(cv: _Canvas, body: _Body, u: float, v: float, a: np.ndarray | float,
+def _organ(cv: _Canvas, body: _Body, u: np.ndarray | float, v: np.ndarray | float,
+           a: np.ndarray | float,
            b: np.ndarray | float, theta: float = 0.0, wobble: float = 0.0,
            rng: np.random.Generator | None = None,
            box: tuple[slice, slice, slice] | None = None) -> Region | None:
-    """Ellipse column at patient position (u, v) with per-slice semi-axes ``a``/``b``."""
+    """Ellipse column at patient position (u, v) (scalars or per-slice arrays) with per-slice
+    semi-axes ``a``/``b``, optionally drifting along z by up to ``wobble`` mm."""
     du = dv = 0.0
     if wobble and rng is not None:
         du, dv = _wiggle(rng, wobble)(cv.z), _wiggle(rng, wobble)(cv.z)
@@ -300,55 +311,59 @@ def _intersect(r1: Region | None, r2_mask_fn: Callable[[tuple], Region | None]) 
     return None if r2 is None else (r1[0], r1[1] & r2[1])
 
 
-def _hollow_viscus(cv: _Canvas, rng: np.random.Generator, region_outer: Region | None,
-                   region_inner: Region | None, wall_hu: float, kind: str) -> None:
-    """Bowel-like structure: enhancing wall and fluid / gas / stool / collapsed content."""
-    cv.fill(region_outer, wall_hu)
-    if region_inner is None or kind == "collapsed":
+def _viscus(cv: _Canvas, rng: np.random.Generator, body: _Body, u: float, v: float,
+            a: np.ndarray, b: np.ndarray, theta: float, wall: float, wall_hu: float, kind: str,
+            wobble: float = 0.0) -> None:
+    """Hollow viscus: enhancing wall of thickness ``wall`` mm and fluid / gas / air-fluid /
+    stool / collapsed content; ``a``/``b`` are the per-slice outer semi-axes."""
+    uu, vv = u + _wiggle(rng, wobble)(cv.z), v + _wiggle(rng, wobble)(cv.z)
+    cv.fill(_organ(cv, body, uu, vv, a, b, theta), wall_hu)
+    inner = _organ(cv, body, uu, vv, a - wall, b - wall, theta)
+    if inner is None or kind == "collapsed":
         return
-    box, mask = region_inner
+    box, mask = inner
+    if not mask.any():
+        return
     if kind == "fluid":
-        cv.fill(region_inner, rng.uniform(0.0, 25.0))
+        cv.fill(inner, rng.uniform(0.0, 25.0))
     elif kind == "gas":
-        cv.fill(region_inner, -900.0)
+        cv.fill(inner, -900.0)
     elif kind == "air-fluid":  # supine: gas rises anteriorly (small y)
-        cv.fill(region_inner, rng.uniform(0.0, 25.0))
+        cv.fill(inner, rng.uniform(0.0, 25.0))
         rows = np.flatnonzero(mask.any(axis=(0, 2)))
         level = cv.y[box[1]][rows[0]] + rng.uniform(0.3, 0.6) * (rows[-1] - rows[0]) * cv.spacing[1]
         cv.fill((box, mask & (cv.y[box[1]] < level)[None, :, None]), -900.0)
     else:  # stool: soft material with gas bubbles
-        shape = mask.shape
-        bubbles = _smooth_noise(rng, shape, 2.5, cv.spacing) > 1.2
-        content = np.where(bubbles, -850.0, rng.uniform(-60.0, 20.0))
-        cv.fill(region_inner, content)
+        bubbles = _smooth_noise(rng, mask.shape, 2.5, cv.spacing) > 1.2
+        cv.fill(inner, np.where(bubbles, -850.0, rng.uniform(-60.0, 20.0)))
 
 
 def _pick_kind(rng: np.random.Generator, kinds: tuple[str, ...], p: tuple[float, ...]) -> str:
     return str(kinds[int(rng.choice(len(kinds), p=p))])
 
 
-def _paint_body_wall(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict) -> None:
+def _paint_body_wall(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict) -> None:
     z = cv.z
     one = np.ones_like(z)
     cv.fill(_organ(cv, body, 0, 0, body.a * one, body.b * one), 30.0)  # skin
-    cv.fill(_organ(cv, body, 0, 0, (body.a - 2) * one, (body.b - 2) * one), hu["fat_sc"])
+    cv.fill(_organ(cv, body, 0, 0, (body.a - 2) * one, (body.b - 2) * one), pt["fat_sc"])
     fat_a, fat_b = body.a - body.fat_lat, body.b - (body.fat_ant + body.fat_post) / 2
-    cv.fill(_organ(cv, body, 0, body.cav_v, fat_a * one, fat_b * one), hu["muscle"])
-    cv.fill(_organ(cv, body, 0, body.cav_v, body.cav_a * one, body.cav_b * one), hu["fat_vis"])
+    cv.fill(_organ(cv, body, 0, body.cav_v, fat_a * one, fat_b * one), pt["muscle"])
+    cv.fill(_organ(cv, body, 0, body.cav_v, body.cav_a * one, body.cav_b * one), pt["fat_vis"])
     # Posterior muscles: erector spinae, quadratus lumborum, psoas (grows caudally).
-    s, zp = body.s, hu["z_panc"]
+    s, zp = body.s, pt["z_panc"]
     for side in (-1, 1):
         cv.fill(_organ(cv, body, side * 28 * s, body.back - 24 * s, 26 * s * one, 23 * s * one,
-                       side * 0.2), hu["muscle"])
+                       side * 0.2), pt["muscle"])
         ql = 15 * s * _zband(z, -1e9, zp + 15)
         cv.fill(_organ(cv, body, side * 62 * s, body.back - 40 * s, ql, 9 * s * one, side * 0.5),
-                hu["muscle"])
+                pt["muscle"])
         r_ps = np.clip(8 + 0.25 * (zp + 25 - z), 6, 22) * s * _zband(z, -1e9, zp + 25)
         cv.fill(_organ(cv, body, side * 36 * s, body.back - 68 * s, r_ps, 0.8 * r_ps, side * 0.4),
-                hu["muscle"])
+                pt["muscle"])
 
 
-def _paint_spine(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict) -> dict:
+def _paint_spine(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict) -> dict:
     z, s = cv.z, body.s
     one = np.ones_like(z)
     r = rng.uniform(17.0, 21.0) * s
@@ -368,7 +383,7 @@ def _paint_spine(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict) -
     cv.fill(_organ(cv, body, 0, v_vb, (r - 2.5) * bone, (0.9 * r - 2.5) * one), cancellous)
     cv.fill(_organ(cv, body, 0, v_vb, r * disc, 0.9 * r * one), 90.0)
     # Ribs in the upper slices along the posterolateral and lateral wall.
-    zp = hu["z_panc"]
+    zp = pt["z_panc"]
     for _ in range(int(rng.integers(6, 12))):
         phi = rng.uniform(-0.35, 1.15)  # 0: left lateral, pi/2: posterior (v > 0)
         if rng.random() < 0.5:
@@ -385,10 +400,10 @@ def _paint_spine(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict) -
     return {"v_vb": v_vb, "r_vb": r}
 
 
-def _paint_organs(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict,
+def _paint_organs(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict,
                   spine: dict) -> dict:
     """Solid organs and retroperitoneum; returns the landmarks the pancreas hangs from."""
-    z, s, zp = cv.z, body.s, hu["z_panc"]
+    z, s, zp = cv.z, body.s, pt["z_panc"]
     one = np.ones_like(z)
     v_vb, r_vb = spine["v_vb"], spine["r_vb"]
 
@@ -397,21 +412,21 @@ def _paint_organs(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict,
 
     # Liver: right lobe (image left) hugging the right wall, its medial extent shrinking
     # caudally, plus the left lobe crossing the midline in the upper slices.
-    f = _zcap(z, zp + rng.uniform(60.0, 80.0), rng.uniform(85.0, 100.0))
+    f = _zcap(z, zp + rng.uniform(70.0, 90.0), rng.uniform(88.0, 100.0))
     liver_a, liver_v = rng.uniform(68.0, 80.0) * s * f, -10 * s + rng.normal(0, 4)
     liver_u = -body.cav_a + 0.9 * liver_a
     liver = _organ(cv, body, liver_u, liver_v, liver_a, 88 * s * f, rng.normal(-0.2, 0.08),
                    2.0, rng)
-    cv.fill(_intersect(liver, cavity), hu["liver"])
-    liver_u = float(np.max(liver_u))
+    cv.fill(_intersect(liver, cavity), pt["liver"])
+    liver_mid = float(np.max(liver_u))
     f_left = _zcap(z, zp + rng.uniform(55.0, 75.0), 55.0)
     cv.fill(_intersect(_organ(cv, body, -10 * s, -58 * s, 48 * s * f_left, 24 * s * f_left, 0.1),
-                       cavity), hu["liver"])
+                       cavity), pt["liver"])
     for _ in range(int(rng.integers(4, 8))):  # hepatic / portal branches
         zc = zp + rng.uniform(25.0, 60.0)
         rr = rng.uniform(2.5, 6.0) * _zcap(z, zc, rng.uniform(10.0, 30.0))
-        cv.fill(_organ(cv, body, liver_u + rng.uniform(-35, 35) * s,
-                       liver_v + rng.uniform(-45, 45) * s, rr, rr, 0, 1.5, rng), hu["vein"])
+        cv.fill(_organ(cv, body, liver_mid + rng.uniform(-35, 35) * s,
+                       liver_v + rng.uniform(-45, 45) * s, rr, rr, 0, 1.5, rng), pt["vein"])
     if rng.random() < 0.75:  # gallbladder
         f = _zcap(z, zp + rng.uniform(5.0, 25.0), rng.uniform(25.0, 40.0))
         cv.fill(_intersect(_organ(cv, body, -48 * s, -58 * s, 14 * s * f, 22 * s * f, 0.5),
@@ -419,15 +434,15 @@ def _paint_organs(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict,
     # Spleen along the left posterolateral wall.
     f = _zcap(z, zp + rng.uniform(30.0, 50.0), 55.0)
     spleen = _organ(cv, body, 92 * s, 35 * s, 22 * s * f, 48 * s * f, 0.55, 2.0, rng)
-    cv.fill(_intersect(spleen, cavity), hu["spleen"])
+    cv.fill(_intersect(spleen, cavity), pt["spleen"])
     # Kidneys: long axis of the cross-section from posteromedial to anterolateral.
     for side, zc in ((-1, zp - rng.uniform(5.0, 25.0)), (1, zp + rng.uniform(-15.0, 5.0))):
         f = _zcap(z, zc, rng.uniform(50.0, 60.0))
         th = side * rng.uniform(0.5, 0.8)
         ku, kv = side * 70 * s + rng.normal(0, 3), v_vb + 8 * s + rng.normal(0, 3)
         ka, kb = rng.uniform(20, 25) * s, rng.uniform(28, 34) * s
-        cv.fill(_organ(cv, body, ku, kv, ka * f, kb * f, th), hu["cortex"])
-        cv.fill(_organ(cv, body, ku, kv, 0.62 * ka * f, 0.72 * kb * f, th), hu["medulla"])
+        cv.fill(_organ(cv, body, ku, kv, ka * f, kb * f, th), pt["cortex"])
+        cv.fill(_organ(cv, body, ku, kv, 0.62 * ka * f, 0.72 * kb * f, th), pt["medulla"])
         hilum = np.clip(f - 0.45, 0.0, None)  # sinus only in the mid-kidney
         med = -side * np.sign(np.cos(th)) * 0.55 * ka  # along the a-axis, towards the midline
         mu, mv = ku + med * np.cos(th), kv + med * np.sin(th)
@@ -437,59 +452,48 @@ def _paint_organs(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict,
     return {"aorta": aorta, "v_vb": v_vb}
 
 
-def _paint_bowel(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict,
+def _paint_bowel(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict,
                  smv: tuple[float, float], head: tuple[float, float, float, float]) -> None:
-    z, s, zp = cv.z, body.s, hu["z_panc"]
-    wall = hu["bowel_wall"]
+    z, s, zp = cv.z, body.s, pt["z_panc"]
+    wall = pt["bowel_wall"]
     # Stomach anterior-left in the upper slices, with an anterior gas cap.
     f = _zcap(z, zp + rng.uniform(30.0, 50.0), 45.0)
-    su, sv, th = 45 * s, -55 * s, rng.uniform(0.2, 0.6)
     sa, sb = rng.uniform(38, 50) * s, rng.uniform(22, 32) * s
-    _hollow_viscus(cv, rng, _organ(cv, body, su, sv, sa * f, sb * f, th),
-                   _organ(cv, body, su, sv, (sa - 5) * f, (sb - 5) * f, th), wall,
-                   _pick_kind(rng, ("air-fluid", "fluid", "stool"), (0.6, 0.25, 0.15)))
+    _viscus(cv, rng, body, 45 * s, -55 * s, sa * f, sb * f, rng.uniform(0.2, 0.6), 5.0, wall,
+            _pick_kind(rng, ("air-fluid", "fluid", "stool"), (0.6, 0.25, 0.15)))
     # Colon: ascending (image left), descending (image right), transverse (anterior).
     for u, v, r in ((-0.78 * body.cav_a, 0.0, rng.uniform(14, 20)),
                     (0.82 * body.cav_a, 15 * s, rng.uniform(11, 16))):
-        band = _zband(z, -1e9, zp + rng.uniform(10.0, 40.0))
-        _hollow_viscus(cv, rng, _organ(cv, body, u, v, r * band, r * band, 0, 4.0, rng),
-                       _organ(cv, body, u, v, (r - 3) * band, (r - 3) * band, 0, 4.0, rng), 40.0,
-                       _pick_kind(rng, ("gas", "stool"), (0.4, 0.6)))
+        band = r * _zband(z, -1e9, zp + rng.uniform(10.0, 40.0))
+        _viscus(cv, rng, body, u, v, band, band, 0.0, 3.0, 40.0,
+                _pick_kind(rng, ("gas", "stool"), (0.4, 0.6)), 4.0)
     f = _zcap(z, zp - rng.uniform(20.0, 35.0), rng.uniform(12.0, 20.0))
-    tv = -0.72 * body.cav_b + body.cav_v
-    _hollow_viscus(cv, rng, _organ(cv, body, 0, tv, 0.55 * body.cav_a * f, 15 * f, 0.05),
-                   _organ(cv, body, 0, tv, (0.55 * body.cav_a - 3) * f, 12 * f, 0.05), 40.0,
-                   _pick_kind(rng, ("gas", "stool"), (0.5, 0.5)))
+    _viscus(cv, rng, body, 0.0, body.cav_v - 0.72 * body.cav_b, 0.55 * body.cav_a * f,
+            rng.uniform(12.0, 18.0) * f, 0.05, 3.0, 40.0,
+            _pick_kind(rng, ("gas", "stool"), (0.35, 0.65)), 3.0)
     # Small-bowel loops in the anterior / lower abdomen.
     kinds, p = ("fluid", "collapsed", "gas", "air-fluid"), (0.4, 0.35, 0.1, 0.15)
     for _ in range(int(rng.integers(5, 11))):
         u = rng.uniform(-0.6, 0.6) * body.cav_a
         v = body.cav_v + rng.uniform(-0.8, -0.05) * body.cav_b
-        f = _zcap(z, rng.uniform(cv.z[0] - 10, zp + 5.0), rng.uniform(12.0, 35.0))
-        r = rng.uniform(9.0, 15.0)
-        _hollow_viscus(cv, rng, _organ(cv, body, u, v, r * f, 0.85 * r * f, 0, 5.0, rng),
-                       _organ(cv, body, u, v, (r - 2.5) * f, (0.85 * r - 2.5) * f, 0, 5.0, rng),
-                       wall, _pick_kind(rng, kinds, p))
+        f = rng.uniform(9.0, 15.0) * _zcap(z, rng.uniform(cv.z[0] - 10, zp + 5.0),
+                                           rng.uniform(12.0, 35.0))
+        _viscus(cv, rng, body, u, v, f, 0.85 * f, rng.uniform(0, np.pi), 2.5, wall,
+                _pick_kind(rng, kinds, p), 5.0)
     # Duodenum: 2nd part lateral to the head, 3rd part below the pancreas, plus a jejunal loop
     # at the duodenojejunal flexure under the body -- fluid-filled ones mimic hypodense masses.
-    hu_, hv_, hz_, hr_ = head
-    band = _zband(z, hz_ - 35.0, hz_ + 20.0)
+    head_u, head_v, head_z, head_r = head
     r = rng.uniform(10.0, 14.0)
-    du = hu_ - (hr_ + r + rng.uniform(-2.0, 3.0))
-    kind = _pick_kind(rng, kinds, p)
-    _hollow_viscus(cv, rng, _organ(cv, body, du, hv_, r * band, r * band, 0, 3.0, rng),
-                   _organ(cv, body, du, hv_, (r - 2.5) * band, (r - 2.5) * band, 0, 3.0, rng),
-                   wall, kind)
+    band = r * _zband(z, head_z - 35.0, head_z + 20.0)
+    du = head_u - (head_r + r + rng.uniform(-2.0, 3.0))
+    _viscus(cv, rng, body, du, head_v, band, band, 0.0, 2.5, wall, _pick_kind(rng, kinds, p),
+            3.0)
     f = _zcap(z, zp - rng.uniform(28.0, 38.0), 9.0)
-    d3v = smv[1] + 10 * s
-    _hollow_viscus(cv, rng, _organ(cv, body, smv[0] - 12 * s, d3v, 40 * s * f, 9 * f, 0.1),
-                   _organ(cv, body, smv[0] - 12 * s, d3v, (40 * s - 3) * f, 6 * f, 0.1),
-                   wall, _pick_kind(rng, kinds, p))
-    f = _zcap(z, zp - rng.uniform(15.0, 25.0), rng.uniform(10.0, 16.0))
-    ju, jv, r = smv[0] + 40 * s, smv[1] + rng.uniform(-5, 10), rng.uniform(10.0, 14.0)
-    _hollow_viscus(cv, rng, _organ(cv, body, ju, jv, r * f, r * f),
-                   _organ(cv, body, ju, jv, (r - 2.5) * f, (r - 2.5) * f),
-                   wall, _pick_kind(rng, kinds, p))
+    _viscus(cv, rng, body, smv[0] - 12 * s, smv[1] + 10 * s, 40 * s * f, 9 * f, 0.1, 3.0, wall,
+            _pick_kind(rng, kinds, p))
+    f = rng.uniform(10.0, 14.0) * _zcap(z, zp - rng.uniform(15.0, 25.0), rng.uniform(10.0, 16.0))
+    _viscus(cv, rng, body, smv[0] + 40 * s, smv[1] + rng.uniform(-5, 10), f, f, 0.0, 2.5, wall,
+            _pick_kind(rng, kinds, p))
 
 
 @dataclass
@@ -535,17 +539,17 @@ def _make_centreline(rng: np.random.Generator, s: float, smv: tuple[float, float
                   [r_head, 0.9 * r_head, rng.uniform(7.0, 9.5), rng.uniform(9.0, 12.5),
                    rng.uniform(8.5, 12.0)]) * wig
     hz = np.interp(t, [0, 0.18, 0.33, 0.6, 1.0],
-                   [rng.uniform(16.0, 26.0), rng.uniform(13.0, 18.0), rng.uniform(10.0, 13.0),
-                    rng.uniform(10.0, 14.0), rng.uniform(9.0, 13.0)])
-    zc = zp + rng.uniform(10.0, 30.0) * (t - 0.3) - rng.uniform(4.0, 10.0) * np.clip(
+                   [rng.uniform(13.0, 20.0), rng.uniform(11.0, 15.0), rng.uniform(9.0, 12.0),
+                    rng.uniform(9.0, 12.0), rng.uniform(8.0, 12.0)])
+    zc = zp + rng.uniform(8.0, 22.0) * (t - 0.3) - rng.uniform(2.0, 6.0) * np.clip(
         1 - t / 0.15, 0, 1)  # uncinate process hangs lower
     return _Centreline(u, v, zc, r, hz, sa)
 
 
-def _paint_pancreas(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict,
+def _paint_pancreas(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict,
                     cl: _Centreline, tumour_d: float | None) -> dict:
     """Pancreas (label 1) with texture, optional tumour (label 2); returns tumour geometry."""
-    L = cl.length
+    length = cl.length
     r, hz = cl.r.copy(), cl.hz.copy()
     x_img, y_img = body.xy(cl.u, cl.v, cl.z)
     z_img = cl.z.copy()
@@ -553,9 +557,10 @@ def _paint_pancreas(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict
     if tumour_d is not None:
         z_lo, z_hi = cv.z[0], cv.z[-1]
         in_fov = (z_img >= z_lo) & (z_img <= z_hi)
-        region = (cl.s <= 0.25 * L) if rng.random() < 0.65 else (cl.s >= 0.3 * L) & (
-            cl.s <= 0.9 * L)
-        region &= cl.s >= 0.03 * L
+        if rng.random() < 0.65:  # head
+            region = (cl.s >= 0.03 * length) & (cl.s <= 0.25 * length)
+        else:  # body / tail
+            region = (cl.s >= 0.3 * length) & (cl.s <= 0.9 * length)
         cand = np.flatnonzero(region & in_fov)
         if cand.size == 0:
             cand = np.flatnonzero(in_fov)
@@ -575,7 +580,7 @@ def _paint_pancreas(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict
         hz = np.maximum(hz, np.sqrt(np.clip(semi[2] ** 2 - ds**2, 0, None))
                         + abs(tz - z_img[k]) + 2.0)
         tx, ty = body.xy(tu, tv, tz)
-        tumour = {"k": k, "x": float(tx), "y": float(ty), "z": tz, "semi": semi,
+        tumour = {"x": float(tx), "y": float(ty), "z": tz, "semi": semi,
                   "phi": rng.uniform(0, np.pi), "s": float(cl.s[k])}
     # Bounding box of the gland (with room for lobulation).
     m = 1.6
@@ -605,13 +610,13 @@ def _paint_pancreas(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict
     fat = _smooth_noise(rng, shape, 1.8, sp)
     tex = _smooth_noise(rng, shape, 1.0, sp)
     envelope = (1.0 + rng.uniform(0.12, 0.22) * lob) ** 2
-    gland = nd < envelope
+    gland = _largest_component(nd < envelope)  # lobulation can pinch off tiny islands
     # Parenchyma: base + fine texture, fatty clefts between lobules (partial-volume blend).
-    par = hu["pancreas"] + rng.uniform(5.0, 9.0) * tex
+    par = pt["pancreas"] + rng.uniform(5.0, 9.0) * tex
     cleft = np.clip((fat - rng.uniform(0.9, 1.8)) / 0.6, 0.0, 1.0) * 0.6
-    par = par * (1 - cleft) + hu["fat_vis"] * cleft
+    par = par * (1 - cleft) + pt["fat_vis"] * cleft
     if rng.random() < 0.25:  # focal fatty infiltration of the anterior head (pseudolesion)
-        kf = int(rng.integers(0, max(int(0.15 * L / 1.5), 1)))
+        kf = int(rng.integers(0, max(int(0.15 * len(cl.s)), 1)))
         fx, fy = body.xy(cl.u[kf], cl.v[kf] - 0.3 * cl.r[kf], cl.z[kf])
         rho = rng.uniform(5.0, 11.0)
         d2 = (xx - fx) ** 2 + (yy - fy) ** 2 + (zz - cl.z[kf]) ** 2
@@ -635,42 +640,46 @@ def _paint_pancreas(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict
         idx = tuple(int(np.argmin(np.abs(ax.ravel() - v)))
                     for ax, v in ((zz, tumour["z"]), (yy, tumour["y"]), (xx, tumour["x"])))
         tum[idx] = True
+    # Attenuation difference relative to the mean parenchyma (fatty clefts included), so the
+    # lesion is darker than the gland it sits in by ``delta`` on average.
     delta = rng.uniform(10.0, 20.0) if rng.random() < 0.12 else rng.uniform(20.0, 60.0)
-    t_hu = (hu["pancreas"] - delta + rng.uniform(8.0, 14.0) * tex + 6.0 * lob
+    coarse = lob - float(lob[tum].mean())  # zero-mean inside the lesion: no offset for tiny ones
+    ref = float(par[gland].mean()) if gland.any() else pt["pancreas"]
+    t_hu = (ref - delta + rng.uniform(8.0, 14.0) * tex + 6.0 * coarse
             - (rng.uniform(8.0, 20.0) if d >= 25.0 else 0.0) * np.clip(1 - rr / 0.5, 0, 1))
-    w = np.clip((1.0 - rr) / 0.3, 0.4, 1.0)
+    w = np.clip((1.0 - rr) / 0.25, 0.6, 1.0)
     np.copyto(hu_box, (par * (1 - w) + t_hu * w).astype(np.float32), where=tum)
     np.copyto(cv.label[box], np.uint8(2), where=tum)
     tumour["top"] = float(np.max(np.broadcast_to(zz, tum.shape)[tum]))
     return tumour
 
 
-def _paint_pancreatic_vessels(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict,
+def _paint_pancreatic_vessels(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict,
                               lm: dict, cl: _Centreline, tumour: dict) -> None:
     """Vessels, ducts and nodes around the gland (label 0; they never overwrite tumour)."""
-    z, s, zp = cv.z, body.s, hu["z_panc"]
+    z, s, zp = cv.z, body.s, pt["z_panc"]
     one = np.ones_like(z)
     au, av = lm["aorta"]
     smau, smav = lm["sma"]
     smvu, smvv = lm["smv"]
     r_ao = rng.uniform(10.0, 13.0) * s
-    cv.fill(_organ(cv, body, au, av, r_ao * one, r_ao * one, 0, 1.5, rng), hu["artery"], 0)
+    cv.fill(_organ(cv, body, au, av, r_ao * one, r_ao * one, 0, 1.5, rng), pt["artery"], 0)
     ivc_u, ivc_v = -22 * s, lm["v_vb"] - 32 * s
     cv.fill(_organ(cv, body, ivc_u, ivc_v, 14 * s * one, 10 * s * one, 0.2, 1.5, rng),
-            hu["ivc"], 0)
+            pt["ivc"], 0)
     band = _zband(z, -1e9, zp + 8.0)
-    cv.fill(_organ(cv, body, smau, smav, 3.5 * band, 3.5 * band, 0, 1.0, rng), hu["artery"], 0)
+    cv.fill(_organ(cv, body, smau, smav, 3.5 * band, 3.5 * band, 0, 1.0, rng), pt["artery"], 0)
     cv.fill(_organ(cv, body, au, av - r_ao - 5, 4 * _zband(z, zp + 16, zp + 28), 4 * one),
-            hu["artery"], 0)  # celiac trunk
+            pt["artery"], 0)  # celiac trunk
     r_smv = rng.uniform(5.0, 7.0)
     cv.fill(_organ(cv, body, smvu, smvv, r_smv * _zband(z, -1e9, zp + 3.0), r_smv * one, 0, 1.0,
-                   rng), hu["vein"], 0)
+                   rng), pt["vein"], 0)
     # Portal vein: from the confluence behind the neck up and right towards the liver hilum.
     t = np.clip((z - zp) / 40.0, 0.0, 1.0)
     pu, pv = smvu + t * (-30 * s), smvv + t * (5 * s)
     px, py = body.xy(pu, pv, z)
     rp = rng.uniform(6.0, 8.0) * _zband(z, zp, zp + 55.0)
-    cv.fill(cv.ellipse(px, py, rp, rp, 0.0), hu["vein"], 0)
+    cv.fill(cv.ellipse(px, py, rp, rp, 0.0), pt["vein"], 0)
     # Left renal vein between aorta and SMA, into the IVC.
     zr = zp - rng.uniform(4.0, 12.0)
     path = np.array([[60 * s, lm["v_vb"] - 5 * s], [au, av - r_ao - 4], [ivc_u, ivc_v]])
@@ -678,29 +687,30 @@ def _paint_pancreatic_vessels(cv: _Canvas, rng: np.random.Generator, body: _Body
         i = min(int(fr), 1)
         uu, vv = path[i] + (fr - i) * (path[i + 1] - path[i])
         bx, by = body.xy(uu, vv, zr)
-        cv.fill(cv.bead(float(bx), float(by), zr, 4.5), hu["vein"], 0)
+        cv.fill(cv.bead(float(bx), float(by), zr, 4.5), pt["vein"], 0)
     # Splenic vein on the back of the body/tail; splenic artery tortuous along the top edge.
     rsv = rng.uniform(3.5, 5.0)
     phase = rng.uniform(0, 2 * np.pi)
     for k in range(int(0.3 * len(cl.s)), int(0.95 * len(cl.s)), 2):
         nu, nv = cl.normal(k)
         vx, vy = body.xy(cl.u[k] + nu * (cl.r[k] + 1.0), cl.v[k] + nv * (cl.r[k] + 1.0), cl.z[k])
-        cv.fill(cv.bead(float(vx), float(vy), float(cl.z[k]), rsv), hu["splenic_vein"], 0)
+        cv.fill(cv.bead(float(vx), float(vy), float(cl.z[k]), rsv), pt["splenic_vein"], 0)
         wig = 5.0 * np.sin(cl.s[k] / 9.0 + phase)
         ax_, ay_ = body.xy(cl.u[k] + nu * wig, cl.v[k] + nv * wig, cl.z[k])
         cv.fill(cv.bead(float(ax_), float(ay_), float(cl.z[k] + cl.hz[k] + 2.0), 2.5),
-                hu["artery"], 0)
+                pt["artery"], 0)
     # Common bile duct in the posterolateral head (dilated and cut off by a head tumour).
     head_tumour = bool(tumour) and tumour["s"] < 0.28 * cl.length
     if head_tumour or rng.random() < 0.6:
         k = int(0.08 * len(cl.s))
         nu, nv = cl.normal(k)
+        # Posterior normal plus a shift towards the patient's right (-u): posterolateral.
         bu, bv = cl.u[k] + 0.45 * cl.r[k] * (nu - 0.5), cl.v[k] + 0.45 * cl.r[k] * nv
         rb = rng.uniform(4.5, 7.0) if head_tumour else rng.uniform(2.5, 4.0)
         z0 = tumour["top"] if head_tumour else cl.z[k] - 0.4 * cl.hz[k]
         bx, by = body.xy(bu, bv, z)
         band = _zband(z, z0, cl.z[k] + cl.hz[k] + 25.0)
-        cv.fill(cv.ellipse(bx, by, rb * band, rb * band), hu["bile"], 0)
+        cv.fill(cv.ellipse(bx, by, rb * band, rb * band), pt["bile"], 0)
     # Main pancreatic duct, dilated upstream of a tumour (half) or in 10 % of normal glands
     # (label 1: the duct belongs to the pancreas annotation).
     start = tumour["s"] + max(tumour["semi"]) + 3.0 if tumour else 0.1 * cl.length
@@ -711,18 +721,18 @@ def _paint_pancreatic_vessels(cv: _Canvas, rng: np.random.Generator, body: _Body
             region = cv.bead(float(dx_), float(dy_), float(cl.z[k]), rd)
             if region is not None:
                 region = (region[0], region[1] & (cv.label[region[0]] == 1))
-            cv.fill(region, hu["bile"], 1)
+            cv.fill(region, pt["bile"], 1)
 
 
-def _paint_periphery_vessels(cv: _Canvas, rng: np.random.Generator, body: _Body, hu: dict,
+def _paint_periphery_vessels(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict,
                              lm: dict, cl: _Centreline) -> None:
     """Mesenteric vessels and peripancreatic lymph nodes (drawn before the gland)."""
-    z, zp = cv.z, hu["z_panc"]
+    z, zp = cv.z, pt["z_panc"]
     smvu, smvv = lm["smv"]
     for _ in range(int(rng.integers(8, 15))):
         rv = rng.uniform(1.5, 3.0) * _zband(z, -1e9, zp - rng.uniform(0.0, 15.0))
         cv.fill(_organ(cv, body, smvu + rng.uniform(-45, 45), smvv - rng.uniform(5, 50), rv, rv,
-                       0, 4.0, rng), hu["artery"] if rng.random() < 0.5 else hu["vein"])
+                       0, 4.0, rng), pt["artery"] if rng.random() < 0.5 else pt["vein"])
     for _ in range(int(rng.integers(0, 4))):
         k = int(rng.integers(0, len(cl.s)))
         nu, nv = cl.normal(k)
@@ -759,16 +769,17 @@ def make_ct_phantom(rng: np.random.Generator, tumour_diameter_mm: float | None,
     The anatomy is defined in mm around the volume centre and needs an in-plane field of view
     of ~300 mm or more (default: 384 x 0.9 = 346 mm). Deterministic given the generator state.
     """
-    shape = tuple(int(n) for n in shape_zyx)
-    spacing = tuple(float(s) for s in spacing_zyx_mm)
-    _check_grid(shape, spacing)
+    _check_grid(shape_zyx, spacing_zyx_mm)
+    nz, ny, nx = (int(n) for n in shape_zyx)
+    sz, sy, sx = (float(s) for s in spacing_zyx_mm)
+    shape, spacing = (nz, ny, nx), (sz, sy, sx)
     if tumour_diameter_mm is not None and tumour_diameter_mm <= 0:
         raise ValueError(f"tumour_diameter_mm must be > 0 or None, got {tumour_diameter_mm}")
-    cv = _Canvas(shape, spacing)  # type: ignore[arg-type]
+    cv = _Canvas(shape, spacing)
     body = _Body(rng, cv)
-    z_half = (shape[0] - 1) * spacing[0] / 2.0
+    z_half = (nz - 1) * sz / 2.0
     vein = rng.uniform(90.0, 170.0)
-    hu = {
+    pt = {  # per-patient attenuation values (HU) and the pancreas level z_panc (mm)
         "z_panc": float(np.clip(rng.uniform(-8.0, 8.0), -0.3 * z_half, 0.3 * z_half)),
         "fat_sc": rng.normal(-100.0, 8.0), "fat_vis": rng.normal(-90.0, 5.0),
         "muscle": rng.uniform(45.0, 60.0), "liver": rng.uniform(90.0, 120.0),
@@ -776,23 +787,22 @@ def make_ct_phantom(rng: np.random.Generator, tumour_diameter_mm: float | None,
         "medulla": rng.uniform(90.0, 120.0), "artery": rng.uniform(160.0, 240.0),
         "ivc": rng.uniform(100.0, 150.0), "vein": vein,
         "splenic_vein": vein + rng.uniform(-30.0, 10.0), "bile": rng.uniform(0.0, 20.0),
-        "pancreas": rng.uniform(95.0, 125.0), "bowel_wall": rng.uniform(70.0, 110.0),
+        "pancreas": rng.uniform(100.0, 130.0), "bowel_wall": rng.uniform(70.0, 110.0),
     }
-    _paint_body_wall(cv, rng, body, hu)
-    spine = _paint_spine(cv, rng, body, hu)
-    lm = _paint_organs(cv, rng, body, hu, spine)
+    _paint_body_wall(cv, rng, body, pt)
+    spine = _paint_spine(cv, rng, body, pt)
+    lm = _paint_organs(cv, rng, body, pt, spine)
     au, av = lm["aorta"]
     lm["sma"] = (au - 2.0 * body.s, av - rng.uniform(17.0, 21.0) * body.s)
     lm["smv"] = (lm["sma"][0] - rng.uniform(11.0, 15.0) * body.s, lm["sma"][1] - 2.0)
-    cl = _make_centreline(rng, body.s, lm["smv"], hu["z_panc"])
+    cl = _make_centreline(rng, body.s, lm["smv"], pt["z_panc"])
     head = (float(cl.u[0]), float(cl.v[0]), float(cl.z[0]), float(cl.r[0]))
-    _paint_bowel(cv, rng, body, hu, lm["smv"], head)
-    _paint_periphery_vessels(cv, rng, body, hu, lm, cl)
+    _paint_bowel(cv, rng, body, pt, lm["smv"], head)
+    _paint_periphery_vessels(cv, rng, body, pt, lm, cl)
     d = None if tumour_diameter_mm is None else float(tumour_diameter_mm)
-    tumour = _paint_pancreas(cv, rng, body, hu, cl, d)
-    _paint_pancreatic_vessels(cv, rng, body, hu, lm, cl, tumour)
-    image = _acquire(rng, cv.hu, spacing)  # type: ignore[arg-type]
-    return PhantomCase(image, cv.label, spacing, d)  # type: ignore[arg-type]
+    tumour = _paint_pancreas(cv, rng, body, pt, cl, d)
+    _paint_pancreatic_vessels(cv, rng, body, pt, lm, cl, tumour)
+    return PhantomCase(_acquire(rng, cv.hu, spacing), cv.label, spacing, d)
 
 
 # --------------------------------------------------------------------------------------------
