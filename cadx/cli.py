@@ -71,6 +71,12 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d_train.seed)
 
 
+def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-boot", type=int, default=1000,
+                        help="bootstrap resamples for the intervals (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
         labels=LabelConvention(args.organ_labels, args.tumour_labels),
@@ -118,7 +124,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cadx.workflows import evaluate_dataset
 
     evaluate_dataset(args.model, args.dataset, args.out, console=console,
-                     progress=not args.quiet)
+                     progress=not args.quiet, n_boot=args.n_boot, seed=args.seed)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cadx.evaluate.predictions import report_predictions
+
+    report_predictions(args.predictions, args.out, threshold=args.threshold, n_boot=args.n_boot,
+                       seed=args.seed, console=console)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cadx.evaluate.predictions import compare_predictions
+
+    compare_predictions(args.predictions, args.models, out_path=args.out, console=console)
     return 0
 
 
@@ -172,7 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="folder with dataset.json, or a CSV manifest")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_bootstrap_options(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="report any model's scores from a predictions CSV")
+    p.add_argument("predictions",
+                   help="CSV with patient_id, y_true, score[, model][, subgroup columns...]")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--threshold", type=float,
+                   help="score > threshold is positive (default: max Youden on these data, "
+                        "which is optimistic)")
+    _add_bootstrap_options(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="DeLong test of two models' AUCs, paired by patient")
+    p.add_argument("predictions", help="CSV with patient_id, y_true, score, model")
+    p.add_argument("--models", required=True, type=lambda text: text.split(","),
+                   help="the two models to compare, as a,b")
+    p.add_argument("--out", help="also write the result as JSON here")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 

@@ -12,7 +12,7 @@ from cadx.config import PatchConfig, PipelineConfig, TrainConfig
 from cadx.diagnose.patient import Diagnosis, diagnose_case
 from cadx.errors import InputError
 from cadx.evaluate.cohort import CohortEvaluation, evaluate_cohort
-from cadx.evaluate.report import print_evaluation, write_report
+from cadx.evaluate.report import print_evaluation, print_levels, write_cohort_report
 from cadx.io.atomic import write_json_atomic
 from cadx.io.dataset import load_dataset
 from cadx.io.volumes import read_case
@@ -97,21 +97,28 @@ def _evaluated_training_patients(bundle: PatchModelBundle, patient_ids: list[str
 
 
 def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str | Path,
-                     console: Console | None = None, progress: bool = True) -> CohortEvaluation:
-    """Score a labelled dataset with a bundle and write the report folder."""
+                     console: Console | None = None, progress: bool = True, n_boot: int = 1000,
+                     seed: int = 0) -> CohortEvaluation:
+    """Score a labelled dataset with a bundle and write the report folder (95 % CIs from
+    `n_boot` bootstrap resamples where needed, seeded)."""
     console = console or Console()
     bundle = load_bundle(model_path)
     refs = load_dataset(dataset)
     overlap = _evaluated_training_patients(bundle, [r.patient_id for r in refs])
+    warnings = []
     if overlap:
-        console.print(f"[yellow]warning[/]: {len(overlap)} of these patients were used to train "
-                      f"or tune this model (e.g. {overlap[:3]}); metrics will be optimistic")
+        warnings.append(f"{len(overlap)} of these patients were used to train or tune this "
+                        f"model (e.g. {', '.join(overlap[:3])}); metrics will be optimistic")
+        console.print(f"[yellow]warning[/]: {warnings[0]}")
     cases = patch_cohort(refs, bundle.config, progress=progress)
     evaluation = evaluate_cohort(cases, score_cases(bundle.build_model(), cases),
                                  bundle.patch_threshold, bundle.patient_threshold)
-    write_report(evaluation, out_dir, {"model": str(model_path), "dataset": str(dataset),
-                                       "training_patients_evaluated": overlap})
-    print_evaluation(evaluation, console, f"Evaluation of {model_path} on {dataset}")
+    title = f"Evaluation of {model_path} on {dataset}"
+    levels = write_cohort_report(out_dir, evaluation, title=title, warnings=warnings,
+                                 meta={"model": str(model_path), "dataset": str(dataset),
+                                       "training_patients_evaluated": overlap},
+                                 source=str(dataset), n_boot=n_boot, seed=seed)
+    print_levels(levels, console, title)
     console.print(f"report written to {out_dir}")
     return evaluation
 
@@ -132,8 +139,8 @@ def run_demo(out_dir: Path, n_patients: int = 60, seed: int = 0,
     outcome = train_from_dataset(data_dir, model_path, DEMO_CONFIG, console=console,
                                  progress=progress)
     evaluation = outcome.test_evaluation
-    write_report(evaluation, out_dir / "report",
-                 {"model": str(model_path), "dataset": str(data_dir), "split": "test"})
+    write_cohort_report(out_dir / "report", evaluation, title="cadx demo: held-out test patients",
+                        meta={"model": str(model_path), "dataset": str(data_dir), "split": "test"})
     console.print(f"test report written to {out_dir / 'report'}")
     console.rule("diagnosing one held-out patient from its files")
     patient = next(r for r in load_dataset(data_dir) if r.patient_id == outcome.split.test[0])

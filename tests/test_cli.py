@@ -61,10 +61,13 @@ def test_diagnose_writes_json(trained, tmp_path):
 def test_evaluate_writes_report(trained, tmp_path, capsys):
     dataset, model = trained
     out = tmp_path / "report"
-    assert main(["evaluate", str(model), str(dataset), "--out", str(out), "--quiet"]) == 0
+    assert main(["evaluate", str(model), str(dataset), "--out", str(out), "--quiet",
+                 "--n-boot", "200"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["patient"]["n"] == 12
-    assert (out / "roc.png").stat().st_size > 1000
+    assert metrics["levels"]["patient"]["n"] == 12
+    assert metrics["levels"]["patch"]["metrics"]["auc"]["method"].startswith("cluster-bootstrap")
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "report.html"):
+        assert (out / name).stat().st_size > 1000
     assert len((out / "patients.csv").read_text().splitlines()) == 13
     # The whole toy set includes the training patients: the user is warned.
     assert "used to train" in capsys.readouterr().out

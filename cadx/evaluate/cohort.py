@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
 from cadx.decide.aggregate import patient_scores
 from cadx.evaluate.lesion_size import SIZE_BINS_MM, size_bin
+from cadx.evaluate.levels import MISSING_GROUP, LevelResult, evaluate_level
 from cadx.evaluate.metrics import binary_metrics
 from cadx.patches.cohort import PatchedCase
+
+NO_TUMOUR_GROUP = "no tumour"
 
 
 @dataclass
 class CohortEvaluation:
-    """Metrics at the stored thresholds, per-patient rows and sensitivity by tumour size."""
+    """Metrics at the stored thresholds, per-patient rows and sensitivity by tumour size.
+
+    Patient rows carry the dataset's metadata columns (`metadata_columns`). The patch-level
+    arrays (one entry per patch) feed the report's confidence intervals and are left out of
+    `to_dict`.
+    """
 
     patch_threshold: float
     patient_threshold: float
@@ -26,13 +34,17 @@ class CohortEvaluation:
     patients: list[dict[str, object]]
     patch_roc: dict[str, list[float]]
     patient_roc: dict[str, list[float]]
+    metadata_columns: list[str]
+    patch_scores: np.ndarray = field(repr=False)
+    patch_labels: np.ndarray = field(repr=False)
+    patch_patient_ids: np.ndarray = field(repr=False)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "patch_threshold": self.patch_threshold, "patient_threshold": self.patient_threshold,
             "patch": self.patch, "patient": self.patient, "by_tumour_size": self.by_tumour_size,
             "patients": self.patients, "patch_roc": self.patch_roc,
-            "patient_roc": self.patient_roc,
+            "patient_roc": self.patient_roc, "metadata_columns": self.metadata_columns,
         }
 
 
@@ -66,6 +78,12 @@ def evaluate_cohort(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndar
          "patient_score": float(s), "predicted_cancer": bool(p)}
         for c, s, p in zip(cases, p_scores, predicted, strict=True)
     ]
+    # Metadata columns in first-seen order; a column that clashes with a computed one is dropped.
+    computed_columns = set(rows[0]) if rows else set()
+    metadata_columns = [column for column in dict.fromkeys(k for c in cases for k in c.meta)
+                        if column not in computed_columns]
+    for row, case in zip(rows, cases, strict=True):
+        row.update({column: case.meta.get(column) for column in metadata_columns})
     size_table = []
     for _, _, name in SIZE_BINS_MM:
         members = [r for r in rows if r["size_bin"] == name]
@@ -76,4 +94,35 @@ def evaluate_cohort(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndar
         patch_threshold=patch_threshold, patient_threshold=patient_threshold,
         patch=patch, patient=patient, by_tumour_size=size_table, patients=rows,
         patch_roc=_roc(all_labels, all_scores), patient_roc=_roc(truth, p_scores),
+        metadata_columns=metadata_columns, patch_scores=all_scores,
+        patch_labels=all_labels.astype(int), patch_patient_ids=all_ids.astype(str),
     )
+
+
+def cohort_levels(evaluation: CohortEvaluation, *, source: str = "", n_boot: int = 1000,
+                  seed: int = 0) -> list[LevelResult]:
+    """The patch level (patient-level cluster bootstrap CIs) and the patient level (Wilson and
+    DeLong CIs, subgroups by tumour size and by each metadata column) of `evaluation`.
+
+    A cohort with one class only raises InputError naming `source` (e.g. the dataset).
+    """
+    prefix = f"{source}, " if source else ""
+    patch = evaluate_level(
+        "patch", evaluation.patch_labels, evaluation.patch_scores, evaluation.patch_threshold,
+        unit="patches", clusters=evaluation.patch_patient_ids, score_kind="probability",
+        threshold_note="stored in the model bundle (max Youden on the validation patches)",
+        source=f"{prefix}patch level", n_boot=n_boot, seed=seed)
+    rows = evaluation.patients
+    subgroups: dict[str, list[object]] = {
+        "size_bin": [(r["size_bin"] or MISSING_GROUP) if r["has_tumour"] else NO_TUMOUR_GROUP
+                     for r in rows]}
+    subgroups.update({column: [r[column] for r in rows]
+                      for column in evaluation.metadata_columns})
+    patient = evaluate_level(
+        "patient", [r["has_tumour"] for r in rows], [r["patient_score"] for r in rows],
+        evaluation.patient_threshold, unit="patients", subgroups=subgroups,
+        subgroup_order={"size_bin": [name for _, _, name in SIZE_BINS_MM] + [NO_TUMOUR_GROUP]},
+        score_kind="score",
+        threshold_note="stored in the model bundle (max Youden on the validation patients)",
+        source=f"{prefix}patient level", n_boot=n_boot, seed=seed)
+    return [patch, patient]

@@ -154,16 +154,17 @@ def _require_both_classes(y: np.ndarray, source: str, minimum: int = 1) -> None:
                              f"found {count}")
 
 
-def validate_scores(y_true, scores, *, name: str = "score",
+def validate_scores(y_true, scores, *, name: str = "score", label_name: str = "label",
                     source: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Check 0/1 labels and probabilities in [0, 1]; return (labels as int, scores as float).
 
-    Raises InputError naming `source`, the column and the 1-based row(s) for mismatched lengths,
-    non-numeric, NaN, infinite or out-of-range scores, labels other than 0/1 (bools, 0/1 numbers
-    and '0'/'1' strings are accepted), and for labels holding one class only.
+    Raises InputError naming `source`, the column (`name` for scores, `label_name` for labels)
+    and the 1-based row(s) for mismatched lengths, non-numeric, NaN, infinite or out-of-range
+    scores, labels other than 0/1 (bools, 0/1 numbers and '0'/'1' strings are accepted), and for
+    labels holding one class only.
     """
-    _same_length(source, label=y_true, **{name: scores})
-    y = _labels(y_true, source=source)
+    _same_length(source, **{label_name: y_true, name: scores})
+    y = _labels(y_true, name=label_name, source=source)
     s = _scores(scores, name=name, source=source, unit_interval=True)
     _require_both_classes(y, source)
     return y, s

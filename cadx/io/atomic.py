@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    """The process umask (read once at import: setting it is process-wide, not thread-safe)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextmanager
 def atomic_path(final_path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `final_path`; rename it into place only on success."""
@@ -22,6 +32,8 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp_name)
     try:
         yield tmp_path
+        # mkstemp creates 0600 files; give the output the usual permissions (0666 less umask).
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, final_path)
     finally:
         if tmp_path.exists():

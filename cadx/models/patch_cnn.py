@@ -34,6 +34,12 @@ class PatchCNN(nn.Module):
             nn.Linear(32, 32), nn.ReLU(),
             nn.Linear(32, 1),
         )
+        # He initialisation: with PyTorch's default (a smaller variance) the signal fades through
+        # the eight ReLU layers and training sat at chance for epochs on the synthetic cohort.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(patches)).squeeze(1)

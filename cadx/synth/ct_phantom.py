@@ -29,18 +29,18 @@ Simulated anatomy and attenuation (pancreatic / early portal-venous phase, ~45-7
   body over the aorta, tail towards the splenic hilum), 20-30 mm thick, ~120-160 mm long,
   ~30-60 mm craniocaudal, base +100..+130 HU (normal parenchyma enhances to ~100-130 HU in the
   pancreatic phase, e.g. Lu et al., AJR 1996; Prokesch et al., Radiology 2002), plus fine
-  texture and fatty interdigitation between lobules (a heterogeneous, not flat, organ).
+  texture and sparse fatty interdigitation between lobules (a heterogeneous, not flat, organ).
 * tumour (PDAC): an irregular ellipsoid of the requested volume-equivalent diameter centred in
   the pancreas (65 % in the head), locally enlarging the gland (mass effect), hypoattenuating by
-  20-60 HU relative to the mean parenchyma, with internal heterogeneity, central hypodensity
+  40-80 HU relative to the mean parenchyma, with internal heterogeneity, central hypodensity
   when large and an infiltrative margin; 12 % are near-isoattenuating (10-20 HU lower) --
   about 5-15 % of PDAC are isoattenuating in the pancreatic phase (Prokesch et al., Radiology
   2002; Kim et al., Radiology 2010). Half of the tumours dilate the upstream main pancreatic
   duct, and a head tumour dilates and cuts off the common bile duct (secondary signs).
 * distractors in tumour-free and tumour patients alike: a dilated main duct (10 % of
   tumour-free patients), the common bile duct in the head (label 0), focal fatty infiltration
-  of the head (pseudolesion, -15..-35 HU, label 1), fluid-filled duodenum/jejunum, lymph nodes,
-  a variably opacified splenic vein, mesenteric vessels.
+  of the head in 15 % (pseudolesion, -10..-25 HU, label 1), fluid-filled duodenum/jejunum,
+  lymph nodes, a variably opacified splenic vein, mesenteric vessels.
 
 Label values follow MSD Task07: 0 background, 1 pancreas, 2 tumour (tumour voxels are not 1).
 Vessels and the bile duct drawn over the pancreas are label 0; they never overwrite tumour.
@@ -50,7 +50,7 @@ in-plane, slice-sensitivity sigma ~ slice thickness / 2.355 along z) applied to 
 *plus* white Gaussian noise. Blurring the noise with the same kernel gives the correlated
 noise texture of filtered back-projection (at 0.9 mm pixels the noise correlation sigma is
 0.6-0.95 px); the white-noise level is scaled so that the standard deviation measured in a
-uniform region is 12-20 HU (drawn per patient). Values are clipped to [-1024, 3071] and
+uniform region is 10-18 HU (drawn per patient). Values are clipped to [-1024, 3071] and
 stored as int16.
 """
 
@@ -613,14 +613,14 @@ def _paint_pancreas(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict
     gland = _largest_component(nd < envelope)  # lobulation can pinch off tiny islands
     # Parenchyma: base + fine texture, fatty clefts between lobules (partial-volume blend).
     par = pt["pancreas"] + rng.uniform(5.0, 9.0) * tex
-    cleft = np.clip((fat - rng.uniform(0.9, 1.8)) / 0.6, 0.0, 1.0) * 0.6
+    cleft = np.clip((fat - rng.uniform(1.6, 2.2)) / 0.6, 0.0, 1.0) * 0.4
     par = par * (1 - cleft) + pt["fat_vis"] * cleft
-    if rng.random() < 0.25:  # focal fatty infiltration of the anterior head (pseudolesion)
+    if rng.random() < 0.15:  # focal fatty infiltration of the anterior head (pseudolesion)
         kf = int(rng.integers(0, max(int(0.15 * len(cl.s)), 1)))
         fx, fy = body.xy(cl.u[kf], cl.v[kf] - 0.3 * cl.r[kf], cl.z[kf])
         rho = rng.uniform(5.0, 11.0)
         d2 = (xx - fx) ** 2 + (yy - fy) ** 2 + (zz - cl.z[kf]) ** 2
-        par -= rng.uniform(15.0, 35.0) * np.exp(-d2 / (2 * rho**2))
+        par -= rng.uniform(10.0, 25.0) * np.exp(-d2 / (2 * rho**2))
     hu_box = cv.hu[box]
     np.copyto(hu_box, par.astype(np.float32), where=gland)
     np.copyto(cv.label[box], np.uint8(1), where=gland)
@@ -642,7 +642,7 @@ def _paint_pancreas(cv: _Canvas, rng: np.random.Generator, body: _Body, pt: dict
         tum[idx] = True
     # Attenuation difference relative to the mean parenchyma (fatty clefts included), so the
     # lesion is darker than the gland it sits in by ``delta`` on average.
-    delta = rng.uniform(10.0, 20.0) if rng.random() < 0.12 else rng.uniform(20.0, 60.0)
+    delta = rng.uniform(10.0, 20.0) if rng.random() < 0.12 else rng.uniform(40.0, 80.0)
     coarse = lob - float(lob[tum].mean())  # zero-mean inside the lesion: no offset for tiny ones
     ref = float(par[gland].mean()) if gland.any() else pt["pancreas"]
     t_hu = (ref - delta + rng.uniform(8.0, 14.0) * tex + 6.0 * coarse
@@ -751,7 +751,7 @@ def _acquire(rng: np.random.Generator, hu: np.ndarray, spacing: tuple[float, flo
     psf_xy = rng.uniform(0.55, 0.85)
     psf_z = spacing[0] / 2.355 * rng.uniform(0.9, 1.1)
     sig = (psf_z / spacing[0], psf_xy / spacing[1], psf_xy / spacing[2])
-    noise_sd = rng.uniform(12.0, 20.0)
+    noise_sd = rng.uniform(10.0, 18.0)
     gain = noise_sd / np.sqrt(_kernel_sq_norm(sig))
     hu += np.float32(gain) * rng.standard_normal(hu.shape, dtype=np.float32)
     out = gaussian_filter(hu, sig, truncate=_GAUSS_TRUNCATE)
