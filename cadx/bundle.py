@@ -52,7 +52,7 @@ class PatchModelBundle:
 
     def build_model(self) -> PatchCNN:
         """The network with its trained weights, in eval mode."""
-        model = PatchCNN(self.config.patches.size_px)
+        model = PatchCNN(self.config.patches.size_px, self.config.model.batch_norm)
         model.load_state_dict(self.state_dict)
         return model.eval()
 

@@ -11,7 +11,14 @@ from pathlib import Path
 from rich.console import Console
 
 from cadx import __version__
-from cadx.config import LabelConvention, PatchConfig, PipelineConfig, PreprocessConfig, TrainConfig
+from cadx.config import (
+    LabelConvention,
+    ModelConfig,
+    PatchConfig,
+    PipelineConfig,
+    PreprocessConfig,
+    TrainConfig,
+)
 from cadx.errors import CadxError
 
 console = Console(stderr=False)
@@ -57,7 +64,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="px; default = patch size (no overlap); 20-80 %% overlap allowed")
     g.add_argument("--patch-start", choices=("corner", "organ"), default=d_patch.start,
                    help="start the window grid at the image corner or the organ's bounding box")
-    g = parser.add_argument_group("training")
+    g = parser.add_argument_group("model and training")
+    g.add_argument("--no-batch-norm", action="store_true",
+                   help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
                    help="patches per step (default %(default)s; the seed used 2560)")
     g.add_argument("--epochs", type=int, default=d_train.max_epochs, help="maximum epochs")
@@ -83,6 +92,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         preprocess=PreprocessConfig(args.slice_thickness, args.dilation, args.window_level,
                                     args.window_width, args.intensity),
         patches=PatchConfig(args.patch_size, args.stride or args.patch_size, args.patch_start),
+        model=ModelConfig(batch_norm=not args.no_batch_norm),
         train=TrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                           learning_rate=args.lr, reduce_lr_patience=args.reduce_lr_patience,
                           early_stop_patience=args.early_stop_patience,

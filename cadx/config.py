@@ -80,6 +80,13 @@ class PatchConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Architecture options of the Table-1 patch CNN."""
+
+    batch_norm: bool = True
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimiser, callbacks and split settings (seed 000: reduce LR after 10, stop after 40)."""
 
@@ -112,6 +119,7 @@ class PipelineConfig:
     labels: LabelConvention = field(default_factory=LabelConvention)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +132,7 @@ class PipelineConfig:
             "labels": LabelConvention,
             "preprocess": PreprocessConfig,
             "patches": PatchConfig,
+            "model": ModelConfig,
             "train": TrainConfig,
         }
         kwargs = {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cadx.bundle import PatchModelBundle, load_bundle, save_bundle
-from cadx.config import PatchConfig, PipelineConfig, PreprocessConfig
+from cadx.config import ModelConfig, PatchConfig, PipelineConfig, PreprocessConfig
 from cadx.decide.roc import OperatingPoint
 from cadx.errors import BundleError
 from cadx.models.patch_cnn import PatchCNN
@@ -14,9 +14,10 @@ from cadx.models.patch_cnn import PatchCNN
 
 def _bundle(patch_size=16):
     torch.manual_seed(0)
-    model = PatchCNN(patch_size)
+    model = PatchCNN(patch_size, batch_norm=False)
     config = PipelineConfig(preprocess=PreprocessConfig(window_level_hu=40),
-                            patches=PatchConfig(size_px=patch_size, stride_px=patch_size // 2))
+                            patches=PatchConfig(size_px=patch_size, stride_px=patch_size // 2),
+                            model=ModelConfig(batch_norm=False))
     return PatchModelBundle(
         config=config, state_dict=model.state_dict(),
         patch_operating_point=OperatingPoint(0.42, 0.9, 0.8, 0.7, 0.95, (0.0, 1.0), (0.0, 1.0)),
@@ -31,6 +32,17 @@ def test_table1_network_output_sizes():
     assert features.shape == (2, 128, 6, 6)  # flatten -> 4608, as in Table 1
     assert model(torch.zeros(2, 1, 50, 50)).shape == (2,)
     assert PatchCNN(32)(torch.zeros(1, 1, 32, 32)).shape == (1,)
+
+
+def test_table1_exactly_without_batch_norm():
+    plain = PatchCNN(50, batch_norm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    convs = [m for m in plain.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [
+        (16, 5), (32, 5), (64, 3), (64, 3), (128, 3), (128, 3)]
+    linears = [m for m in plain.classifier if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(4608, 32), (32, 32), (32, 1)]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in PatchCNN(50).modules()) == 6
 
 
 def test_bundle_round_trip(tmp_path):

@@ -6,8 +6,12 @@ import torch
 from torch import nn
 
 
-def _conv_block(in_channels: int, out_channels: int, kernel: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2), nn.ReLU()]
+def _conv_block(in_channels: int, out_channels: int, kernel: int,
+                batch_norm: bool) -> list[nn.Module]:
+    conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
+    if batch_norm:
+        return [conv, nn.BatchNorm2d(out_channels), nn.ReLU()]
+    return [conv, nn.ReLU()]
 
 
 class PatchCNN(nn.Module):
@@ -15,15 +19,22 @@ class PatchCNN(nn.Module):
 
     Input (N, 1, P, P) with values 0..1; output (N,) logits (apply a sigmoid for probabilities).
     For P = 50 the flattened feature is 6 x 6 x 128 = 4608, as in Table 1.
+
+    `batch_norm` adds a BatchNorm after each convolution. Table 1 lists none; the seed does not
+    limit the layers used. Trained from scratch for a few CPU epochs on the synthetic cohort, the
+    plain Table-1 network stayed near chance (validation patch AUC 0.62 after 8 epochs) while the
+    BatchNorm variant reached 0.77 after 6 (README, "Design decisions"); pass False for Table 1
+    exactly.
     """
 
-    def __init__(self, patch_size_px: int = 50) -> None:
+    def __init__(self, patch_size_px: int = 50, batch_norm: bool = True) -> None:
         super().__init__()
         self.patch_size_px = patch_size_px
+        bn = batch_norm
         self.features = nn.Sequential(
-            *_conv_block(1, 16, 5), *_conv_block(16, 32, 5), nn.MaxPool2d(2),
-            *_conv_block(32, 64, 3), *_conv_block(64, 64, 3), nn.MaxPool2d(2),
-            *_conv_block(64, 128, 3), *_conv_block(128, 128, 3), nn.MaxPool2d(2),
+            *_conv_block(1, 16, 5, bn), *_conv_block(16, 32, 5, bn), nn.MaxPool2d(2),
+            *_conv_block(32, 64, 3, bn), *_conv_block(64, 64, 3, bn), nn.MaxPool2d(2),
+            *_conv_block(64, 128, 3, bn), *_conv_block(128, 128, 3, bn), nn.MaxPool2d(2),
         )
         side = patch_size_px // 2 // 2 // 2
         if side < 1:

@@ -82,7 +82,8 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
                      for name, part in parts.items()})
     train_patches = PatchSet.concat([c.patches for c in parts["train"]])
     val_patches = PatchSet.concat([c.patches for c in parts["validation"]])
-    model, history = fit_patch_cnn(train_patches, val_patches, train_cfg, progress=progress)
+    model, history = fit_patch_cnn(train_patches, val_patches, train_cfg,
+                                   model_config=config.model, progress=progress)
     patch_point, patient_point = choose_thresholds(model, parts["validation"])
 
     test_evaluation = None
