@@ -22,8 +22,8 @@ from cadx.train.pipeline import TrainingOutcome, score_cases, train_patch_model
 # Scaled-down callbacks and a smaller batch so the demo trains in minutes on 2 CPU cores.
 DEMO_CONFIG = PipelineConfig(
     patches=PatchConfig(size_px=50, stride_px=25),
-    train=TrainConfig(batch_size=64, max_epochs=12, learning_rate=1e-3, reduce_lr_patience=2,
-                      early_stop_patience=4, seed=0),
+    train=TrainConfig(batch_size=64, max_epochs=12, learning_rate=3e-4, reduce_lr_patience=3,
+                      early_stop_patience=5, seed=0),
 )
 
 
