@@ -1,0 +1,42 @@
+"""Exam (patient) scores from per-image probabilities (seed 002).
+
+theta = -(1/n) * sum_i ln(1 - p_i) over a patient's n images: one confidently malignant image
+raises the exam score strongly, many doubtful ones a little. The mean and the max of p_i are the
+usual alternatives. Each returns a score per patient; thresholds come from `decide.roc`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from cadx.errors import ConfigError
+
+# p is clipped to [0, 1 - PROBABILITY_CLIP] so that a probability of exactly 1 gives a finite
+# theta (-ln 1e-6 = 13.8) instead of infinity.
+PROBABILITY_CLIP = 1e-6
+EXAM_SCORES = ("theta", "mean", "max")
+
+
+def exam_scores(patient_ids: Sequence[str], probabilities: Sequence[float],
+                method: str = "theta") -> dict[str, float]:
+    """Aggregate image probabilities into one score per patient with `method`."""
+    if method not in EXAM_SCORES:
+        raise ConfigError(f"exam score must be one of {EXAM_SCORES}, got {method!r}")
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.size != len(patient_ids):
+        raise ConfigError(f"{len(patient_ids)} patient ids for {p.size} probabilities")
+    if p.size and (not np.isfinite(p).all() or p.min() < 0 or p.max() > 1):
+        raise ConfigError("image probabilities must be finite and within [0, 1]")
+    ids, inverse = np.unique(np.asarray(patient_ids).astype(str), return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(ids))
+    if method == "theta":
+        terms = -np.log1p(-np.clip(p, 0.0, 1.0 - PROBABILITY_CLIP))
+        values = np.bincount(inverse, weights=terms, minlength=len(ids)) / counts
+    elif method == "mean":
+        values = np.bincount(inverse, weights=p, minlength=len(ids)) / counts
+    else:
+        values = np.full(len(ids), -np.inf)
+        np.maximum.at(values, inverse, p)
+    return dict(zip(ids.tolist(), values.tolist(), strict=True))
