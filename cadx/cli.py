@@ -75,6 +75,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="epochs without validation-loss improvement before halving the LR")
     g.add_argument("--early-stop-patience", type=int, default=d_train.early_stop_patience,
                    help="epochs without validation-loss improvement before stopping")
+    g.add_argument("--monitor", choices=("loss", "auc"), default=d_train.monitor,
+                   help="what reduce-LR and early stopping watch on validation (seed: loss)")
     g.add_argument("--val-fraction", type=float, default=d_train.validation_fraction)
     g.add_argument("--test-fraction", type=float, default=d_train.test_fraction)
     g.add_argument("--seed", type=int, default=d_train.seed)
@@ -97,7 +99,8 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           learning_rate=args.lr, reduce_lr_patience=args.reduce_lr_patience,
                           early_stop_patience=args.early_stop_patience,
                           validation_fraction=args.val_fraction,
-                          test_fraction=args.test_fraction, seed=args.seed),
+                          test_fraction=args.test_fraction, seed=args.seed,
+                          monitor=args.monitor),
     )
 
 

@@ -100,8 +100,12 @@ class TrainConfig:
     test_fraction: float = 0.2
     seed: int = 0
     augment_flips: bool = True
+    # What the callbacks watch: the seed's validation "loss", or validation patch "auc".
+    monitor: str = "loss"
 
     def __post_init__(self) -> None:
+        if self.monitor not in ("loss", "auc"):
+            raise ConfigError(f"monitor must be 'loss' or 'auc', got {self.monitor!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.max_epochs < 1:

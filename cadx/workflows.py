@@ -23,7 +23,7 @@ from cadx.train.pipeline import TrainingOutcome, score_cases, train_patch_model
 DEMO_CONFIG = PipelineConfig(
     patches=PatchConfig(size_px=50, stride_px=25),
     train=TrainConfig(batch_size=64, max_epochs=12, learning_rate=3e-4, reduce_lr_patience=3,
-                      early_stop_patience=5, seed=0),
+                      early_stop_patience=5, seed=0, monitor="auc"),
 )
 
 
@@ -34,8 +34,10 @@ def _print_training(outcome: TrainingOutcome, console: Console) -> None:
                       f"({counts['patients_with_tumour']} with tumour), {counts['patches']:>6} "
                       f"patches ({counts['cancerous_patches']} cancerous)")
     history = outcome.history
-    console.print(f"  trained {len(history.train_loss)} epochs, best validation loss at epoch "
-                  f"{history.best_epoch + 1}" + (" (early stop)" if history.stopped_early else ""))
+    monitor = outcome.bundle.config.train.monitor
+    console.print(f"  trained {len(history.train_loss)} epochs, best validation {monitor} at "
+                  f"epoch {history.best_epoch + 1}"
+                  + (" (early stop)" if history.stopped_early else ""))
     patch_point = outcome.bundle.patch_operating_point
     patient_point = outcome.bundle.patient_operating_point
     console.print(f"  validation: patch AUC {patch_point.auc:.3f}, patch threshold "

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from sklearn.metrics import roc_auc_score
 
 from cadx.config import ModelConfig, TrainConfig
 from cadx.errors import SplitError
@@ -22,6 +23,7 @@ class TrainingHistory:
 
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
+    validation_auc: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
@@ -30,23 +32,28 @@ class TrainingHistory:
         return {
             "epochs_run": len(self.train_loss), "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early, "train_loss": self.train_loss,
-            "validation_loss": self.validation_loss, "learning_rate": self.learning_rate,
+            "validation_loss": self.validation_loss, "validation_auc": self.validation_auc,
+            "learning_rate": self.learning_rate,
         }
 
 
 class EarlyStopping:
-    """Stop when the monitored loss has not improved for `patience` epochs; keep the best model."""
+    """Stop when the monitored value has not improved for `patience` epochs; keep the best model.
 
-    def __init__(self, patience: int) -> None:
+    `mode` is "min" for a loss, "max" for an AUC.
+    """
+
+    def __init__(self, patience: int, mode: str = "min") -> None:
         self.patience = patience
-        self.best_loss = float("inf")
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.best_value = float("inf")
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
 
-    def update(self, loss: float, epoch: int, model: torch.nn.Module) -> bool:
-        """Record this epoch's loss; return True when training should stop."""
-        if loss < self.best_loss:
-            self.best_loss, self.best_epoch = loss, epoch
+    def update(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record this epoch's value; return True when training should stop."""
+        if self.sign * value < self.best_value:
+            self.best_value, self.best_epoch = self.sign * value, epoch
             self.best_state = copy.deepcopy(model.state_dict())
         return epoch - self.best_epoch >= self.patience
 
@@ -92,9 +99,10 @@ def fit_patch_cnn(
     n_pos = int(train.labels.sum())
     loss_fn = WeightedBCELoss(n_positive=n_pos, n_negative=len(train) - n_pos)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    mode = "min" if config.monitor == "loss" else "max"
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, mode="min", factor=config.reduce_lr_factor, patience=config.reduce_lr_patience)
-    stopper = EarlyStopping(config.early_stop_patience)
+        optimiser, mode=mode, factor=config.reduce_lr_factor, patience=config.reduce_lr_patience)
+    stopper = EarlyStopping(config.early_stop_patience, mode)
     history = TrainingHistory()
     x_train, y_train = _as_tensor(train)
     x_val, y_val = _as_tensor(validation)
@@ -117,14 +125,18 @@ def fit_patch_cnn(
                 loss.backward()
                 optimiser.step()
                 total_loss += float(loss.detach()) * len(index)
-            val_loss = float(loss_fn(predict_logits(model, x_val), y_val))
+            val_logits = predict_logits(model, x_val)
+            val_loss = float(loss_fn(val_logits, y_val))
+            val_auc = float(roc_auc_score(validation.labels, val_logits.numpy()))
             history.train_loss.append(total_loss / len(x_train))
             history.validation_loss.append(val_loss)
+            history.validation_auc.append(val_auc)
             history.learning_rate.append(optimiser.param_groups[0]["lr"])
-            scheduler.step(val_loss)
-            stop = stopper.update(val_loss, epoch, model)
+            monitored = val_loss if config.monitor == "loss" else val_auc
+            scheduler.step(monitored)
+            stop = stopper.update(monitored, epoch, model)
             bar.update(task, advance=1, status=f"loss {history.train_loss[-1]:.3f} "
-                                               f"val {val_loss:.3f}")
+                                               f"val {val_loss:.3f} AUC {val_auc:.3f}")
             if stop:
                 history.stopped_early = True
                 break
