@@ -58,6 +58,13 @@ class EarlyStopping:
         return epoch - self.best_epoch >= self.patience
 
 
+def epoch_progress(progress: bool) -> Progress:
+    """A rich progress bar over epochs with a free-text status field (disabled when quiet)."""
+    columns = [TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn()]
+    return Progress(*columns, disable=not progress)
+
+
 def _as_tensor(patch_set: PatchSet) -> tuple[torch.Tensor, torch.Tensor]:
     patches = torch.from_numpy(np.ascontiguousarray(patch_set.patches, dtype=np.float32))
     labels = torch.from_numpy(patch_set.labels.astype(np.float32))
@@ -107,9 +114,7 @@ def fit_patch_cnn(
     x_train, y_train = _as_tensor(train)
     x_val, y_val = _as_tensor(validation)
 
-    columns = [TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn()]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with epoch_progress(progress) as bar:
         task = bar.add_task("epochs", total=config.max_epochs, status="")
         for epoch in range(config.max_epochs):
             model.train()

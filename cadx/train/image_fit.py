@@ -3,17 +3,16 @@ stopping on validation AUC. The network comes from `cadx.models.backbones`."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import roc_auc_score
 
 from cadx.errors import ConfigError, SplitError
 from cadx.train.augment import augment_batch, image_augmentation
+from cadx.train.fit import EarlyStopping, epoch_progress
 
 
 @dataclass(frozen=True)
@@ -85,11 +84,9 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
                                   weight_decay=config.weight_decay)
     x_train = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
     y_train = torch.from_numpy(train_labels)
-    history = ImageTrainingHistory(best_validation_auc=-1.0)
-    best_state = copy.deepcopy(model.state_dict())
-    columns = [TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn()]
-    with Progress(*columns, disable=not progress) as bar:
+    history = ImageTrainingHistory()
+    stopper = EarlyStopping(config.early_stop_patience, mode="max")
+    with epoch_progress(progress) as bar:
         task = bar.add_task("epochs", total=config.max_epochs, status="")
         for epoch in range(config.max_epochs):
             model.train()
@@ -113,14 +110,14 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
             auc = float(roc_auc_score(validation_labels, scores))
             history.train_loss.append(total / len(x_train))
             history.validation_auc.append(auc)
-            if auc > history.best_validation_auc:
-                history.best_validation_auc, history.best_epoch = auc, epoch
-                best_state = copy.deepcopy(model.state_dict())
+            stop = stopper.update(auc, epoch, model)
             bar.update(task, advance=1, status=f"loss {history.train_loss[-1]:.3f} "
                                                f"val AUC {auc:.3f}")
-            if epoch - history.best_epoch >= config.early_stop_patience:
+            if stop:
                 history.stopped_early = True
                 break
-    model.load_state_dict(best_state)
+    model.load_state_dict(stopper.best_state)
+    history.best_epoch = stopper.best_epoch
+    history.best_validation_auc = history.validation_auc[stopper.best_epoch]
     model.eval()
     return model, history
