@@ -66,47 +66,70 @@ class PatchModelBundle:
         }
 
 
-def _checksum(manifest_bytes: bytes, weights_bytes: bytes) -> str:
+def _checksum(parts: list[bytes]) -> str:
     digest = hashlib.sha256()
-    for part in (manifest_bytes, weights_bytes):
+    for part in parts:
         digest.update(len(part).to_bytes(8, "little"))
         digest.update(part)
     return digest.hexdigest()
 
 
-def save_bundle(bundle: PatchModelBundle, path: str | Path) -> Path:
-    """Write the bundle atomically to `path`."""
-    manifest_bytes = json.dumps(bundle.manifest(), indent=2).encode()
-    buffer = io.BytesIO()
-    torch.save(bundle.state_dict, buffer)
-    weights_bytes = buffer.getvalue()
+def write_archive(path: str | Path, parts: dict[str, bytes]) -> Path:
+    """Write named byte `parts` plus `checksum.sha256` (over the parts in the given order) as a
+    zip, atomically. Every cadx bundle kind is stored this way."""
     path = Path(path)
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("manifest.json", manifest_bytes)
-            archive.writestr("weights.pt", weights_bytes)
-            archive.writestr("checksum.sha256", _checksum(manifest_bytes, weights_bytes) + "\n")
+            for name, data in parts.items():
+                archive.writestr(name, data)
+            archive.writestr("checksum.sha256", _checksum(list(parts.values())) + "\n")
     return path
 
 
-def load_bundle(path: str | Path) -> PatchModelBundle:
-    """Read and verify a bundle; raises BundleError naming the file if anything is wrong."""
+def read_archive(path: str | Path, names: list[str]) -> dict[str, bytes]:
+    """Read the `names` parts of an archive written by `write_archive` (same order) and verify
+    the checksum; BundleError naming the file otherwise."""
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: model bundle not found")
     try:
         with zipfile.ZipFile(path) as archive:
-            manifest_bytes = archive.read("manifest.json")
-            weights_bytes = archive.read("weights.pt")
+            parts = {name: archive.read(name) for name in names}
             stored = archive.read("checksum.sha256").decode().strip()
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         raise BundleError(f"{path}: not a cadx model bundle ({exc})") from None
-    if stored != _checksum(manifest_bytes, weights_bytes):
+    if stored != _checksum(list(parts.values())):
         raise BundleError(f"{path}: checksum mismatch; the bundle is corrupt or was edited")
-    manifest = json.loads(manifest_bytes)
+    return parts
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of any cadx bundle, unverified (to decide which loader to use)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("manifest.json"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: model bundle not found") from None
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise BundleError(f"{path}: not a cadx model bundle ({exc})") from None
+
+
+def save_bundle(bundle: PatchModelBundle, path: str | Path) -> Path:
+    """Write the bundle atomically to `path`."""
+    buffer = io.BytesIO()
+    torch.save(bundle.state_dict, buffer)
+    return write_archive(path, {"manifest.json": json.dumps(bundle.manifest(), indent=2).encode(),
+                                "weights.pt": buffer.getvalue()})
+
+
+def load_bundle(path: str | Path) -> PatchModelBundle:
+    """Read and verify a bundle; raises BundleError naming the file if anything is wrong."""
+    parts = read_archive(path, ["manifest.json", "weights.pt"])
+    manifest = json.loads(parts["manifest.json"])
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: unsupported bundle format {manifest.get('format')!r}")
-    state_dict = torch.load(io.BytesIO(weights_bytes), map_location="cpu", weights_only=True)
+    state_dict = torch.load(io.BytesIO(parts["weights.pt"]), map_location="cpu",
+                            weights_only=True)
     return PatchModelBundle(
         config=PipelineConfig.from_dict(manifest["config"]),
         state_dict=state_dict,
