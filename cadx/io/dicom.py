@@ -1,0 +1,444 @@
+"""Read DICOM image series (a folder of slices, or datasets from a PACS) into a `Case` in HU.
+
+Files are grouped by SeriesInstanceUID and sorted by their position along the slice normal
+(ImagePositionPatient . (row x column cosines)), never by file name or InstanceNumber. Stored
+values become HU (or MR units) through each slice's RescaleSlope/Intercept; the slice spacing
+comes from the positions. Pixel data are decoded by pydicom with whatever codecs are installed
+(pylibjpeg, pylibjpeg-libjpeg/-openjpeg, pyjpegls, or GDCM): a transfer syntax none of them
+handles is refused with its name and the package that would decode it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from cadx.case import Case
+from cadx.errors import EmptyMaskError, GeometryError, InputError
+from cadx.io.volumes import Geometry, check_same_geometry, read_volume
+
+IMAGE_MODALITIES = ("CT", "MR")
+_PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_TUMOUR_WORDS = ("tumo", "lesion", "neoplas", "cancer", "carcinoma", "mass", "metasta")
+
+
+@dataclass
+class SeriesInfo:
+    """One series' instances (headers, maybe with pixels) and what selection needs to know."""
+
+    series_uid: str
+    datasets: list[Dataset]
+
+    def _first(self, keyword: str, default: object = "") -> object:
+        return self.datasets[0].get(keyword, default)
+
+    @property
+    def modality(self) -> str:
+        return str(self._first("Modality", ""))
+
+    @property
+    def patient_id(self) -> str:
+        return str(self._first("PatientID", ""))
+
+    @property
+    def study_uid(self) -> str:
+        return str(self._first("StudyInstanceUID", ""))
+
+    @property
+    def description(self) -> str:
+        return str(self._first("SeriesDescription", ""))
+
+    @property
+    def image_type(self) -> tuple[str, ...]:
+        value = self._first("ImageType", None)
+        if value is None:
+            return ()
+        return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
+
+    @property
+    def orientation(self) -> str:
+        """'axial', 'coronal', 'sagittal', 'oblique' or 'unknown' (from the slice normal)."""
+        iop = self._first("ImageOrientationPatient", None)
+        if iop is None or len(iop) != 6:
+            return "unknown"
+        normal = np.abs(np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float)))
+        if normal.max() < 0.8:
+            return "oblique"
+        return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
+
+    def rejection(self) -> str | None:
+        """Why this series is not a volume cadx scores (None if it fits the rules)."""
+        if self.modality not in IMAGE_MODALITIES:
+            return f"modality {self.modality or '?'}"
+        if self.image_type[:2] and tuple(v.upper() for v in self.image_type[:2]) != (
+                "ORIGINAL", "PRIMARY"):
+            return f"image type {'/'.join(self.image_type[:3])}"
+        if self.orientation != "axial":
+            return f"{self.orientation} orientation"
+        if len(self.datasets) < 2:
+            return "a single slice"
+        return None
+
+    def describe(self) -> str:
+        kind = "/".join(self.image_type[:3]) or "no image type"
+        return (f"{self.series_uid} ({self.modality or '?'}, {len(self.datasets)} instances, "
+                f"{kind}, {self.orientation}, '{self.description}')")
+
+
+@dataclass
+class FolderScan:
+    """The series found in a folder and the files that could not be read as DICOM."""
+
+    folder: Path
+    series: list[SeriesInfo]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def is_dicom_path(path: str | Path) -> bool:
+    """True for a folder, a `.dcm` file or a file with the DICM preamble."""
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def group_series(datasets: list[Dataset]) -> list[SeriesInfo]:
+    """Group instances by SeriesInstanceUID (series in order of first appearance)."""
+    groups: dict[str, list[Dataset]] = defaultdict(list)
+    for ds in datasets:
+        groups[str(ds.get("SeriesInstanceUID", ""))].append(ds)
+    return [SeriesInfo(uid, items) for uid, items in groups.items()]
+
+
+def scan_folder(folder: str | Path) -> FolderScan:
+    """Read the headers of every file under `folder`; unreadable or non-DICOM files are skipped
+    and listed. Refuses a folder that mixes patients."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"{folder}: folder not found")
+    paths = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    headers, skipped = [], []
+    for path in paths:
+        if path.name.upper() == "DICOMDIR":
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            skipped.append((path, "not a DICOM file"))
+            continue
+        except Exception as exc:  # pydicom raises many types for damaged files
+            skipped.append((path, f"unreadable ({type(exc).__name__})"))
+            continue
+        if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
+            skipped.append((path, "no SOP/series instance UID"))
+            continue
+        headers.append(ds)
+    if not headers:
+        raise InputError(f"{folder}: no DICOM files found ({len(skipped)} other files skipped)")
+    patients = sorted({str(ds.get("PatientID", "")) for ds in headers})
+    if len(patients) > 1:
+        raise InputError(f"{folder}: holds {len(patients)} patients ({', '.join(patients[:5])}); "
+                         "give a folder with one patient's images")
+    return FolderScan(folder, group_series(headers), skipped)
+
+
+def select_series(series: list[SeriesInfo], series_uid: str | None = None,
+                  source: str = "") -> SeriesInfo:
+    """The series to score: `series_uid` if given, else the CT/MR ORIGINAL/PRIMARY axial
+    series with the most slices. Raises InputError listing what was found when none fits."""
+    found = "; ".join(s.describe() for s in series) or "nothing"
+    if series_uid is not None:
+        for info in series:
+            if info.series_uid == series_uid:
+                return info
+        raise InputError(f"{source}: no series {series_uid}; found {found}")
+    candidates = [s for s in series if s.rejection() is None]
+    if not candidates:
+        reasons = "; ".join(f"{s.series_uid}: {s.rejection()}" for s in series)
+        raise InputError(f"{source}: no CT/MR ORIGINAL/PRIMARY axial series with 2 or more "
+                         f"slices ({reasons}); choose one with --series")
+    return max(candidates, key=lambda s: len(s.datasets))
+
+
+def check_decodable(ds: Dataset, source: str) -> None:
+    """Raise InputError if the installed codecs cannot decode this dataset's transfer syntax."""
+    ts = UID(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1"))
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise InputError(f"{source}: transfer syntax {ts.name} ({ts}) is not supported by "
+                         "cadx (no pixel decoder exists for it in pydicom)") from None
+    if not decoder.is_available:
+        raise InputError(f"{source}: transfer syntax {ts.name} ({ts}) needs a codec that is "
+                         f"not installed: {'; '.join(decoder.missing_dependencies)}")
+
+
+def _header(ds: Dataset) -> Dataset:
+    """The dataset without its pixel data (shares the other elements)."""
+    header = Dataset({tag: ds[tag] for tag in ds.keys() if tag not in _PIXEL_DATA_TAGS})
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
+    return header
+
+
+def _name(ds: Dataset) -> str:
+    return str(getattr(ds, "filename", None) or f"instance {ds.get('SOPInstanceUID', '?')}")
+
+
+def _slice_geometry(datasets: list[Dataset], source: str
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    """Row/column cosines, positions (n, 3) and the (row, column) pixel spacing, all checked."""
+    for ds in datasets:
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            if keyword not in ds:
+                raise GeometryError(f"{_name(ds)}: no {keyword}; cannot place the slice")
+    iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
+    if not np.allclose(iops, iops[0], atol=1e-4):
+        raise GeometryError(f"{source}: slices of one series have different orientations")
+    spacings = np.array([[float(v) for v in ds.PixelSpacing] for ds in datasets])
+    if not np.allclose(spacings, spacings[0], rtol=1e-4):
+        raise GeometryError(f"{source}: slices of one series have different pixel spacings")
+    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    if len(shapes) > 1:
+        raise GeometryError(f"{source}: slices of one series have different sizes {shapes}")
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    return iops[0, :3], iops[0, 3:], positions, (float(spacings[0, 0]), float(spacings[0, 1]))
+
+
+def _check_stack(offsets: np.ndarray, in_plane: np.ndarray, pixel_mm: tuple[float, float],
+                 tilt_header: object, source: str) -> float:
+    """Slice spacing (mm) of a sorted stack; refuses duplicates, gantry tilt and gaps."""
+    steps = np.diff(offsets)
+    if (steps < 1e-3).any():
+        raise GeometryError(f"{source}: {int((steps < 1e-3).sum()) + 1} slices share a position "
+                            "(several acquisitions, phases or echoes in one series?); choose "
+                            "one with --series or split the series")
+    spacing = float(np.median(steps))
+    shear = np.linalg.norm(in_plane[-1] - in_plane[0])
+    if shear > 0.5 * min(pixel_mm):
+        angle = float(np.degrees(np.arctan2(shear, offsets[-1] - offsets[0])))
+        stated = f"; GantryDetectorTilt {tilt_header}" if tilt_header is not None else ""
+        raise GeometryError(f"{source}: slices are sheared by {angle:.1f} degrees (gantry tilt"
+                            f"{stated}); resample to an orthogonal grid first (e.g. dcm2niix)")
+    if np.abs(steps - spacing).max() > 0.01 * spacing + 0.01:
+        gaps = [f"{offsets[i]:.1f}->{offsets[i + 1]:.1f} mm"
+                for i in np.flatnonzero(np.abs(steps - spacing) > 0.01 * spacing + 0.01)]
+        raise GeometryError(f"{source}: irregular slice spacing (median {spacing:.3g} mm; "
+                            f"{len(gaps)} irregular steps: {', '.join(gaps[:4])}); missing or "
+                            "overlapping slices")
+    return spacing
+
+
+def case_from_datasets(datasets: list[Dataset], source: str, *,
+                       patient_id: str | None = None) -> Case:
+    """Stack one series' slices (datasets with pixel data) into a Case in HU.
+
+    `case.meta['dicom']` holds the UIDs (study, series, frame of reference, SOP instances in
+    stack order); `case.meta['dicom_headers']` the pixel-less datasets in the same order, for
+    results that reference the source images. `case.meta['geometry']` is the LPS Geometry.
+    """
+    if not datasets:
+        raise InputError(f"{source}: no instances in the series")
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
+        raise InputError(f"{source}: multi-frame (enhanced) images are not supported; export "
+                         "the series as one file per slice")
+    for ds in datasets:
+        if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
+            raise InputError(f"{_name(ds)}: no pixel data")
+    row_cos, col_cos, positions, pixel_mm = _slice_geometry(datasets, source)
+    normal = np.cross(row_cos, col_cos)
+    offsets = positions @ normal
+    order = np.argsort(offsets, kind="stable")
+    datasets = [datasets[i] for i in order]
+    positions, offsets = positions[order], offsets[order]
+    in_plane = (positions - positions[0]) @ np.stack([row_cos, col_cos], axis=1)
+    if len(datasets) > 1:
+        spacing_z = _check_stack(offsets, in_plane, pixel_mm,
+                                 datasets[0].get("GantryDetectorTilt"), source)
+    else:
+        spacing_z = float(datasets[0].get("SliceThickness", 1.0) or 1.0)
+    slices = []
+    for ds in datasets:
+        check_decodable(ds, _name(ds))
+        try:
+            slices.append(ds.pixel_array)
+        except Exception as exc:  # decoders raise many types for damaged data
+            raise InputError(f"{_name(ds)}: pixel data cannot be decoded ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})") from None
+    slopes = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in datasets], np.float32)
+    intercepts = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets],
+                          np.float32)
+    image = np.stack(slices).astype(np.float32)
+    if image.ndim != 3:
+        raise InputError(f"{source}: expected single-channel slices, got pixel arrays of shape "
+                         f"{slices[0].shape}")
+    image = image * slopes[:, None, None] + intercepts[:, None, None]
+    first = datasets[0]
+    # ITK direction: columns are the index axes (x = columns, y = rows, z = slice normal).
+    direction = np.stack([row_cos, col_cos, normal], axis=1)
+    geometry = Geometry(tuple(image.shape), (spacing_z, pixel_mm[0], pixel_mm[1]),
+                        tuple(float(v) for v in positions[0]),
+                        tuple(float(v) for v in direction.ravel()))
+    meta: dict[str, object] = {
+        "dicom": {
+            "patient_id": str(first.get("PatientID", "")),
+            "study_uid": str(first.StudyInstanceUID),
+            "series_uid": str(first.SeriesInstanceUID),
+            "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
+            "modality": str(first.get("Modality", "")),
+            "series_description": str(first.get("SeriesDescription", "")),
+            "sop_instance_uids": [str(ds.SOPInstanceUID) for ds in datasets],
+        },
+        "geometry": geometry,
+        "dicom_headers": [_header(ds) for ds in datasets],
+    }
+    return Case(patient_id=patient_id or str(first.get("PatientID", "")) or Path(source).name,
+                image=image, spacing_zyx_mm=geometry.spacing_zyx_mm, source=source, meta=meta)
+
+
+def read_series_files(info: SeriesInfo) -> list[Dataset]:
+    """Read the full files (with pixel data) of a series found by :func:`scan_folder`."""
+    datasets = []
+    for header in info.datasets:
+        try:
+            datasets.append(pydicom.dcmread(header.filename))
+        except Exception as exc:  # pydicom raises many types for damaged files
+            raise InputError(f"{header.filename}: unreadable ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})") from None
+    return datasets
+
+
+def _segment_names(seg: Dataset) -> dict[int, str]:
+    names = {}
+    for item in seg.get("SegmentSequence", []):
+        meaning = ""
+        if "SegmentedPropertyTypeCodeSequence" in item:
+            meaning = str(item.SegmentedPropertyTypeCodeSequence[0].CodeMeaning)
+        names[int(item.SegmentNumber)] = f"{item.get('SegmentLabel', '')} ({meaning})"
+    return names
+
+
+def organ_segment_number(seg: Dataset, source: str) -> int:
+    """The SEG's organ segment: its only segment, or the only one not named like a tumour."""
+    names = _segment_names(seg)
+    if len(names) == 1:
+        return next(iter(names))
+    organs = [n for n, name in names.items()
+              if not any(word in name.lower() for word in _TUMOUR_WORDS)]
+    if len(organs) != 1:
+        listed = ", ".join(f"{n}: {name}" for n, name in names.items())
+        raise InputError(f"{source}: cannot tell which segment is the organ ({listed})")
+    return organs[0]
+
+
+def references_series(seg: Dataset, series_uid: str) -> bool:
+    """True if a SEG (or any derived object) references `series_uid`."""
+    return any(str(item.get("SeriesInstanceUID", "")) == series_uid
+               for item in seg.get("ReferencedSeriesSequence", []))
+
+
+def organ_mask_from_seg(seg: Dataset, case: Case, source: str) -> np.ndarray:
+    """The organ segment of a DICOM SEG on the case's slices (it must reference them)."""
+    if str(seg.get("Modality", "")) != "SEG":
+        raise InputError(f"{source}: not a DICOM Segmentation (modality "
+                         f"{seg.get('Modality', '?')})")
+    uids = case.meta["dicom"]["sop_instance_uids"]
+    number = organ_segment_number(seg, source)
+    try:
+        segmentation = hd.seg.Segmentation.from_dataset(seg, copy=False)
+        pixels = segmentation.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, segment_numbers=[number],
+            assert_missing_frames_are_empty=True)
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise GeometryError(f"{source}: segmentation does not lie on the slices of series "
+                            f"{case.meta['dicom']['series_uid']} ({str(exc)[:160]})") from None
+    mask = pixels[..., 0] > 0
+    if mask.shape != case.image.shape:
+        raise GeometryError(f"{source}: segmentation shape {mask.shape} does not match the "
+                            f"image {case.image.shape}")
+    if not mask.any():
+        raise EmptyMaskError(f"{source}: organ segment {number} is empty")
+    return mask
+
+
+def organ_mask_from_file(path: str | Path, case: Case) -> np.ndarray:
+    """An organ mask for a DICOM case from a DICOM SEG or a volume file (NIfTI, NRRD...) on the
+    same grid (non-zero = organ); geometry is checked in LPS millimetres."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if not path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")):
+        try:
+            seg = pydicom.dcmread(path)
+        except Exception as exc:  # pydicom raises many types for damaged files
+            raise InputError(f"{path}: neither a volume file nor readable DICOM "
+                             f"({type(exc).__name__})") from None
+        return organ_mask_from_seg(seg, case, str(path))
+    mask, geometry = read_volume(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        geometry = _ras_to_lps(geometry)
+    check_same_geometry(case.meta["geometry"], geometry, case.source, path)
+    organ = mask != 0
+    if not organ.any():
+        raise EmptyMaskError(f"{path}: organ mask has no non-zero voxel")
+    return organ
+
+
+def _ras_to_lps(geometry: Geometry) -> Geometry:
+    """nibabel reports NIfTI placement in RAS; DICOM and ITK use LPS."""
+    flip = np.array([-1.0, -1.0, 1.0])
+    direction = (flip[:, None] * np.asarray(geometry.direction).reshape(3, 3)).ravel()
+    return Geometry(geometry.shape_zyx, geometry.spacing_zyx_mm,
+                    tuple(float(v) for v in flip * np.asarray(geometry.origin_xyz_mm)),
+                    tuple(float(v) for v in direction))
+
+
+def find_organ_seg(series: list[SeriesInfo], image_series_uid: str) -> SeriesInfo | None:
+    """A SEG series among `series` that references the image series (None if there is none)."""
+    for info in series:
+        if info.modality == "SEG" and references_series(info.datasets[0], image_series_uid):
+            return info
+    return None
+
+
+def read_dicom_case(path: str | Path, *, series_uid: str | None = None,
+                    organ_mask_path: str | Path | None = None) -> Case:
+    """Folder (or one file) of DICOM -> Case in HU with the organ mask when one is available.
+
+    The organ mask comes from `organ_mask_path` (DICOM SEG or volume file) or else from a SEG
+    in the folder that references the chosen series; otherwise `case.organ_mask` stays None.
+    Skipped files are counted in `case.meta['skipped_files']` and described in
+    `case.meta['warnings']`.
+    """
+    scan = scan_folder(path)
+    info = select_series(scan.series, series_uid, source=str(path))
+    case = case_from_datasets(read_series_files(info), str(path))
+    warnings = [f"skipped {len(scan.skipped)} files that are not readable DICOM "
+                f"(e.g. {scan.skipped[0][0].name}: {scan.skipped[0][1]})"] if scan.skipped else []
+    case.meta["skipped_files"] = len(scan.skipped)
+    case.meta["warnings"] = warnings
+    if organ_mask_path is not None:
+        case.organ_mask = organ_mask_from_file(organ_mask_path, case)
+        case.meta["organ_mask_source"] = "given"
+        return case
+    seg_info = find_organ_seg(scan.series, info.series_uid)
+    if seg_info is not None:
+        seg_path = seg_info.datasets[0].filename
+        case.organ_mask = organ_mask_from_seg(pydicom.dcmread(seg_path), case, str(seg_path))
+        case.meta["organ_mask_source"] = f"DICOM SEG {seg_info.series_uid}"
+    return case
