@@ -12,6 +12,9 @@ from rich.console import Console
 
 from cadx import __version__
 from cadx.config import (
+    EXAM_SCORES,
+    ImageModelConfig,
+    ImageTrainConfig,
     LabelConvention,
     ModelConfig,
     PatchConfig,
@@ -19,7 +22,7 @@ from cadx.config import (
     PreprocessConfig,
     TrainConfig,
 )
-from cadx.errors import CadxError
+from cadx.errors import CadxError, InputError
 
 console = Console(stderr=False)
 
@@ -82,6 +85,40 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d_train.seed)
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _add_image_options(parser: argparse.ArgumentParser) -> None:
+    d_model, d_train = ImageModelConfig(), ImageTrainConfig()
+    parser.add_argument("--out", required=True, help="model bundle to write (.cadx)")
+    parser.add_argument("--report", metavar="DIR", help="also write the test report folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--init-weights", action="append", default=[], metavar="ARCH=FILE",
+                        help="start ARCH from a local state dict (repeatable); nothing is "
+                             "downloaded, without it networks train from scratch")
+    g = parser.add_argument_group("images and networks")
+    g.add_argument("--size", type=int, default=d_model.size_px,
+                   help="images are resized to size x size px (default %(default)s)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=d_model.channels,
+                   help="1 = grey (colour converted), 3 = RGB (default %(default)s)")
+    g.add_argument("--width", type=float, default=d_model.width,
+                   help="network width multiplier (default %(default)s)")
+    g.add_argument("--exam-score", choices=EXAM_SCORES, default=d_model.aggregation,
+                   help="exam score over a patient's images (default theta)")
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d_train.max_epochs)
+    g.add_argument("--batch-size", type=int, default=d_train.batch_size)
+    g.add_argument("--lr", type=float, default=d_train.learning_rate)
+    g.add_argument("--weight-decay", type=float, default=d_train.weight_decay)
+    g.add_argument("--early-stop-patience", type=int, default=d_train.early_stop_patience,
+                   help="epochs without validation-AUC improvement before stopping")
+    g.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    g.add_argument("--val-fraction", type=float, default=d_model.validation_fraction)
+    g.add_argument("--test-fraction", type=float, default=d_model.test_fraction)
+    g.add_argument("--seed", type=int, default=d_model.seed)
+
+
 def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=1000,
                         help="bootstrap resamples for the intervals (default %(default)s)")
@@ -113,6 +150,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         spec = replace(spec, shape_zyx=args.shape)
     if args.spacing:
         spec = replace(spec, spacing_zyx_mm=args.spacing)
+    if args.dicom:
+        from cadx.synth.dicom_series import write_dicom_cohort
+
+        write_dicom_cohort(args.out, spec)
+        console.print(f"wrote {spec.n_patients} synthetic CT studies (DICOM CT series + organ "
+                      f"SEG, one folder per patient) to {args.out}")
+        return 0
     out = write_msd_cohort(args.out, spec)
     console.print(f"wrote {spec.n_patients} synthetic CT patients to {out}")
     return 0
@@ -122,14 +166,113 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from cadx.workflows import train_from_dataset
 
     train_from_dataset(args.dataset, args.out, _pipeline_config(args), console=console,
-                       progress=not args.quiet)
+                       progress=not args.quiet, seg=args.seg)
+    return 0
+
+
+def _cmd_train_seg(args: argparse.Namespace) -> int:
+    from cadx.segment.config import SegConfig
+    from cadx.workflows import train_segmenter_from_dataset
+
+    config = SegConfig(organ_values=args.organ, tumour_values=args.tumour_labels,
+                       slice_thickness_mm=args.slice_thickness,
+                       in_plane_spacing_mm=args.pixel_spacing, max_epochs=args.epochs,
+                       steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                       learning_rate=args.lr, validation_fraction=args.val_fraction,
+                       seed=args.seed, min_organ_volume_ml=args.min_organ_volume)
+    train_segmenter_from_dataset(args.dataset, args.out, config, console=console,
+                                 progress=not args.quiet)
     return 0
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from cadx.bundle import read_manifest
+    from cadx.image_bundle import IMAGE_BUNDLE_FORMAT
+
+    if read_manifest(args.model).get("format") == IMAGE_BUNDLE_FORMAT:
+        from cadx.image_workflows import diagnose_images_command
+
+        diagnose_images_command(args.model, args.images, args.patient, args.cam, args.out,
+                                console=console)
+        return 0
     from cadx.workflows import diagnose_file
 
-    diagnose_file(args.model, args.image, args.organ_mask, args.out, console=console)
+    if args.pacs:
+        from cadx.pacs.commands import diagnose_from_pacs
+
+        if args.images or not args.study:
+            raise InputError("--pacs takes --study STUDY_UID instead of image files")
+        diagnose_from_pacs(args.model, args.pacs, args.study, series_uid=args.series,
+                           push=args.push_results, out_path=args.out, console=console)
+        return 0
+    if args.push_results or args.study:
+        raise InputError("--study and --push-results need --pacs URL")
+    if len(args.images) != 1:
+        raise InputError(f"{args.model} is a CT/MR patch model: give one volume, "
+                         f"not {len(args.images)} files")
+    diagnose_file(args.model, args.images[0], args.organ_mask, args.out, console=console,
+                  series_uid=args.series)
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from cadx.pacs.commands import watch_pacs
+
+    watch_pacs(args.model, args.pacs, interval_s=args.interval, push=not args.no_push,
+               out_dir=args.out, console=console)
+    return 0
+
+
+def _image_model_config(args: argparse.Namespace) -> ImageModelConfig:
+    train = ImageTrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
+                             learning_rate=args.lr, weight_decay=args.weight_decay,
+                             early_stop_patience=args.early_stop_patience,
+                             augment=not args.no_augment, seed=args.seed)
+    return ImageModelConfig(size_px=args.size, channels=args.channels, width=args.width,
+                            aggregation=args.exam_score, validation_fraction=args.val_fraction,
+                            test_fraction=args.test_fraction, seed=args.seed, train=train)
+
+
+def _init_weights(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        arch, sep, path = item.partition("=")
+        if not sep or not arch or not path:
+            raise InputError(f"--init-weights expects ARCH=FILE (e.g. resnet18=r18.pt), "
+                             f"got {item!r}")
+        out[arch] = path
+    return out
+
+
+def _cmd_synth_us(args: argparse.Namespace) -> int:
+    from cadx.image_workflows import synth_us
+    from cadx.synth.us_lesions import UltrasoundCohortSpec
+
+    lo, hi = args.images_per_patient
+    spec = UltrasoundCohortSpec(n_patients=args.patients, images_per_patient=(lo, hi),
+                                malignant_fraction=args.malignant_fraction,
+                                image_size_px=args.size, seed=args.seed)
+    synth_us(args.out, spec, console=console)
+    return 0
+
+
+def _cmd_train_images(args: argparse.Namespace) -> int:
+    from cadx.image_workflows import train_images
+
+    train_images(args.dataset, args.out, args.arch, _image_model_config(args),
+                 init_weights=_init_weights(args.init_weights), report_dir=args.report,
+                 console=console, progress=not args.quiet)
+    return 0
+
+
+def _cmd_train_features(args: argparse.Namespace) -> int:
+    from cadx.image_workflows import train_features
+
+    backbones = [] if args.backbones == ["none"] else args.backbones
+    train_features(args.dataset, args.out, backbones, args.layers, args.classifier,
+                   args.texture, _image_model_config(args), backbones_from=args.backbones_from,
+                   init_weights=_init_weights(args.init_weights), report_dir=args.report,
+                   console=console, progress=not args.quiet)
     return 0
 
 
@@ -164,6 +307,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from cadx.serve.app import serve
+
+    serve(args.models, args.host, args.port, token_file=args.token_file, workers=args.workers,
+          queue_size=args.queue, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
+def _add_train_seg_parser(sub: argparse._SubParsersAction) -> None:
+    from cadx.segment.config import SegConfig
+
+    d = SegConfig()
+    p = sub.add_parser("train-seg", help="train the organ segmenter (2.5D UNet) on an MSD/nnU-Net "
+                                         "folder or CSV")
+    p.add_argument("dataset", help="folder with dataset.json, or a CSV manifest (image,label)")
+    p.add_argument("--out", required=True, help="segmenter bundle to write (seg.cadx)")
+    p.add_argument("--organ", type=_int_tuple, default=d.organ_values,
+                   help="label value(s) of the organ (default 1)")
+    p.add_argument("--tumour-labels", type=_int_tuple, default=d.tumour_values,
+                   help="label value(s) of tumour, counted as organ (default 2)")
+    p.add_argument("--slice-thickness", type=float, default=d.slice_thickness_mm,
+                   help="segment on slices this thick, mm (default %(default)s)")
+    p.add_argument("--pixel-spacing", type=float, default=d.in_plane_spacing_mm,
+                   help="segment on pixels this wide, mm (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.max_epochs, help="default %(default)s")
+    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
+                   help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="default %(default)s")
+    p.add_argument("--val-fraction", type=float, default=d.validation_fraction)
+    p.add_argument("--min-organ-volume", type=float, default=d.min_organ_volume_ml,
+                   help="smaller predictions mean 'organ not found', ml (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train_seg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cadx", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cadx {__version__}")
@@ -185,21 +365,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=_int_tuple, help="z,y,x voxels")
     p.add_argument("--spacing", type=_float_tuple, help="z,y,x mm")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dicom", action="store_true",
+                   help="write DICOM studies (CT series + organ SEG per patient) instead")
     p.set_defaults(func=_cmd_synth)
+    p = synth.add_parser("us", help="ultrasound-like lesion images, benign vs malignant, "
+                                    "several per patient (class folders + manifest.csv)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--patients", type=int, default=300, help="default %(default)s")
+    p.add_argument("--images-per-patient", type=_int_tuple, default=(2, 4),
+                   help="lo,hi (inclusive; default 2,4)")
+    p.add_argument("--malignant-fraction", type=float, default=0.5)
+    p.add_argument("--size", type=int, default=128, help="image size, px (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth_us)
 
     p = sub.add_parser("train", help="train a patch model on an MSD/nnU-Net folder or CSV")
     p.add_argument("dataset", help="folder with dataset.json, or a CSV manifest (image,label)")
     p.add_argument("--out", required=True, help="model bundle to write (.cadx)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--seg", metavar="SEG_BUNDLE",
+                   help="embed this organ segmenter (cadx train-seg) so that diagnose needs "
+                        "no organ mask")
     _add_pipeline_options(p)
     p.set_defaults(func=_cmd_train)
 
+    _add_train_seg_parser(sub)
+
     p = sub.add_parser("diagnose", help="score one patient with a trained bundle")
     p.add_argument("model", help="model bundle (.cadx)")
-    p.add_argument("image", help="CT/MR volume (.nii/.nii.gz) or a 2D image")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="CT/MR volume (.nii/.nii.gz) for a patch model; one or more 2D images "
+                        "(PNG, JPEG, ...) of one patient for an image model")
     p.add_argument("--organ-mask", help="organ mask on the image's grid (non-zero = organ)")
+    p.add_argument("--patient", help="patient id of the images (image models; default: the "
+                                     "first file's name up to its last '_')")
+    p.add_argument("--cam", metavar="DIR",
+                   help="image models: write a Grad-CAM overlay PNG per image into DIR")
     p.add_argument("--out", help="write the result as JSON here (default: print only)")
+    g = p.add_argument_group("DICOM and PACS")
+    g.add_argument("--series", metavar="UID",
+                   help="DICOM: score this SeriesInstanceUID (default: the CT/MR "
+                        "ORIGINAL/PRIMARY axial series with the most slices)")
+    g.add_argument("--pacs", metavar="URL",
+                   help="DICOMweb root of a PACS (e.g. http://127.0.0.1:8042/dicom-web)")
+    g.add_argument("--study", metavar="UID", help="with --pacs: the StudyInstanceUID to score")
+    g.add_argument("--push-results", action="store_true",
+                   help="with --pacs: store a DICOM SR (and a SEG of the positive patches) in "
+                        "the study")
     p.set_defaults(func=_cmd_diagnose)
+
+    p = sub.add_parser("watch", help="score each new CT/MR study of a PACS, push results back")
+    p.add_argument("model", help="model bundle (.cadx)")
+    p.add_argument("--pacs", required=True, metavar="URL", help="DICOMweb root of the PACS")
+    p.add_argument("--interval", type=float, default=5.0,
+                   help="seconds between polls (default %(default)s)")
+    p.add_argument("--no-push", action="store_true", help="score only; store nothing")
+    p.add_argument("--out", metavar="DIR", help="also write <StudyInstanceUID>.json here")
+    p.set_defaults(func=_cmd_watch)
 
     p = sub.add_parser("evaluate", help="patch- and patient-level metrics on a labelled set")
     p.add_argument("model", help="model bundle (.cadx)")
@@ -225,6 +447,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the two models to compare, as a,b")
     p.add_argument("--out", help="also write the result as JSON here")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("train-images", help="2D images: CNN ensemble weighted by validation AUC")
+    p.add_argument("dataset", help="folder with one sub-folder per class, or a CSV "
+                                   "(path, patient_id, label[, split])")
+    p.add_argument("--arch", type=_names, default=["resnet18", "darknet19"],
+                   help="comma-separated, from resnet18, resnet50, darknet19 (default "
+                        "resnet18,darknet19)")
+    _add_image_options(p)
+    p.set_defaults(func=_cmd_train_images)
+
+    p = sub.add_parser("train-features", help="2D images: deep and/or texture features + "
+                                              "SVM / random forest")
+    p.add_argument("dataset", help="folder with one sub-folder per class, or a CSV")
+    p.add_argument("--backbones", type=_names, default=["resnet18"],
+                   help="comma-separated, from resnet18, resnet50, darknet19, or 'none' for "
+                        "texture features only (default resnet18)")
+    p.add_argument("--layers", type=_names, default=["avgpool"],
+                   help="feature layers of each backbone: avgpool and/or fc (default avgpool)")
+    p.add_argument("--classifier", type=_names, default=["svm"],
+                   help="svm, rf, or svm,rf for their average (default svm)")
+    p.add_argument("--texture", action="store_true",
+                   help="add GLCM + wavelet texture features (alone with --backbones none)")
+    p.add_argument("--backbones-from", metavar="MODEL",
+                   help="take the backbones' weights from a train-images bundle (otherwise "
+                        "--init-weights files, or random initialisation)")
+    _add_image_options(p)
+    p.set_defaults(func=_cmd_train_features)
+
+    p = sub.add_parser("serve", help="REST service and web page for every bundle in a folder")
+    p.add_argument("--models", required=True, help="folder of model bundles (*.cadx)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default %(default)s; any other address needs "
+                        "a token)")
+    p.add_argument("--port", type=int, default=8000, help="default %(default)s")
+    p.add_argument("--token-file", help="file holding the bearer token (default: "
+                                        "$CADX_SERVE_TOKEN; none = no auth, loopback only)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="inference threads (default %(default)s)")
+    p.add_argument("--queue", type=int, default=4,
+                   help="requests that may wait for a worker; more get 503 (default 4)")
+    p.add_argument("--max-upload-mb", type=float, default=512,
+                   help="largest upload per request, MiB (default %(default)s)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

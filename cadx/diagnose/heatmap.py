@@ -1,0 +1,86 @@
+"""Heat map of a CT diagnosis: positive-patch scores over one preprocessed slice, as PNG."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+from scipy.ndimage import binary_erosion
+
+from cadx.case import Case
+from cadx.config import PreprocessConfig
+from cadx.diagnose.patient import Diagnosis
+from cadx.preprocess.pipeline import preprocess_case
+
+OVERLAY_ALPHA = 0.5
+ORGAN_OUTLINE_RGB = (0, 200, 255)
+MIN_DISPLAY_PX = 384
+
+
+@dataclass(frozen=True)
+class HeatMap:
+    """A rendered slice: PNG bytes and which slice of the resampled grid it shows."""
+
+    png: bytes
+    slice_index: int
+    n_positive_patches_on_slice: int
+
+
+def choose_slice(diagnosis: Diagnosis, organ_mask: np.ndarray) -> int:
+    """The slice with the largest summed positive-patch score, else the largest organ area."""
+    if diagnosis.positive_patches:
+        slices = np.array([p.slice_index for p in diagnosis.positive_patches])
+        scores = np.array([p.score for p in diagnosis.positive_patches])
+        return int(np.argmax(np.bincount(slices, weights=scores)))
+    return int(np.argmax(organ_mask.reshape(organ_mask.shape[0], -1).sum(axis=1)))
+
+
+def score_map(diagnosis: Diagnosis, slice_index: int, shape_yx: tuple[int, int]) -> np.ndarray:
+    """Per-pixel maximum score of the positive patches covering it on one slice (0 elsewhere)."""
+    heat = np.zeros(shape_yx, dtype=np.float32)
+    for patch in diagnosis.positive_patches:
+        if patch.slice_index == slice_index:
+            window = heat[patch.y_px:patch.y_px + patch.size_px,
+                          patch.x_px:patch.x_px + patch.size_px]
+            np.maximum(window, patch.score, out=window)
+    return heat
+
+
+def render_slice(image_yx: np.ndarray, organ_yx: np.ndarray, heat_yx: np.ndarray,
+                 threshold: float) -> bytes:
+    """Grey slice (0..1), organ outline, and scores above `threshold` in a colour map -> PNG."""
+    rgb = np.repeat(np.clip(image_yx, 0, 1)[..., None], 3, axis=2)
+    hot = heat_yx > threshold
+    if hot.any():
+        level = (heat_yx - threshold) / max(1.0 - threshold, 1e-6)
+        colours = colormaps["inferno"](0.35 + 0.65 * np.clip(level, 0, 1))[..., :3]
+        rgb[hot] = (1 - OVERLAY_ALPHA) * rgb[hot] + OVERLAY_ALPHA * colours[hot]
+    outline = organ_yx & ~binary_erosion(organ_yx)
+    rgb[outline] = np.array(ORGAN_OUTLINE_RGB) / 255.0
+    picture = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    # Small grids are enlarged by an integer factor so that patch edges stay sharp on screen.
+    factor = max(1, -(-MIN_DISPLAY_PX // max(image_yx.shape)))
+    if factor > 1:
+        picture = picture.resize((picture.width * factor, picture.height * factor),
+                                 Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def ct_heatmap(case: Case, diagnosis: Diagnosis, config: PreprocessConfig) -> HeatMap:
+    """Render the most suspicious slice of `case` as diagnosed with a bundle using `config`.
+
+    The case is preprocessed again (the Diagnosis keeps patch positions, not the volume), so
+    positions on the resampled grid land on the same pixels as during scoring.
+    """
+    processed = preprocess_case(case, config)
+    slice_index = choose_slice(diagnosis, processed.organ_mask)
+    heat = score_map(diagnosis, slice_index, processed.image.shape[1:])
+    png = render_slice(processed.image[slice_index], processed.organ_mask[slice_index], heat,
+                       diagnosis.patch_threshold)
+    on_slice = sum(p.slice_index == slice_index for p in diagnosis.positive_patches)
+    return HeatMap(png, slice_index, on_slice)

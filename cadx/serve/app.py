@@ -1,0 +1,186 @@
+"""The FastAPI app: `GET /healthz`, `GET /v1/models`, `POST /v1/diagnose`, and the web page.
+
+OpenAPI's schema is at `/openapi.json`; the interactive /docs page is off because it loads its
+scripts from a CDN, and nothing here may load from outside.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cadx import __version__
+from cadx.diagnose.fna import RULE, SOURCE
+from cadx.errors import CadxError
+from cadx.serve.auth import token_matches
+from cadx.serve.inputs import UnsupportedFileError, Upload, UploadLimits, UploadTooLargeError
+from cadx.serve.jobs import DiagnoseRequest, parse_size_mm, run_diagnosis
+from cadx.serve.pool import InferencePool, PoolFullError
+from cadx.serve.registry import ServedModel
+
+STATIC_DIR = Path(__file__).parent / "static"
+DIAGNOSE_PATH = "/v1/diagnose"
+log = logging.getLogger("cadx.serve")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BodyLimitMiddleware:
+    """Refuse an upload before reading it when its Content-Length exceeds the limit (413) or
+    is missing (411); uvicorn enforces that the body matches the declared length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is None or not length.isdigit():
+                response = _error(411, "the request needs a Content-Length header")
+                return await response(scope, receive, send)
+            if int(length) > self.max_bytes:
+                response = _error(413, f"upload of {int(length) / 2**20:.1f} MiB exceeds the "
+                                       f"limit of {self.max_bytes / 2**20:.0f} MiB")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _status_of(exc: CadxError) -> int:
+    if isinstance(exc, UploadTooLargeError):
+        return 413
+    if isinstance(exc, UnsupportedFileError):
+        return 415
+    return 422
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error.get("loc", ())[1:]) or "request"
+        problems.append(f"{field}: {error.get('msg', 'invalid')}")
+    return "; ".join(problems)
+
+
+def _upload(file: UploadFile | None) -> Upload | None:
+    # A browser sends an empty, nameless part for a file input left blank.
+    if file is None or not file.filename:
+        return None
+    return Upload(file.filename, file.file)
+
+
+def create_app(models: dict[str, ServedModel], *, token: str | None = None,
+               limits: UploadLimits | None = None, workers: int = 1,
+               queue_size: int = 4) -> FastAPI:
+    """The service for the loaded `models`; bearer `token` required on /v1 when given."""
+    limits = limits or UploadLimits()
+    pool = InferencePool(workers, queue_size)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.shutdown()
+
+    app = FastAPI(title="cadx diagnosis service", version=__version__, docs_url=None,
+                  redoc_url=None, lifespan=lifespan,
+                  description="Upload a patient's images, get the model's score, decision, "
+                              "heat map and (thyroid models) FNA advice.")
+    app.state.pool = pool
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is not None and not token_matches(authorization, token):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/healthz", summary="Liveness: models loaded and jobs in the pool")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "models": len(models), "jobs": pool.admitted,
+                "capacity": pool.workers + pool.queue_size}
+
+    @app.get("/v1/models", summary="The loaded models, upload limits and the FNA rule",
+             dependencies=[Depends(require_token)])
+    async def list_models() -> dict[str, Any]:
+        return {"models": [m.info() for m in models.values()],
+                "limits": {"max_request_bytes": limits.max_request_bytes,
+                           "max_file_bytes": limits.max_file_bytes,
+                           "max_files": limits.max_files},
+                "fna_rule": {"rule": RULE, "source": SOURCE}}
+
+    @app.post(DIAGNOSE_PATH, summary="Diagnose one patient's upload with one model",
+              dependencies=[Depends(require_token)])
+    async def diagnose(
+        model: Annotated[str, Form(description="model id from GET /v1/models")],
+        files: Annotated[list[UploadFile], File(
+            description="CT: a NIfTI volume (+ organ_mask) or one zip holding both; "
+                        "image models: one or more PNG/JPEG images")],
+        organ_mask: Annotated[UploadFile | None, File(
+            description="organ mask on the volume's grid (CT models)")] = None,
+        lesion_size_mm: Annotated[str | None, Form(
+            description="largest nodule diameter in mm (thyroid FNA advice)")] = None,
+    ) -> JSONResponse:
+        started = time.perf_counter()
+        served = models.get(model)
+        if served is None:
+            return _error(404, f"unknown model {model[:80]!r}; loaded: {', '.join(models)}")
+        try:
+            request = DiagnoseRequest(served, [u for f in files if (u := _upload(f))],
+                                      _upload(organ_mask), parse_size_mm(lesion_size_mm))
+            result = await pool.run(run_diagnosis, request, limits)
+        except PoolFullError as exc:
+            log.warning("diagnose model=%s refused: pool full", served.model_id)
+            return _error(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+        except CadxError as exc:
+            # Only the error's class is logged: messages name the user's files.
+            log.info("diagnose model=%s failed: %s", served.model_id, type(exc).__name__)
+            return _error(_status_of(exc), str(exc))
+        log.info("diagnose model=%s files=%d ok in %.2f s", served.model_id, len(files),
+                 time.perf_counter() - started)
+        return JSONResponse(result)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def serve(models_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
+          token_file: str | Path | None = None, workers: int = 1, queue_size: int = 4,
+          max_upload_mb: float = 512) -> None:
+    """Load every bundle of `models_dir` and run the service with uvicorn until interrupted."""
+    import uvicorn
+
+    from cadx.serve.auth import check_bind, load_token
+    from cadx.serve.registry import load_model_folder
+
+    token = load_token(token_file)
+    check_bind(host, token)
+    models = load_model_folder(models_dir)
+    max_bytes = int(max_upload_mb * 2**20)
+    limits = UploadLimits(max_request_bytes=max_bytes, max_file_bytes=max_bytes)
+    app = create_app(models, token=token, limits=limits, workers=workers, queue_size=queue_size)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log.info("%d model(s) loaded from %s: %s; token %s", len(models), models_dir,
+             ", ".join(models), "required" if token else "off (loopback only)")
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,225 @@
+"""Uploaded files -> what a model reads: size limits, safe zip extraction, input-to-Case.
+
+Every upload is copied into a per-request temporary folder under its cleaned base name
+(`<tmp>/<n>/<name>`); zips are extracted beside it after checking each member (no absolute
+paths, no `..`, no links, bounded member count, total size and compression ratio, and the bytes
+actually written are counted rather than trusting the zip's headers). Error messages name the
+user's file, never the temporary folder.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+import numpy as np
+
+from cadx.case import Case
+from cadx.errors import CadxError, InputError
+from cadx.io.images import IMAGE_SUFFIXES, read_image
+from cadx.io.volumes import read_case
+
+CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+MASK_NAME = re.compile(r"mask|organ|label|seg", re.IGNORECASE)
+_CHUNK = 1 << 20
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class UploadTooLargeError(InputError):
+    """An upload, or what a zip expands to, exceeds the service's limits."""
+
+
+class UnsupportedFileError(InputError):
+    """A file type the chosen model cannot read."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Limits on one request's uploads (bytes unless named otherwise)."""
+
+    max_request_bytes: int = 512 << 20
+    max_file_bytes: int = 512 << 20
+    max_files: int = 32
+    max_unzipped_bytes: int = 2 << 30
+    max_zip_members: int = 4096
+    max_compression_ratio: float = 200.0
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file as the client named it, with its (spooled) content."""
+
+    filename: str
+    stream: BinaryIO
+
+
+def clean_name(name: str) -> str:
+    """The base name of a client-supplied file name, reduced to safe characters."""
+    base = PurePosixPath(name.replace("\\", "/")).name
+    cleaned = _UNSAFE_CHARS.sub("_", base).lstrip(".")
+    return cleaned or "upload"
+
+
+def public_message(exc: CadxError, workdir: Path) -> str:
+    """The error's message with the temporary folder removed, so it names the user's file."""
+    return re.sub(re.escape(str(workdir)) + r"/\d+/", "", str(exc))
+
+
+def _copy_limited(source: BinaryIO, target: Path, limit_bytes: int, name: str) -> int:
+    written = 0
+    with target.open("wb") as out:
+        while chunk := source.read(_CHUNK):
+            written += len(chunk)
+            if written > limit_bytes:
+                raise UploadTooLargeError(f"{name}: larger than the limit of "
+                                          f"{limit_bytes / 2**20:.0f} MiB")
+            out.write(chunk)
+    return written
+
+
+def save_uploads(uploads: list[Upload], workdir: Path, limits: UploadLimits) -> list[Path]:
+    """Copy uploads into `workdir/<n>/<name>`; UploadTooLargeError past the limits."""
+    if not uploads:
+        raise InputError("no file uploaded")
+    if len(uploads) > limits.max_files:
+        raise UploadTooLargeError(f"{len(uploads)} files uploaded; at most {limits.max_files}")
+    paths = []
+    for index, upload in enumerate(uploads):
+        name = clean_name(upload.filename)
+        folder = workdir / str(index)
+        folder.mkdir(parents=True)
+        path = folder / name
+        written = _copy_limited(upload.stream, path, limits.max_file_bytes, name)
+        if written == 0:
+            raise InputError(f"{name}: file is empty")
+        paths.append(path)
+    return paths
+
+
+def _member_target(info: zipfile.ZipInfo, root: Path, archive_name: str) -> Path | None:
+    """Where a zip member may be written, or None for a folder entry; InputError if unsafe."""
+    name = info.filename.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        raise InputError(f"{archive_name}: unsafe path {info.filename!r} in zip")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise InputError(f"{archive_name}: symbolic link {info.filename!r} in zip")
+    if info.is_dir():
+        return None
+    target = root.joinpath(*(clean_name(part) for part in parts))
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise InputError(f"{archive_name}: unsafe path {info.filename!r} in zip")
+    return target
+
+
+def extract_zip(path: Path, limits: UploadLimits) -> list[Path]:
+    """Extract a zip beside itself into `<name>.d/`, checking every member; the files written."""
+    archive_name = path.name
+    root = path.parent / f"{path.name}.d"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > limits.max_zip_members:
+                raise UploadTooLargeError(f"{archive_name}: {len(members)} entries in zip; at "
+                                          f"most {limits.max_zip_members}")
+            total = sum(m.file_size for m in members)
+            if total > limits.max_unzipped_bytes:
+                raise UploadTooLargeError(f"{archive_name}: expands to {total / 2**20:.0f} MiB;"
+                                          f" at most {limits.max_unzipped_bytes / 2**20:.0f} MiB")
+            written, files = 0, []
+            for info in members:
+                target = _member_target(info, root, archive_name)
+                if target is None:
+                    continue
+                if info.file_size > limits.max_compression_ratio * max(info.compress_size, 1):
+                    raise UploadTooLargeError(f"{archive_name}: {info.filename!r} is compressed "
+                                              "suspiciously well (zip bomb?)")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as member:
+                    # Headers can lie: count what is actually decompressed.
+                    written += _copy_limited(member, target, limits.max_unzipped_bytes - written,
+                                             f"{archive_name}: {info.filename}")
+                files.append(target)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
+        raise InputError(f"{archive_name}: not a readable zip ({exc})") from None
+    if not files:
+        raise InputError(f"{archive_name}: the zip holds no files")
+    return files
+
+
+def _is_volume(path: Path) -> bool:
+    return path.name.lower().endswith(CT_SUFFIXES)
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    with path.open("rb") as handle:
+        return handle.read(132)[128:132] == b"DICM"
+
+
+def _unzip_all(paths: list[Path], limits: UploadLimits) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.name.lower().endswith(".zip") or zipfile.is_zipfile(path):
+            files.extend(p for p in extract_zip(path, limits)
+                         if not p.name.startswith(("._", ".")) and "__MACOSX" not in p.parts)
+        else:
+            files.append(path)
+    return files
+
+
+def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
+                         limits: UploadLimits) -> Case:
+    """The CT/MR input-to-Case step: a volume + organ mask, given as two uploads or one zip.
+
+    In a zip (or a multi-file upload) the mask is the volume whose name contains `mask`,
+    `organ`, `label` or `seg`. DICOM series are refused with a clear message until the DICOM
+    reader lands; this is the one place to add it.
+    """
+    images = _unzip_all(paths, limits)
+    if organ_mask is not None:
+        masks = _unzip_all([organ_mask], limits)
+    else:
+        masks = [p for p in images if MASK_NAME.search(p.name)]
+        images = [p for p in images if p not in masks]
+    files = images + masks
+    if any(_is_dicom(p) for p in files):
+        raise UnsupportedFileError(f"{files[0].name}: DICOM series are not read by the service "
+                                   "yet; upload NIfTI (.nii/.nii.gz) or NRRD/MHA volumes")
+    wrong = [p.name for p in files if not _is_volume(p)]
+    if wrong:
+        raise UnsupportedFileError(f"{wrong[0]}: not a CT/MR volume; this model reads "
+                                   f"{', '.join(CT_SUFFIXES)} (or a zip of them)")
+    if not masks:
+        raise InputError(f"{images[0].name}: this model needs an organ mask: upload it as the "
+                         "organ mask, or put it in the zip with 'mask' in its name")
+    if len(images) != 1 or len(masks) != 1:
+        names = ", ".join(p.name for p in files)
+        raise InputError(f"expected one volume and one organ mask, got {len(images)} "
+                         f"volume(s) and {len(masks)} mask(s): {names}")
+    return read_case(images[0], organ_mask_path=masks[0], patient_id=_stem(images[0]))
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in CT_SUFFIXES + IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def images_from_uploads(paths: list[Path], limits: UploadLimits
+                        ) -> tuple[list[np.ndarray], list[str]]:
+    """2D images (PNG/JPEG/...; zips of them too) as float arrays in 0..1, with their names."""
+    files = _unzip_all(paths, limits)
+    wrong = [p.name for p in files if not p.name.lower().endswith(IMAGE_SUFFIXES)]
+    if wrong:
+        raise UnsupportedFileError(f"{wrong[0]}: not a 2D image; this model reads "
+                                   f"{', '.join(IMAGE_SUFFIXES)}")
+    return [read_image(p) for p in files], [p.name for p in files]

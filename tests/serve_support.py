@@ -1,0 +1,36 @@
+"""A tiny CT patch bundle and toy uploads for the service tests (random weights: fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cadx.bundle import PatchModelBundle, save_bundle
+from cadx.config import ModelConfig, PatchConfig, PipelineConfig
+from cadx.decide.roc import OperatingPoint
+from cadx.models.patch_cnn import PatchCNN
+from tests.conftest import toy_case, write_volume
+
+
+def write_ct_bundle(path: Path, patch_threshold: float = 0.41,
+                    patient_threshold: float = 0.2) -> Path:
+    """A 16-px patch CNN with seeded random weights, saved as a `.cadx` bundle."""
+    torch.manual_seed(0)
+    model = PatchCNN(16, batch_norm=False)
+    config = PipelineConfig(patches=PatchConfig(size_px=16, stride_px=8),
+                            model=ModelConfig(batch_norm=False))
+    point = (0.9, 0.8, 0.7, 0.95, (0.0, 1.0), (0.0, 1.0))
+    bundle = PatchModelBundle(config=config, state_dict=model.state_dict(),
+                              patch_operating_point=OperatingPoint(patch_threshold, *point),
+                              patient_operating_point=OperatingPoint(patient_threshold, *point))
+    return save_bundle(bundle, path)
+
+
+def write_ct_upload(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A toy CT volume with a tumour and its organ mask (non-zero = organ), as NIfTI."""
+    image, label = toy_case(np.random.default_rng(seed), with_tumour=True)
+    image_path = write_volume(folder / "patient_ct.nii.gz", image)
+    mask_path = write_volume(folder / "patient_mask.nii.gz", (label > 0).astype(np.uint8))
+    return image_path, mask_path

@@ -1,0 +1,191 @@
+"""The REST API with FastAPI's TestClient: models, CT diagnosis, bad input, auth, busy pool."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cadx.bundle import load_bundle
+from cadx.cli import main
+from cadx.diagnose.patient import diagnose_case
+from cadx.io.volumes import read_case
+from cadx.serve import app as app_module
+from cadx.serve.app import create_app
+from cadx.serve.inputs import UploadLimits
+from cadx.serve.registry import load_model_folder
+from tests.serve_support import write_ct_bundle, write_ct_upload
+
+TOKEN = "a-long-enough-test-token"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> dict:
+    models_dir = tmp_path / "models"
+    bundle_path = write_ct_bundle(models_dir / "pancreas_ct.cadx")
+    image, mask = write_ct_upload(tmp_path / "upload")
+    return {"models": load_model_folder(models_dir), "bundle": bundle_path, "image": image,
+            "mask": mask}
+
+
+def _files(*paths: Path, mask: Path | None = None) -> list[tuple[str, tuple[str, bytes]]]:
+    files = [("files", (p.name, p.read_bytes())) for p in paths]
+    if mask is not None:
+        files.append(("organ_mask", (mask.name, mask.read_bytes())))
+    return files
+
+
+def test_health_and_models(served):
+    client = TestClient(create_app(served["models"]))
+    assert client.get("/healthz").json()["status"] == "ok"
+    body = client.get("/v1/models").json()
+    (model,) = body["models"]
+    assert model["id"] == "pancreas_ct" and model["kind"] == "ct-patch"
+    assert model["needs_organ_mask"] is True and model["threshold"] == pytest.approx(0.2)
+    assert "TI-RADS" in body["fna_rule"]["source"]
+    assert "/v1/diagnose" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "/static/app.js" in page.text
+    assert "http" not in client.get("/static/app.js").text  # no outside resources
+
+
+def test_ct_diagnosis_matches_the_pipeline_and_leaves_no_files(served, tmp_path, monkeypatch):
+    upload_tmp = tmp_path / "service_tmp"
+    upload_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(upload_tmp))
+    client = TestClient(create_app(served["models"]))
+    response = client.post("/v1/diagnose", data={"model": "pancreas_ct"},
+                           files=_files(served["image"], mask=served["mask"]))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    expected = diagnose_case(load_bundle(served["bundle"]),
+                             read_case(served["image"], organ_mask_path=served["mask"]))
+    assert 0 < expected.n_positive_patches < expected.n_patches  # a mixed, informative case
+    assert result["score"] == pytest.approx(expected.patient_score)
+    assert result["positive"] == (expected.patient_score > 0.2)
+    assert result["decision"] == expected.decision
+    assert result["details"]["n_positive_patches"] == expected.n_positive_patches
+    assert result["details"]["source"] == "patient_ct.nii.gz"  # no temporary path leaks
+    png = base64.b64decode(result["heatmap"]["png"].removeprefix("data:image/png;base64,"))
+    with Image.open(io.BytesIO(png)) as picture:
+        assert picture.format == "PNG" and min(picture.size) >= 384
+    assert result["fna"]["advice"] is None  # not a thyroid model
+    assert list(upload_tmp.iterdir()) == []  # the request's temporary folder is gone
+
+
+def test_zip_with_image_and_mask_gives_the_same_result(served, tmp_path):
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(served["image"], "study/ct.nii.gz")
+        zf.write(served["mask"], "study/organ_mask.nii.gz")
+    client = TestClient(create_app(served["models"]))
+    direct = client.post("/v1/diagnose", data={"model": "pancreas_ct"},
+                         files=_files(served["image"], mask=served["mask"])).json()
+    zipped = client.post("/v1/diagnose", data={"model": "pancreas_ct"}, files=_files(archive))
+    assert zipped.status_code == 200, zipped.text
+    assert zipped.json()["score"] == pytest.approx(direct["score"])
+
+
+@pytest.mark.parametrize(("case", "status", "words"), [
+    ("missing_mask", 422, ["patient_ct.nii.gz", "organ mask"]),
+    ("wrong_type", 415, ["notes.txt", "not a CT/MR volume"]),
+    ("corrupt", 422, ["broken.nii.gz", "not a readable image"]),
+    ("unknown_model", 404, ["unknown model", "pancreas_ct"]),
+    ("bad_size", 422, ["lesion size", "twelve"]),
+    ("negative_size", 422, ["lesion size", "outside"]),
+    ("no_model_field", 422, ["model"]),
+    ("oversized", 413, ["exceeds the limit"]),
+    ("too_many_files", 413, ["at most 2"]),
+])
+def test_bad_input_is_a_readable_4xx(served, tmp_path, case, status, words):
+    limits = UploadLimits(max_request_bytes=200_000, max_files=2)
+    client = TestClient(create_app(served["models"], limits=limits))
+    data = {"model": "pancreas_ct"}
+    files = _files(served["image"], mask=served["mask"])
+    if case == "missing_mask":
+        files = _files(served["image"])
+    elif case == "wrong_type":
+        files = [("files", ("notes.txt", b"hello")), *files[1:]]
+    elif case == "corrupt":
+        files = [("files", ("broken.nii.gz", b"\x1f\x8b not really gzip")), *files[1:]]
+    elif case == "unknown_model":
+        data["model"] = "lung_ct"
+    elif case == "bad_size":
+        data["lesion_size_mm"] = "twelve"
+    elif case == "negative_size":
+        data["lesion_size_mm"] = "-3"
+    elif case == "no_model_field":
+        data = {}
+    elif case == "oversized":
+        files = [("files", ("big.nii.gz", b"\0" * 300_000))]
+    elif case == "too_many_files":
+        files = files + files
+    response = client.post("/v1/diagnose", data=data, files=files)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert all(word in error for word in words), error
+    assert "Traceback" not in error and "/tmp" not in error
+
+
+def test_bearer_token_guards_the_api_but_not_health(served):
+    client = TestClient(create_app(served["models"], token=TOKEN))
+    assert client.get("/healthz").status_code == 200
+    refused = client.get("/v1/models")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    wrong = client.get("/v1/models", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = client.get("/v1/models", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+    post = client.post("/v1/diagnose", data={"model": "pancreas_ct"},
+                       files=_files(served["image"], mask=served["mask"]))
+    assert post.status_code == 401
+
+
+def test_full_pool_answers_503_with_retry_after(served, monkeypatch):
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_job(request, limits):
+        started.set()
+        release.wait(10)
+        return {"done": True}
+
+    monkeypatch.setattr(app_module, "run_diagnosis", slow_job)
+    app = create_app(served["models"], workers=1, queue_size=0)
+    form = {"data": {"model": "pancreas_ct"}, "files": _files(served["image"])}
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            first = asyncio.create_task(client.post("/v1/diagnose", **form))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            second = await client.post("/v1/diagnose", **form)
+            health = await client.get("/healthz")  # the event loop stays responsive
+            assert health.json()["jobs"] == 1
+            release.set()
+            return await first, second
+
+    first, second = asyncio.run(scenario())
+    assert first.status_code == 200 and first.json() == {"done": True}
+    assert second.status_code == 503
+    assert int(second.headers["retry-after"]) >= 1
+    assert "busy" in second.json()["error"]
+
+
+def test_cli_refuses_public_bind_without_token(served, monkeypatch, capsys):
+    monkeypatch.delenv("CADX_SERVE_TOKEN", raising=False)
+    models_dir = str(served["bundle"].parent)
+    assert main(["serve", "--models", models_dir, "--host", "0.0.0.0"]) == 2
+    assert "without a token" in capsys.readouterr().err
+    assert main(["serve", "--models", str(served["image"].parent / "none")]) == 2
+    assert "model folder not found" in capsys.readouterr().err
