@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -18,11 +19,14 @@ from PIL import Image
 from cadx.bundle import load_bundle
 from cadx.cli import main
 from cadx.diagnose.patient import diagnose_case
+from cadx.io.dicom import read_dicom_case
 from cadx.io.volumes import read_case
 from cadx.serve import app as app_module
 from cadx.serve.app import create_app
 from cadx.serve.inputs import UploadLimits
 from cadx.serve.registry import load_model_folder
+from cadx.synth.dicom_series import write_dicom_study
+from tests.conftest import toy_case
 from tests.serve_support import write_ct_bundle, write_ct_upload
 
 TOKEN = "a-long-enough-test-token"
@@ -93,6 +97,22 @@ def test_zip_with_image_and_mask_gives_the_same_result(served, tmp_path):
     zipped = client.post("/v1/diagnose", data={"model": "pancreas_ct"}, files=_files(archive))
     assert zipped.status_code == 200, zipped.text
     assert zipped.json()["score"] == pytest.approx(direct["score"])
+
+
+def test_zipped_dicom_series_with_organ_seg(served, tmp_path):
+    image, label = toy_case(np.random.default_rng(0), with_tumour=True)
+    study = write_dicom_study(image.astype(np.float32), label > 0, (2.5, 1.0, 1.0),
+                              tmp_path / "dicom", patient_id="ANON1", localizer=False)
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in study.folder.iterdir():
+            zf.write(path, f"series/{path.name}")
+    client = TestClient(create_app(served["models"]))
+    response = client.post("/v1/diagnose", data={"model": "pancreas_ct"}, files=_files(archive))
+    assert response.status_code == 200, response.text
+    expected = diagnose_case(load_bundle(served["bundle"]), read_dicom_case(study.folder))
+    assert response.json()["score"] == pytest.approx(expected.patient_score)
+    assert response.json()["details"]["n_patches"] == expected.n_patches
 
 
 @pytest.mark.parametrize(("case", "status", "words"), [

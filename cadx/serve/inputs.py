@@ -9,6 +9,7 @@ user's file, never the temporary folder.
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import zipfile
@@ -20,11 +21,11 @@ import numpy as np
 
 from cadx.case import Case
 from cadx.errors import CadxError, InputError
+from cadx.io.dicom import is_dicom_path, read_dicom_case
 from cadx.io.images import IMAGE_SUFFIXES, read_image
 from cadx.io.volumes import read_case
 
 CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-DICOM_SUFFIXES = (".dcm", ".dicom")
 MASK_NAME = re.compile(r"mask|organ|label|seg", re.IGNORECASE)
 _CHUNK = 1 << 20
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -157,10 +158,7 @@ def _is_volume(path: Path) -> bool:
 
 
 def _is_dicom(path: Path) -> bool:
-    if path.name.lower().endswith(DICOM_SUFFIXES):
-        return True
-    with path.open("rb") as handle:
-        return handle.read(132)[128:132] == b"DICM"
+    return not path.name.lower().endswith(CT_SUFFIXES + IMAGE_SUFFIXES) and is_dicom_path(path)
 
 
 def _unzip_all(paths: list[Path], limits: UploadLimits) -> list[Path]:
@@ -176,26 +174,26 @@ def _unzip_all(paths: list[Path], limits: UploadLimits) -> list[Path]:
 
 def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
                          limits: UploadLimits) -> Case:
-    """The CT/MR input-to-Case step: a volume + organ mask, given as two uploads or one zip.
+    """The CT/MR input-to-Case step: a DICOM series (zipped, with a DICOM SEG of the organ or
+    a separate organ mask), or a volume + organ mask given as two uploads or one zip.
 
-    In a zip (or a multi-file upload) the mask is the volume whose name contains `mask`,
-    `organ`, `label` or `seg`. DICOM series are refused with a clear message until the DICOM
-    reader lands; this is the one place to add it.
+    In a zip (or a multi-file upload) of volumes, the mask is the volume whose name contains
+    `mask`, `organ`, `label` or `seg`.
     """
     images = _unzip_all(paths, limits)
-    if organ_mask is not None:
-        masks = _unzip_all([organ_mask], limits)
-    else:
+    masks = _unzip_all([organ_mask], limits) if organ_mask is not None else []
+    if len(masks) > 1:
+        raise InputError(f"{organ_mask.name}: expected one organ mask file, got {len(masks)}")
+    if any(_is_dicom(p) for p in images):
+        return _dicom_case(images, masks[0] if masks else None)
+    if organ_mask is None:
         masks = [p for p in images if MASK_NAME.search(p.name)]
         images = [p for p in images if p not in masks]
     files = images + masks
-    if any(_is_dicom(p) for p in files):
-        raise UnsupportedFileError(f"{files[0].name}: DICOM series are not read by the service "
-                                   "yet; upload NIfTI (.nii/.nii.gz) or NRRD/MHA volumes")
     wrong = [p.name for p in files if not _is_volume(p)]
     if wrong:
         raise UnsupportedFileError(f"{wrong[0]}: not a CT/MR volume; this model reads "
-                                   f"{', '.join(CT_SUFFIXES)} (or a zip of them)")
+                                   f"DICOM or {', '.join(CT_SUFFIXES)} (or a zip of them)")
     if not masks:
         raise InputError(f"{images[0].name}: this model needs an organ mask: upload it as the "
                          "organ mask, or put it in the zip with 'mask' in its name")
@@ -204,6 +202,17 @@ def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
         raise InputError(f"expected one volume and one organ mask, got {len(images)} "
                          f"volume(s) and {len(masks)} mask(s): {names}")
     return read_case(images[0], organ_mask_path=masks[0], patient_id=_stem(images[0]))
+
+
+def _dicom_case(files: list[Path], organ_mask: Path | None) -> Case:
+    """One DICOM series from the uploaded files; the organ from `organ_mask` or a SEG."""
+    folder = Path(os.path.commonpath([p.parent for p in files]))
+    case = read_dicom_case(folder, organ_mask_path=organ_mask)
+    if case.organ_mask is None:
+        raise InputError(f"{files[0].name}: this model needs an organ mask: add a DICOM SEG of "
+                         "the organ to the zip, or upload the mask as the organ mask")
+    case.source = files[0].name
+    return case
 
 
 def _stem(path: Path) -> str:

@@ -50,7 +50,8 @@ class ServedModel:
             "threshold": self.decision_threshold, "cadx_version": self.bundle.cadx_version,
             "created_utc": self.bundle.created_utc,
             "accepts": ("one or more PNG/JPEG images" if self.kind == IMAGE else
-                        "a NIfTI volume plus its organ mask, or one zip holding both"),
+                        "a NIfTI volume plus its organ mask, or one zip holding both, or a zipped "
+                        "DICOM series with a DICOM SEG of the organ (or a separate mask)"),
         }
 
 
