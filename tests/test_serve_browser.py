@@ -1,0 +1,116 @@
+"""The web page in Debian's Chromium (headless, via Selenium + chromedriver): a bad upload shows
+a readable message; a CT upload shows the decision, score and heat map. Screenshots are saved
+to $CADX_TEST_ARTIFACTS (default: the test's tmp folder)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from cadx.bundle import load_bundle
+from cadx.diagnose.patient import diagnose_case
+from cadx.io.volumes import read_case
+from cadx.serve.app import create_app
+from cadx.serve.registry import load_model_folder
+from tests.serve_support import write_ct_bundle, write_ct_upload
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+           "chromium-driver; .ci/run does)")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--disable-dev-shm-usage")
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """The service on a free loopback port, in a thread, for the test's duration."""
+    models_dir = tmp_path / "models"
+    write_ct_bundle(models_dir / "pancreas_ct.cadx")
+    app = create_app(load_model_folder(models_dir))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uv.started, "the service did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", models_dir / "pancreas_ct.cadx"
+    uv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument("--window-size=1000,1300")
+    driver = webdriver.Chrome(options=options,
+                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def _artifacts(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("CADX_TEST_ARTIFACTS", tmp_path / "artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_page_shows_errors_then_a_result_with_heat_map(server, browser, tmp_path):
+    base_url, bundle_path = server
+    image, mask = write_ct_upload(tmp_path / "upload")
+    wrong = tmp_path / "upload" / "notes.txt"
+    wrong.write_text("not an image")
+    wait = WebDriverWait(browser, 30)
+    browser.get(base_url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+    assert browser.find_element(By.ID, "mask-row").is_displayed()  # CT model: mask asked for
+
+    browser.find_element(By.ID, "files").send_keys(str(wrong))
+    browser.find_element(By.ID, "submit").click()
+    error = wait.until(lambda d: d.find_element(By.ID, "error").is_displayed()
+                       and d.find_element(By.ID, "error"))
+    assert "notes.txt" in error.text and "not a CT/MR volume" in error.text
+
+    browser.find_element(By.ID, "files").clear()
+    browser.find_element(By.ID, "files").send_keys(str(image))
+    browser.find_element(By.ID, "organ-mask").send_keys(str(mask))
+    browser.find_element(By.ID, "size").send_keys("12")
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "result").is_displayed())
+    wait.until(lambda d: d.execute_script(
+        "const i = document.getElementById('heatmap'); return i.complete && i.naturalWidth"))
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    expected = diagnose_case(load_bundle(bundle_path), read_case(image, organ_mask_path=mask))
+    assert browser.find_element(By.ID, "score").text == f"{expected.patient_score:.3f}"
+    assert browser.find_element(By.ID, "decision").text == expected.decision
+    assert browser.execute_script("return document.getElementById('heatmap').naturalWidth") >= 384
+    assert "slice" in browser.find_element(By.ID, "heatmap-caption").text
+    artifacts = _artifacts(tmp_path)
+    assert browser.save_screenshot(str(artifacts / "serve_page_result.png"))
+
+    browser.set_window_size(390, 1400)  # a phone's width: nothing may scroll sideways
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth")
+    assert browser.save_screenshot(str(artifacts / "serve_page_phone.png"))
