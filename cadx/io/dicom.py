@@ -82,6 +82,8 @@ class SeriesInfo:
         if self.image_type[:2] and tuple(v.upper() for v in self.image_type[:2]) != (
                 "ORIGINAL", "PRIMARY"):
             return f"image type {'/'.join(self.image_type[:3])}"
+        if "LOCALIZER" in (v.upper() for v in self.image_type):
+            return "a localizer"
         if self.orientation != "axial":
             return f"{self.orientation} orientation"
         if len(self.datasets) < 2:
@@ -251,6 +253,9 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
     `case.meta['dicom']` holds the UIDs (study, series, frame of reference, SOP instances in
     stack order); `case.meta['dicom_headers']` the pixel-less datasets in the same order, for
     results that reference the source images. `case.meta['geometry']` is the LPS Geometry.
+    Slices whose pixel data cannot be decoded (truncated files) are skipped and listed in
+    `case.meta['warnings']`; a resulting gap inside the stack is then refused as irregular
+    spacing.
     """
     if not datasets:
         raise InputError(f"{source}: no instances in the series")
@@ -260,11 +265,23 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
     for ds in datasets:
         if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
             raise InputError(f"{_name(ds)}: no pixel data")
+        check_decodable(ds, _name(ds))
+    slices, kept, warnings = [], [], []
+    for ds in datasets:
+        try:
+            slices.append(ds.pixel_array)
+            kept.append(ds)
+        except Exception as exc:  # decoders raise many types for damaged data
+            warnings.append(f"skipped {_name(ds)}: pixel data cannot be decoded "
+                            f"({type(exc).__name__}: {str(exc)[:100]})")
+    if not kept:
+        raise InputError(f"{source}: no slice could be decoded ({warnings[0]})")
+    datasets = kept
     row_cos, col_cos, positions, pixel_mm = _slice_geometry(datasets, source)
     normal = np.cross(row_cos, col_cos)
     offsets = positions @ normal
     order = np.argsort(offsets, kind="stable")
-    datasets = [datasets[i] for i in order]
+    datasets, slices = [datasets[i] for i in order], [slices[i] for i in order]
     positions, offsets = positions[order], offsets[order]
     in_plane = (positions - positions[0]) @ np.stack([row_cos, col_cos], axis=1)
     if len(datasets) > 1:
@@ -272,14 +289,6 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
                                  datasets[0].get("GantryDetectorTilt"), source)
     else:
         spacing_z = float(datasets[0].get("SliceThickness", 1.0) or 1.0)
-    slices = []
-    for ds in datasets:
-        check_decodable(ds, _name(ds))
-        try:
-            slices.append(ds.pixel_array)
-        except Exception as exc:  # decoders raise many types for damaged data
-            raise InputError(f"{_name(ds)}: pixel data cannot be decoded ({type(exc).__name__}: "
-                             f"{str(exc)[:120]})") from None
     slopes = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in datasets], np.float32)
     intercepts = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets],
                           np.float32)
@@ -306,6 +315,8 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
         },
         "geometry": geometry,
         "dicom_headers": [_header(ds) for ds in datasets],
+        "warnings": warnings,
+        "undecodable_files": len(warnings),
     }
     return Case(patient_id=patient_id or str(first.get("PatientID", "")) or Path(source).name,
                 image=image, spacing_zyx_mm=geometry.spacing_zyx_mm, source=source, meta=meta)
@@ -358,6 +369,10 @@ def organ_mask_from_seg(seg: Dataset, case: Case, source: str) -> np.ndarray:
         raise InputError(f"{source}: not a DICOM Segmentation (modality "
                          f"{seg.get('Modality', '?')})")
     uids = case.meta["dicom"]["sop_instance_uids"]
+    series_uid = case.meta["dicom"]["series_uid"]
+    if not references_series(seg, series_uid):
+        raise GeometryError(f"{source}: segmentation does not lie on the slices of series "
+                            f"{series_uid} (it references another series)")
     number = organ_segment_number(seg, source)
     try:
         segmentation = hd.seg.Segmentation.from_dataset(seg, copy=False)
@@ -428,10 +443,11 @@ def read_dicom_case(path: str | Path, *, series_uid: str | None = None,
     scan = scan_folder(path)
     info = select_series(scan.series, series_uid, source=str(path))
     case = case_from_datasets(read_series_files(info), str(path))
-    warnings = [f"skipped {len(scan.skipped)} files that are not readable DICOM "
-                f"(e.g. {scan.skipped[0][0].name}: {scan.skipped[0][1]})"] if scan.skipped else []
-    case.meta["skipped_files"] = len(scan.skipped)
-    case.meta["warnings"] = warnings
+    if scan.skipped:
+        case.meta["warnings"].insert(0, f"skipped {len(scan.skipped)} files that are not "
+                                        f"readable DICOM (e.g. {scan.skipped[0][0].name}: "
+                                        f"{scan.skipped[0][1]})")
+    case.meta["skipped_files"] = len(scan.skipped) + case.meta["undecodable_files"]
     if organ_mask_path is not None:
         case.organ_mask = organ_mask_from_file(organ_mask_path, case)
         case.meta["organ_mask_source"] = "given"

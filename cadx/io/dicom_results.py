@@ -1,0 +1,162 @@
+"""Diagnosis results as DICOM: a Comprehensive 3D SR (TID 1500 measurement report, highdicom)
+and a SEG of the positive patches, both new series in the source study.
+
+The SR holds the patient score, the decision, both thresholds, the number of positive patches
+and the model (name, version) as the algorithm identification; it lists every source image as
+evidence and as the measurement group's source images. Concept names use the private coding
+scheme ``99CADX`` (no standard code exists for a CAD patient score); :func:`read_sr_result`
+reads them back with plain pydicom.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from cadx import __version__
+from cadx.case import Case
+from cadx.diagnose.patient import POSITIVE, Diagnosis
+from cadx.errors import InputError
+
+SCHEME = "99CADX"
+PATIENT_SCORE = hd.sr.CodedConcept("CADX0001", SCHEME, "Patient cancer score")
+PATIENT_THRESHOLD = hd.sr.CodedConcept("CADX0002", SCHEME, "Patient score threshold")
+PATCH_THRESHOLD = hd.sr.CodedConcept("CADX0003", SCHEME, "Patch score threshold")
+POSITIVE_PATCHES = hd.sr.CodedConcept("CADX0004", SCHEME, "Patches above threshold")
+DECISION = hd.sr.CodedConcept("CADX0005", SCHEME, "CAD decision")
+CANCER_SUSPECTED = hd.sr.CodedConcept("CADX0010", SCHEME, "Cancer suspected")
+NO_CANCER_DETECTED = hd.sr.CodedConcept("CADX0011", SCHEME, "No cancer detected")
+_NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+_PATCHES_UNIT = hd.sr.CodedConcept("{patches}", "UCUM", "patches")
+SR_SERIES_DESCRIPTION = "cadx CAD result"
+SEG_SERIES_DESCRIPTION = "cadx positive patches"
+
+
+def _headers(case: Case) -> list[Dataset]:
+    headers = case.meta.get("dicom_headers")
+    if not headers:
+        raise InputError(f"{case.source}: DICOM results need a DICOM source series")
+    return headers
+
+
+def _algorithm(diagnosis: Diagnosis) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=diagnosis.model["name"], version=diagnosis.model["cadx_version"],
+        parameters=[f"created {diagnosis.model.get('created_utc', '')}"])
+
+
+def diagnosis_sr(diagnosis: Diagnosis, case: Case, *, series_number: int = 901) -> Dataset:
+    """A Comprehensive 3D SR of `diagnosis` in the study of `case` (a DICOM-sourced case)."""
+    headers = _headers(case)
+    algorithm = _algorithm(diagnosis)
+
+    def measurement(name: hd.sr.CodedConcept, value: float,
+                    unit: hd.sr.CodedConcept = _NO_UNITS) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm)
+
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
+                                                     identifier="cadx patient result"),
+        algorithm_id=algorithm,
+        measurements=[
+            measurement(PATIENT_SCORE, diagnosis.patient_score),
+            measurement(PATIENT_THRESHOLD, diagnosis.patient_threshold),
+            measurement(PATCH_THRESHOLD, diagnosis.patch_threshold),
+            measurement(POSITIVE_PATCHES, diagnosis.n_positive_patches, _PATCHES_UNIT),
+        ],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            DECISION,
+            CANCER_SUSPECTED if diagnosis.decision == POSITIVE else NO_CANCER_DETECTED)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(
+            str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in headers],
+    )
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name="cadx", manufacturer_name="cadx",
+            model_name=diagnosis.model["name"]))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[group])
+    return hd.sr.Comprehensive3DSR(
+        evidence=headers, content=report[0], series_instance_uid=generate_uid(),
+        series_number=series_number, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="cadx", is_complete=True, is_final=False, is_verified=False,
+        series_description=SR_SERIES_DESCRIPTION, software_versions=__version__)
+
+
+def _content_items(items: Dataset | list) -> list[Dataset]:
+    """Every content item of an SR tree, depth first."""
+    found = []
+    for item in items:
+        found.append(item)
+        found.extend(_content_items(item.get("ContentSequence", [])))
+    return found
+
+
+def read_sr_result(sr: Dataset) -> dict[str, object]:
+    """The cadx values of an SR written by :func:`diagnosis_sr` (plain pydicom, no highdicom):
+    patient_score, patient_threshold, patch_threshold, n_positive_patches, decision, model,
+    model_version."""
+    values: dict[str, object] = {}
+    names = {PATIENT_SCORE.value: "patient_score", PATIENT_THRESHOLD.value: "patient_threshold",
+             PATCH_THRESHOLD.value: "patch_threshold",
+             POSITIVE_PATCHES.value: "n_positive_patches"}
+    for item in _content_items(sr.get("ContentSequence", [])):
+        if "ConceptNameCodeSequence" not in item:
+            continue
+        concept = item.ConceptNameCodeSequence[0]
+        if item.ValueType == "NUM" and concept.CodingSchemeDesignator == SCHEME:
+            measured = item.MeasuredValueSequence[0]
+            number = measured.get("FloatingPointValue", measured.NumericValue)
+            key = names[concept.CodeValue]
+            values[key] = int(number) if key == "n_positive_patches" else float(number)
+        elif item.ValueType == "CODE" and concept.CodeValue == DECISION.value:
+            values["decision"] = str(item.ConceptCodeSequence[0].CodeMeaning).lower()
+        elif item.ValueType == "TEXT" and concept.CodeMeaning == "Algorithm Name":
+            values.setdefault("model", str(item.TextValue))
+        elif item.ValueType == "TEXT" and concept.CodeMeaning == "Algorithm Version":
+            values.setdefault("model_version", str(item.TextValue))
+    if "patient_score" not in values:
+        raise InputError("structured report holds no cadx patient score")
+    return values
+
+
+def positive_patches_seg(diagnosis: Diagnosis, case: Case, thickness_mm: float, *,
+                         series_number: int = 902) -> Dataset | None:
+    """A binary SEG marking the positive patches on the source slices (None if none).
+
+    Patches live on the preprocessed grid: same pixels in-plane, slices every `thickness_mm`
+    from the first slice; each patch is drawn on the source slices within half a
+    preprocessed slice of its centre.
+    """
+    if not diagnosis.positive_patches:
+        return None
+    headers = _headers(case)
+    n_slices, rows, cols = case.image.shape
+    source_offsets = np.arange(n_slices) * case.spacing_zyx_mm[0]
+    mask = np.zeros((n_slices, rows, cols), dtype=bool)
+    for patch in diagnosis.positive_patches:
+        near = np.abs(source_offsets - patch.slice_offset_mm) <= thickness_mm / 2
+        mask[near, patch.y_px:patch.y_px + patch.size_px,
+             patch.x_px:patch.x_px + patch.size_px] = True
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=diagnosis.model["name"], version=diagnosis.model["cadx_version"],
+        family=codes.cid7162.ArtificialIntelligence)
+    return hd.seg.Segmentation(
+        source_images=headers, pixel_array=mask.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[hd.seg.SegmentDescription(
+            segment_number=1, segment_label="cadx positive patches",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Neoplasm,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm)],
+        series_instance_uid=generate_uid(), series_number=series_number,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="cadx",
+        manufacturer_model_name=diagnosis.model["name"], software_versions=__version__,
+        device_serial_number="0", series_description=SEG_SERIES_DESCRIPTION)

@@ -1,0 +1,49 @@
+"""The PACS commands as functions (the CLI calls these): diagnose one study, watch a PACS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from cadx.bundle import load_bundle
+from cadx.diagnose.patient import Diagnosis
+from cadx.io.atomic import write_json_atomic
+from cadx.pacs.client import PacsClient
+from cadx.pacs.study import diagnose_study
+from cadx.pacs.watch import WatchSummary, watch
+
+
+def diagnose_from_pacs(model_path: str | Path, pacs_url: str, study_uid: str, *,
+                       series_uid: str | None = None, push: bool = False,
+                       out_path: str | Path | None = None,
+                       console: Console | None = None) -> Diagnosis:
+    """Pull a study over DICOMweb, score it, optionally push the SR (+ SEG) back; JSON to
+    `out_path` (written after a successful push, so it never claims a result the PACS lacks)."""
+    console = console or Console()
+    bundle = load_bundle(model_path)
+    result = diagnose_study(PacsClient(pacs_url), bundle, study_uid, series_uid=series_uid,
+                            push=push)
+    diagnosis = result.diagnosis
+    if out_path is not None:
+        write_json_atomic(out_path, {"study_uid": study_uid,
+                                     "series_uid": result.case.meta["dicom"]["series_uid"],
+                                     **diagnosis.to_dict()})
+    console.print(f"{diagnosis.patient_id} (study {study_uid}): [bold]{diagnosis.decision}[/] "
+                  f"(patient score {diagnosis.patient_score:.3f} vs threshold "
+                  f"{diagnosis.patient_threshold:.3f}; {diagnosis.n_positive_patches}/"
+                  f"{diagnosis.n_patches} patches above {diagnosis.patch_threshold:.3f})")
+    for dataset in result.pushed:
+        console.print(f"stored {dataset.Modality} {dataset.SOPInstanceUID} in {pacs_url}")
+    if out_path is not None:
+        console.print(f"result written to {out_path}")
+    return diagnosis
+
+
+def watch_pacs(model_path: str | Path, pacs_url: str, *, interval_s: float = 5.0,
+               push: bool = True, out_dir: str | Path | None = None,
+               console: Console | None = None) -> WatchSummary:
+    """Score every new CT/MR study of the PACS until Ctrl-C (see `cadx.pacs.watch`)."""
+    bundle = load_bundle(model_path)
+    return watch(PacsClient(pacs_url), bundle, interval_s=interval_s, push=push,
+                 out_dir=out_dir, console=console)

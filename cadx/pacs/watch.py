@@ -1,0 +1,107 @@
+"""`cadx watch`: poll a PACS and score every CT/MR study that has no cadx result yet.
+
+A study is scored once its instance count has stayed the same over two polls (so a study that
+is still arriving is not scored half-way). Studies that already hold a cadx SR are skipped,
+so restarting the watcher does not answer a study twice. A study that fails (bad input) is
+reported and not retried; a PACS outage is reported and polling goes on. Ctrl-C stops it
+between two steps; a result is either pushed whole (one STOW-RS request) or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from cadx.bundle import PatchModelBundle
+from cadx.errors import CadxError
+from cadx.io.atomic import write_json_atomic
+from cadx.io.dicom import IMAGE_MODALITIES
+from cadx.pacs.client import PacsClient, PacsError
+from cadx.pacs.study import diagnose_study, has_cadx_result
+
+
+@dataclass
+class WatchSummary:
+    """What a watch session did, by study UID."""
+
+    scored: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _modalities(study) -> set[str]:
+    value = study.get("ModalitiesInStudy", [])
+    return {str(value)} if isinstance(value, str) else {str(v) for v in value}
+
+
+def watch(client: PacsClient, bundle: PatchModelBundle, *, interval_s: float = 5.0,
+          push: bool = True, out_dir: str | Path | None = None,
+          console: Console | None = None, max_polls: int | None = None) -> WatchSummary:
+    """Poll every `interval_s` seconds until Ctrl-C (or `max_polls` polls); returns a summary.
+
+    Each scored study's JSON goes to `out_dir/<StudyInstanceUID>.json` when `out_dir` is set.
+    """
+    console = console or Console()
+    summary = WatchSummary()
+    handled: set[str] = set()
+    last_counts: dict[str, int] = {}
+    client.studies()  # fail fast on a wrong URL before announcing anything
+    console.print(f"watching {client.url} every {interval_s:g} s (Ctrl-C to stop)")
+    polls = 0
+    try:
+        while max_polls is None or polls < max_polls:
+            polls += 1
+            try:
+                studies = client.studies()
+            except PacsError as exc:
+                console.print(f"[yellow]warning[/]: {exc}; trying again")
+                time.sleep(interval_s)
+                continue
+            for study in studies:
+                uid = str(study.StudyInstanceUID)
+                count = int(study.get("NumberOfStudyRelatedInstances", 0) or 0)
+                stable = last_counts.get(uid) == count
+                last_counts[uid] = count
+                if uid in handled or not stable:
+                    continue
+                if not _modalities(study) & set(IMAGE_MODALITIES):
+                    continue
+                handled.add(uid)
+                if not _score(client, bundle, uid, push, out_dir, console, summary):
+                    handled.discard(uid)  # the PACS failed, not the study: try it again
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        console.print("stopping (Ctrl-C)")
+    console.print(f"watch finished: {len(summary.scored)} studies scored, "
+                  f"{len(summary.failed)} failed, {len(summary.skipped)} already answered")
+    return summary
+
+
+def _score(client: PacsClient, bundle: PatchModelBundle, study_uid: str, push: bool,
+           out_dir: str | Path | None, console: Console, summary: WatchSummary) -> bool:
+    """Score one study; False if the PACS failed (worth another try), True otherwise."""
+    try:
+        if has_cadx_result(client, study_uid):
+            summary.skipped.append(study_uid)
+            return True
+        result = diagnose_study(client, bundle, study_uid, push=push)
+    except PacsError as exc:
+        console.print(f"[yellow]warning[/]: study {study_uid}: {exc}; trying again")
+        return False
+    except CadxError as exc:
+        summary.failed[study_uid] = str(exc)
+        console.print(f"[red]study {study_uid} not scored[/]: {exc}")
+        return True
+    diagnosis = result.diagnosis
+    if out_dir is not None:
+        write_json_atomic(Path(out_dir) / f"{study_uid}.json",
+                          {"study_uid": study_uid, **diagnosis.to_dict()})
+    summary.scored.append(study_uid)
+    pushed = f"; {len(result.pushed)} result objects stored" if result.pushed else ""
+    console.print(f"study {study_uid} ({diagnosis.patient_id}): [bold]{diagnosis.decision}[/] "
+                  f"(score {diagnosis.patient_score:.3f} vs {diagnosis.patient_threshold:.3f})"
+                  f"{pushed}")
+    return True
