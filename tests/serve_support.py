@@ -34,3 +34,38 @@ def write_ct_upload(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     image_path = write_volume(folder / "patient_ct.nii.gz", image)
     mask_path = write_volume(folder / "patient_mask.nii.gz", (label > 0).astype(np.uint8))
     return image_path, mask_path
+
+
+def write_image_bundle(path: Path, organ: str | None = "thyroid",
+                       exam_threshold: float = 0.5) -> Path:
+    """A one-network (ResNet-18, width 0.25) 2D image bundle with seeded random weights."""
+    from cadx.image_bundle import ImageModelBundle, NetworkSpec, save_image_bundle
+    from cadx.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    network = build_backbone("resnet18", 1, 1, 0.25)
+    point = (0.9, 0.8, 0.7, 0.95, (0.0, 1.0), (0.0, 1.0))
+    bundle = ImageModelBundle(
+        method="cnn-ensemble", size_px=32, channels=1,
+        networks=[NetworkSpec("resnet18", 0.25, 0.8, 1.0)],
+        state_dicts=[network.state_dict()],
+        image_operating_point=OperatingPoint(0.5, *point),
+        exam_operating_point=OperatingPoint(exam_threshold, *point), organ=organ)
+    return save_image_bundle(bundle, path)
+
+
+def write_png_images(folder: Path, n: int = 2, seed: int = 0) -> list[Path]:
+    """`n` small grey PNG 'ultrasound' images with a dark blob."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(n):
+        y, x = np.ogrid[:48, :64]
+        image = rng.normal(120, 25, (48, 64))
+        image[(y - 24) ** 2 + (x - 20 - 10 * k) ** 2 < 80] = 40
+        path = folder / f"nodule_{k + 1}.png"
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths

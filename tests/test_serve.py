@@ -18,7 +18,10 @@ from PIL import Image
 
 from cadx.bundle import load_bundle
 from cadx.cli import main
+from cadx.diagnose.fna import fna_advice
+from cadx.diagnose.images import diagnose_image_files
 from cadx.diagnose.patient import diagnose_case
+from cadx.image_bundle import load_image_bundle
 from cadx.io.dicom import read_dicom_case
 from cadx.io.volumes import read_case
 from cadx.serve import app as app_module
@@ -27,7 +30,12 @@ from cadx.serve.inputs import UploadLimits
 from cadx.serve.registry import load_model_folder
 from cadx.synth.dicom_series import write_dicom_study
 from tests.conftest import toy_case
-from tests.serve_support import write_ct_bundle, write_ct_upload
+from tests.serve_support import (
+    write_ct_bundle,
+    write_ct_upload,
+    write_image_bundle,
+    write_png_images,
+)
 
 TOKEN = "a-long-enough-test-token"
 
@@ -113,6 +121,53 @@ def test_zipped_dicom_series_with_organ_seg(served, tmp_path):
     expected = diagnose_case(load_bundle(served["bundle"]), read_dicom_case(study.folder))
     assert response.json()["score"] == pytest.approx(expected.patient_score)
     assert response.json()["details"]["n_patches"] == expected.n_patches
+
+
+@pytest.fixture
+def image_models(tmp_path: Path) -> dict:
+    models_dir = tmp_path / "image_models"
+    thyroid = write_image_bundle(models_dir / "thyroid_us.cadx")
+    write_image_bundle(models_dir / "breast_us.cadx", organ=None)
+    return {"models": load_model_folder(models_dir), "bundle": thyroid,
+            "pngs": write_png_images(tmp_path / "pngs")}
+
+
+def test_image_exam_with_cams_and_fna_advice(image_models):
+    client = TestClient(create_app(image_models["models"]))
+    kinds = {m["id"]: (m["kind"], m["needs_organ_mask"]) for m in
+             client.get("/v1/models").json()["models"]}
+    assert kinds["thyroid_us"] == ("image", False)
+    response = client.post("/v1/diagnose", data={"model": "thyroid_us", "lesion_size_mm": "12"},
+                           files=_files(*image_models["pngs"]))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    expected = diagnose_image_files(load_image_bundle(image_models["bundle"]),
+                                    image_models["pngs"], "exam")
+    assert result["score"] == pytest.approx(expected.exam_score)
+    assert result["decision"] == expected.decision
+    assert [i["name"] for i in result["images"]] == ["nodule_1.png", "nodule_2.png"]
+    for image, want in zip(result["images"], expected.images, strict=True):
+        assert image["probability"] == pytest.approx(want.probability)
+        assert image["cam_png"].startswith("data:image/png;base64,")
+    advice = result["fna"]["advice"]
+    assert advice == fna_advice(result["positive"], 12.0).to_dict()
+    assert "TI-RADS" in result["fna"]["source"]
+    no_size = client.post("/v1/diagnose", data={"model": "thyroid_us"},
+                          files=_files(image_models["pngs"][0])).json()
+    assert no_size["fna"]["advice"] is None and "size" in no_size["fna"]["note"]
+    other = client.post("/v1/diagnose", data={"model": "breast_us", "lesion_size_mm": "12"},
+                        files=_files(image_models["pngs"][0])).json()
+    assert other["fna"]["advice"] is None and "thyroid" in other["fna"]["note"]
+
+
+def test_image_model_bad_files(image_models, tmp_path):
+    client = TestClient(create_app(image_models["models"]))
+    corrupt = client.post("/v1/diagnose", data={"model": "thyroid_us"},
+                          files=[("files", ("scan.png", b"\x89PNG broken"))])
+    assert corrupt.status_code == 422 and "scan.png" in corrupt.json()["error"]
+    volume = client.post("/v1/diagnose", data={"model": "thyroid_us"},
+                         files=[("files", ("ct.nii.gz", b"\x1f\x8b"))])
+    assert volume.status_code == 415 and "not a 2D image" in volume.json()["error"]
 
 
 @pytest.mark.parametrize(("case", "status", "words"), [

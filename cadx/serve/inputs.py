@@ -223,12 +223,13 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def images_from_uploads(paths: list[Path], limits: UploadLimits
+def images_from_uploads(paths: list[Path], channels: int, limits: UploadLimits
                         ) -> tuple[list[np.ndarray], list[str]]:
-    """2D images (PNG/JPEG/...; zips of them too) as float arrays in 0..1, with their names."""
+    """2D images (PNG/JPEG/...; zips of them too) as float (channels, H, W) arrays in 0..1,
+    with their names."""
     files = _unzip_all(paths, limits)
     wrong = [p.name for p in files if not p.name.lower().endswith(IMAGE_SUFFIXES)]
     if wrong:
         raise UnsupportedFileError(f"{wrong[0]}: not a 2D image; this model reads "
-                                   f"{', '.join(IMAGE_SUFFIXES)}")
-    return [read_image(p) for p in files], [p.name for p in files]
+                                   f"{', '.join(IMAGE_SUFFIXES)} (or a zip of them)")
+    return [read_image(p, channels=channels) for p in files], [p.name for p in files]

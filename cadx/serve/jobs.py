@@ -12,12 +12,15 @@ from typing import Any
 from cadx.bundle import PatchModelBundle
 from cadx.diagnose.fna import RULE, SOURCE, fna_advice
 from cadx.diagnose.heatmap import ct_heatmap
+from cadx.diagnose.images import diagnose_images
 from cadx.diagnose.patient import diagnose_case
 from cadx.errors import CadxError, InputError
+from cadx.image_bundle import ImageModelBundle
 from cadx.serve.inputs import (
     Upload,
     UploadLimits,
     ct_case_from_uploads,
+    images_from_uploads,
     public_message,
     save_uploads,
 )
@@ -90,6 +93,30 @@ def _ct_result(request: DiagnoseRequest, paths: list[Path], mask: Path | None,
     }
 
 
+def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,
+                  limits: UploadLimits) -> dict[str, Any]:
+    bundle = request.model.bundle
+    assert isinstance(bundle, ImageModelBundle)
+    images, names = images_from_uploads(paths, bundle.channels, limits)
+    diagnosis = diagnose_images(bundle, images, names, patient_id="exam", cam_dir=cam_dir)
+    # CAM files live in the request's temporary folder: send them inline.
+    per_image = [{"name": image.name, "probability": image.probability,
+                  "above_image_threshold": image.above_image_threshold,
+                  "cam_png": png_data_url(Path(image.cam_png).read_bytes())
+                  if image.cam_png else None} for image in diagnosis.images]
+    details = diagnosis.to_dict()
+    for image in details["images"]:
+        image.pop("cam_png")
+    positive = diagnosis.exam_score > diagnosis.exam_threshold
+    return {
+        "patient_id": None, "score": diagnosis.exam_score,
+        "score_name": f"exam score ({diagnosis.aggregation}) over {len(per_image)} image(s)",
+        "threshold": diagnosis.exam_threshold, "decision": diagnosis.decision,
+        "positive": positive, "heatmap": None, "images": per_image,
+        "fna": _fna(request.model, positive, request.lesion_size_mm), "details": details,
+    }
+
+
 def run_diagnosis(request: DiagnoseRequest, limits: UploadLimits) -> dict[str, Any]:
     """Save the uploads in a temporary folder (removed on return), run the model, build JSON."""
     with tempfile.TemporaryDirectory(prefix="cadx-serve-") as tmp:
@@ -98,10 +125,10 @@ def run_diagnosis(request: DiagnoseRequest, limits: UploadLimits) -> dict[str, A
             extra = [request.organ_mask] if request.organ_mask is not None else []
             paths = save_uploads([*request.uploads, *extra], workdir, limits)
             mask = paths.pop() if extra else None
-            if request.model.kind != CT_PATCH:
-                raise InputError(f"model {request.model.model_id}: 2D image models are not "
-                                 "served yet")
-            result = _ct_result(request, paths, mask, limits)
+            if request.model.kind == CT_PATCH:
+                result = _ct_result(request, paths, mask, limits)
+            else:
+                result = _image_result(request, paths, workdir / "cam", limits)
         except CadxError as exc:
             raise type(exc)(public_message(exc, workdir)) from None
     model = request.model
