@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cadx.config import EXAM_SCORES
 from cadx.errors import ConfigError
 
 # p is clipped to [0, 1 - PROBABILITY_CLIP] so that a probability of exactly 1 gives a finite
 # theta (-ln 1e-6 = 13.8) instead of infinity.
 PROBABILITY_CLIP = 1e-6
-EXAM_SCORES = ("theta", "mean", "max")
 
 
 def exam_scores(patient_ids: Sequence[str], probabilities: Sequence[float],
@@ -40,3 +40,13 @@ def exam_scores(patient_ids: Sequence[str], probabilities: Sequence[float],
         values = np.full(len(ids), -np.inf)
         np.maximum.at(values, inverse, p)
     return dict(zip(ids.tolist(), values.tolist(), strict=True))
+
+
+def exam_probability(values: Sequence[float] | np.ndarray, method: str = "theta") -> np.ndarray:
+    """Exam scores mapped into [0, 1] without changing their order (so ROC, AUC and Youden
+    points are the same): theta -> 1 - exp(-theta), one minus the geometric mean of the
+    (1 - p_i); the mean and the max already are probabilities."""
+    if method not in EXAM_SCORES:
+        raise ConfigError(f"exam score must be one of {EXAM_SCORES}, got {method!r}")
+    values = np.asarray(values, dtype=np.float64)
+    return -np.expm1(-values) if method == "theta" else values

@@ -397,12 +397,36 @@ def read_image(path: str | Path, size_px: int | None = None, channels: int = 1) 
             pixels = _pixels(image, channels)
     except Exception as exc:  # PIL's decoders raise many exception types
         raise InputError(f"{path}: {_decode_problem(exc)}") from None
+    return _resized(pixels, size_px)
+
+
+def _resized(pixels: np.ndarray, size_px: int | None) -> np.ndarray:
+    """(H, W, C) in 0..1 -> (C, size_px, size_px) float32 by PIL's bilinear filter."""
+    channels = pixels.shape[-1]
     if size_px is not None and pixels.shape[:2] != (size_px, size_px):
         pixels = np.stack([
             np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c]))
                        .resize((size_px, size_px), Image.Resampling.BILINEAR))
             for c in range(channels)], axis=-1)
     return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0).transpose(2, 0, 1), dtype=np.float32)
+
+
+def fit_image(image: np.ndarray, size_px: int, channels: int = 1) -> np.ndarray:
+    """An in-memory image, (H, W), (H, W, 3) or (C, H, W) with C in 1, 3 (values in 0..1, or
+    0..255 for integer arrays), converted as `read_image` converts a file (same resize filter,
+    same ITU-R 601 grey weights): float32 (channels, size_px, size_px)."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3) or min(array.shape[:2]) < 1:
+        raise InputError(f"expected a 2D grey or RGB image, got an array of shape {image.shape}")
+    pixels = array.astype(np.float32) / (255.0 if np.issubdtype(array.dtype, np.integer) else 1.0)
+    if pixels.shape[-1] != channels:
+        pixels = (np.repeat(pixels, 3, axis=-1) if channels == 3 else
+                  (pixels @ np.array([0.299, 0.587, 0.114], np.float32))[..., None])
+    return _resized(pixels, size_px)
 
 
 def read_images(records: Sequence[ImageRecord], size_px: int, channels: int = 1,

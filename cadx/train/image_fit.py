@@ -10,28 +10,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from cadx.errors import ConfigError, SplitError
+from cadx.config import ImageTrainConfig
+from cadx.errors import SplitError
 from cadx.train.augment import augment_batch, image_augmentation
 from cadx.train.fit import EarlyStopping, epoch_progress
-
-
-@dataclass(frozen=True)
-class ImageTrainConfig:
-    """Optimiser and stopping settings (seed 002: weight decay 5e-4)."""
-
-    batch_size: int = 32
-    max_epochs: int = 30
-    learning_rate: float = 1e-3
-    weight_decay: float = 5e-4
-    early_stop_patience: int = 8
-    augment: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_epochs < 1 or self.early_stop_patience < 1:
-            raise ConfigError("batch size, epochs and patience must be >= 1")
-        if self.learning_rate <= 0 or self.weight_decay < 0:
-            raise ConfigError("learning rate must be > 0 and weight decay >= 0")
 
 
 @dataclass

@@ -1,0 +1,108 @@
+"""Diagnose one patient's exam from its 2D images (seed 002): a probability per image, the exam
+score (theta = -mean ln(1 - p_i) by default), the decision against the validation-Youden exam
+threshold, and optionally Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cadx.decide.exam import exam_scores
+from cadx.diagnose.cam import grad_cam, write_overlay_png
+from cadx.errors import InputError
+from cadx.image_bundle import ImageModelBundle
+from cadx.io.images import fit_image, read_image
+
+POSITIVE, NEGATIVE = "malignancy suspected", "no malignancy detected"
+
+
+@dataclass
+class ImageResult:
+    """One image's malignancy probability and, if asked for, its CAM overlay file."""
+
+    name: str
+    probability: float
+    above_image_threshold: bool
+    cam_png: str | None = None
+
+
+@dataclass
+class ImageDiagnosis:
+    """The result for one exam, ready to be written as JSON."""
+
+    patient_id: str
+    exam_score: float
+    aggregation: str
+    exam_threshold: float
+    decision: str
+    image_threshold: float
+    images: list[ImageResult]
+    model: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem) or "image"
+
+
+def diagnose_images(bundle: ImageModelBundle, images: Sequence[np.ndarray],
+                    names: Sequence[str], patient_id: str,
+                    cam_dir: str | Path | None = None) -> ImageDiagnosis:
+    """Score one patient's images ((H, W), (H, W, 3) or (C, H, W) arrays of any size, 0..1 or
+    uint8) with `bundle`; write a Grad-CAM overlay PNG per image into `cam_dir` if given."""
+    if len(images) == 0:
+        raise InputError(f"patient {patient_id}: no images to diagnose")
+    if len(names) != len(images):
+        raise InputError(f"{len(names)} names for {len(images)} images")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    batch = np.stack([fit_image(image, bundle.size_px, bundle.channels) for image in images])
+    models = bundle.build_networks()
+    probabilities = bundle.predict(batch, models)
+    score = exam_scores([patient_id] * len(batch), probabilities, bundle.aggregation)[patient_id]
+    timings["score"] = time.perf_counter() - start
+    results = [ImageResult(name, round(float(p), 6), bool(p > bundle.image_threshold))
+               for name, p in zip(names, probabilities, strict=True)]
+    notes = []
+    if cam_dir is not None:
+        if bundle.method != "cnn-ensemble":
+            notes.append("no CAM: this model classifies features with an SVM/random forest, "
+                         "which has no spatial map; use a CNN ensemble model for CAMs")
+        else:
+            start = time.perf_counter()
+            cams = grad_cam(models, [s.arch for s in bundle.networks],
+                            [s.weight for s in bundle.networks], batch)
+            stems = [_safe_stem(result.name) for result in results]
+            for k, (result, image, cam) in enumerate(zip(results, images, cams, strict=True)):
+                # Unique names even when two uploads share a file name.
+                stem = stems[k] if stems.count(stems[k]) == 1 else f"{stems[k]}_{k + 1}"
+                path = Path(cam_dir) / f"{stem}_cam.png"
+                source = image if np.issubdtype(np.asarray(image).dtype, np.floating) else \
+                    np.asarray(image, dtype=np.float32) / 255.0
+                result.cam_png = str(write_overlay_png(path, source, cam))
+            timings["cam"] = time.perf_counter() - start
+    return ImageDiagnosis(
+        patient_id=patient_id, exam_score=round(float(score), 6),
+        aggregation=bundle.aggregation, exam_threshold=bundle.exam_threshold,
+        decision=POSITIVE if score > bundle.exam_threshold else NEGATIVE,
+        image_threshold=bundle.image_threshold, images=results,
+        model={"name": bundle.name, "method": bundle.method,
+               "cadx_version": bundle.cadx_version, "created_utc": bundle.created_utc},
+        notes=notes, timings_s={k: round(v, 4) for k, v in timings.items()},
+    )
+
+
+def diagnose_image_files(bundle: ImageModelBundle, paths: Sequence[str | Path],
+                         patient_id: str, cam_dir: str | Path | None = None) -> ImageDiagnosis:
+    """`diagnose_images` on image files (PNG, JPEG, ...); InputError names an unreadable one."""
+    images = [read_image(path, channels=bundle.channels) for path in paths]
+    return diagnose_images(bundle, images, [Path(p).name for p in paths], patient_id, cam_dir)

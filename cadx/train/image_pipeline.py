@@ -1,0 +1,282 @@
+"""The 2D track from a labelled image dataset to a bundle (seeds 002 and 004): patient-level
+splits, a CNN ensemble weighted by validation AUC or deep/texture features + SVM / random forest,
+image and exam thresholds by Youden on validation patients, and a held-out test evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from cadx.config import ImageModelConfig
+from cadx.decide.ensemble import weighted_ensemble
+from cadx.decide.exam import exam_probability, exam_scores
+from cadx.decide.roc import OperatingPoint, youden_operating_point
+from cadx.errors import ConfigError, SplitError
+from cadx.evaluate.levels import LevelResult, evaluate_level
+from cadx.features.classifiers import AveragingEnsemble, fit_classifier
+from cadx.image_bundle import ImageModelBundle, NetworkSpec, ensemble_specs, image_features
+from cadx.io.images import (
+    ImageDataset,
+    ImageRecord,
+    assign_splits,
+    find_duplicate_images,
+    read_images,
+)
+from cadx.models.backbones import build_backbone, load_init_weights
+from cadx.train.image_fit import (
+    ImageTrainingHistory,
+    fit_image_model,
+    predict_image_probabilities,
+)
+from cadx.train.splits import assert_disjoint
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class SplitImages:
+    """A dataset's images read at the model's size, by split (patient level)."""
+
+    records: dict[str, tuple[ImageRecord, ...]]
+    images: dict[str, np.ndarray]
+    warnings: list[str] = field(default_factory=list)
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.array([r.label for r in self.records[split]], dtype=int)
+
+    def patient_ids(self, split: str) -> np.ndarray:
+        return np.array([r.patient_id for r in self.records[split]])
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for split in SPLITS:
+            labels, patients = self.labels(split), self.patient_ids(split)
+            out[split] = {"images": len(labels), "malignant_images": int(labels.sum()),
+                          "patients": len(set(patients.tolist())),
+                          "malignant_patients": len(set(patients[labels == 1].tolist()))}
+        return out
+
+
+@dataclass
+class ImageTrainingOutcome:
+    """The bundle, the training histories and the held-out test levels (empty without test)."""
+
+    bundle: ImageModelBundle
+    data: SplitImages
+    histories: dict[str, ImageTrainingHistory] = field(default_factory=dict)
+    test_levels: list[LevelResult] = field(default_factory=list)
+
+
+def split_image_dataset(dataset: ImageDataset, config: ImageModelConfig,
+                        progress: bool = True) -> SplitImages:
+    """Assign patient-level splits (or keep the CSV's), warn about duplicate files across
+    patients or splits, and read every image at the model's size."""
+    if len(dataset.class_names) != 2:
+        raise ConfigError(f"{dataset.source}: the 2D track is binary; found classes "
+                          f"{list(dataset.class_names)}")
+    records = assign_splits(dataset.records, config.validation_fraction, config.test_fraction,
+                            config.seed)
+    by_split = {split: tuple(r for r in records if r.split == split) for split in SPLITS}
+    assert_disjoint({split: sorted({r.patient_id for r in rs}) for split, rs in by_split.items()})
+    for split in ("train", "validation"):
+        labels = {r.label for r in by_split[split]}
+        if labels != {0, 1}:
+            raise SplitError(f"{dataset.source}: the {split} split has "
+                             f"{len(by_split[split])} images of classes {sorted(labels)}; "
+                             "need both benign and malignant patients there")
+    warnings = []
+    duplicates = find_duplicate_images(records)
+    if duplicates:
+        first, second = duplicates[0]
+        warnings.append(f"{len(duplicates)} pair(s) of byte-identical images in different "
+                        f"patients or splits, e.g. {first.path} ({first.patient_id}, "
+                        f"{first.split}) = {second.path} ({second.patient_id}, {second.split})")
+    images = {split: read_images(rs, config.size_px, config.channels, progress)
+              for split, rs in by_split.items()}
+    return SplitImages(by_split, images, warnings)
+
+
+def _patient_labels(patient_ids: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for pid, label in zip(patient_ids.tolist(), labels.tolist(), strict=True):
+        out[pid] = max(out.get(pid, 0), int(label))
+    return out
+
+
+def operating_points(labels: np.ndarray, probabilities: np.ndarray, patient_ids: np.ndarray,
+                     aggregation: str) -> tuple[OperatingPoint, OperatingPoint]:
+    """Youden operating points of the images and of the exams (exam score `aggregation`)."""
+    image_point = youden_operating_point(labels, probabilities, "validation images")
+    scores = exam_scores(patient_ids.tolist(), probabilities, aggregation)
+    truth = _patient_labels(patient_ids, labels)
+    ids = sorted(scores)
+    exam_point = youden_operating_point(np.array([truth[p] for p in ids]),
+                                        np.array([scores[p] for p in ids]), "validation exams")
+    return image_point, exam_point
+
+
+def evaluate_images(bundle: ImageModelBundle, labels: np.ndarray, probabilities: np.ndarray,
+                    patient_ids: np.ndarray, *, n_boot: int = 1000,
+                    seed: int = 0) -> list[LevelResult]:
+    """Image level (patient cluster-bootstrap CIs) and exam level (Wilson/DeLong CIs) at the
+    bundle's validation thresholds. Exam scores are reported as 1 - exp(-theta) for theta
+    (same order, so the same ROC), to keep every level's scores in [0, 1]."""
+    note = "Youden on validation patients"
+    image_level = evaluate_level("images", labels, probabilities, bundle.image_threshold,
+                                 unit="images", clusters=patient_ids, threshold_note=note,
+                                 n_boot=n_boot, seed=seed)
+    scores = exam_scores(patient_ids.tolist(), probabilities, bundle.aggregation)
+    truth = _patient_labels(patient_ids, labels)
+    ids = sorted(scores)
+    exam_values = exam_probability([scores[p] for p in ids], bundle.aggregation)
+    exam_level = evaluate_level(
+        f"exams ({bundle.aggregation})", [truth[p] for p in ids], exam_values,
+        float(exam_probability([bundle.exam_threshold], bundle.aggregation)[0]),
+        unit="patients", score_kind="score", threshold_note=note, n_boot=n_boot, seed=seed)
+    return [image_level, exam_level]
+
+
+def _summary(data: SplitImages, config: ImageModelConfig, dataset: ImageDataset,
+             extra: dict[str, object]) -> dict[str, object]:
+    return {"dataset": str(dataset.source), "counts": data.counts(),
+            "config": asdict(config),
+            "split": {split: sorted({r.patient_id for r in data.records[split]})
+                      for split in SPLITS},
+            "warnings": list(data.warnings), **extra}
+
+
+def _finish(bundle: ImageModelBundle, data: SplitImages, histories: dict,
+            n_boot: int) -> ImageTrainingOutcome:
+    outcome = ImageTrainingOutcome(bundle, data, histories)
+    if len(data.records["test"]):
+        labels, pids = data.labels("test"), data.patient_ids("test")
+        if len(set(labels.tolist())) == 2:
+            probabilities = bundle.predict(data.images["test"])
+            outcome.test_levels = evaluate_images(bundle, labels, probabilities, pids,
+                                                  n_boot=n_boot, seed=bundle_seed(bundle))
+            bundle.summary["test"] = {level.name: {"auc": level.metrics["auc"].estimate}
+                                      for level in outcome.test_levels}
+    return outcome
+
+
+def bundle_seed(bundle: ImageModelBundle) -> int:
+    return int(bundle.summary.get("config", {}).get("seed", 0))
+
+
+def _fresh_network(arch: str, config: ImageModelConfig, init_weights: Mapping[str, str | Path],
+                   index: int) -> tuple[torch.nn.Module, str | None]:
+    torch.manual_seed(config.seed + index)
+    model = build_backbone(arch, config.channels, 1, config.width)
+    if arch not in init_weights:
+        return model, None
+    report = load_init_weights(model, init_weights[arch])
+    return model, f"{init_weights[arch]} ({len(report.loaded)} tensors loaded)"
+
+
+def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: ImageModelConfig,
+                         *, init_weights: Mapping[str, str | Path] | None = None,
+                         progress: bool = True, n_boot: int = 1000) -> ImageTrainingOutcome:
+    """Train one CNN per architecture, weight them by validation AUC, choose thresholds on
+    validation, evaluate on the held-out test patients."""
+    if not archs:
+        raise ConfigError("give at least one architecture (--arch)")
+    init_weights = dict(init_weights or {})
+    unknown = sorted(set(init_weights) - set(archs))
+    if unknown:
+        raise ConfigError(f"initial weights given for {unknown}, which are not trained here")
+    data = split_image_dataset(dataset, config, progress)
+    y_train, y_val = data.labels("train"), data.labels("validation")
+    histories, states, val_aucs, sources = {}, [], [], {}
+    val_probabilities: dict[str, np.ndarray] = {}
+    for index, arch in enumerate(archs):
+        model, source = _fresh_network(arch, config, init_weights, index)
+        sources[arch] = source or "from scratch (random initialisation)"
+        model, history = fit_image_model(model, data.images["train"], y_train,
+                                         data.images["validation"], y_val,
+                                         config.train, progress=progress)
+        histories[f"{index}:{arch}"] = history
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        val_aucs.append(history.best_validation_auc)
+        val_probabilities[str(index)] = predict_image_probabilities(model,
+                                                                    data.images["validation"])
+    specs = ensemble_specs(list(archs), [config.width] * len(archs), val_aucs)
+    val_probabilities = np.clip(weighted_ensemble(
+        val_probabilities, {str(k): spec.weight for k, spec in enumerate(specs)}), 0.0, 1.0)
+    image_point, exam_point = operating_points(y_val, val_probabilities,
+                                               data.patient_ids("validation"), config.aggregation)
+    bundle = ImageModelBundle(
+        method="cnn-ensemble", size_px=config.size_px, channels=config.channels,
+        networks=specs, state_dicts=states, image_operating_point=image_point,
+        exam_operating_point=exam_point, aggregation=config.aggregation,
+        class_names=dataset.class_names)
+    bundle.summary = _summary(data, config, dataset, {
+        "initial_weights": sources,
+        "histories": {name: asdict(h) for name, h in histories.items()},
+        "validation_auc_ensemble": float(roc_auc_score(y_val, val_probabilities))})
+    return _finish(bundle, data, histories, n_boot)
+
+
+def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
+                        layers: Sequence[str], classifiers: Sequence[str], texture: bool,
+                        config: ImageModelConfig, *,
+                        source_bundle: ImageModelBundle | None = None,
+                        init_weights: Mapping[str, str | Path] | None = None,
+                        progress: bool = True, n_boot: int = 1000) -> ImageTrainingOutcome:
+    """Deep features of `layers` of each backbone (concatenated across backbones) and/or
+    texture features, classified by each of `classifiers` (averaged when several).
+
+    The backbones come from `source_bundle` (CNNs trained by `train_image_ensemble`), from
+    `init_weights` files, or are randomly initialised (seeded) otherwise.
+    """
+    if not backbones and not texture:
+        raise ConfigError("choose backbones (--backbones) and/or --texture features")
+    if not classifiers:
+        raise ConfigError("choose at least one classifier (--classifier svm,rf)")
+    init_weights = dict(init_weights or {})
+    if source_bundle is not None:
+        config = ImageModelConfig(**{**asdict(config), "train": config.train,
+                                     "size_px": source_bundle.size_px,
+                                     "channels": source_bundle.channels})
+    data = split_image_dataset(dataset, config, progress)
+    specs, states, models, sources = [], [], [], {}
+    for index, arch in enumerate(backbones):
+        if source_bundle is not None:
+            found = [k for k, spec in enumerate(source_bundle.networks) if spec.arch == arch]
+            if not found:
+                have = [spec.arch for spec in source_bundle.networks]
+                raise ConfigError(f"backbone {arch} is not in the source bundle (it has {have})")
+            spec = source_bundle.networks[found[0]]
+            width, state = spec.width, source_bundle.state_dicts[found[0]]
+            sources[arch] = f"trained CNN of {source_bundle.name} ({source_bundle.created_utc})"
+            model = build_backbone(arch, config.channels, 1, width)
+            model.load_state_dict(state)
+        else:
+            model, source = _fresh_network(arch, config, init_weights, index)
+            width = config.width
+            sources[arch] = source or "random initialisation (no trained weights)"
+        specs.append(NetworkSpec(arch, width, layers=tuple(layers)))
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        models.append(model.eval())
+    features = {split: image_features(data.images[split], specs, models, texture)
+                for split in SPLITS if len(data.records[split])}
+    y_train, y_val = data.labels("train"), data.labels("validation")
+    fitted = [fit_classifier(kind, features["train"], y_train, data.patient_ids("train"),
+                             config.seed) for kind in classifiers]
+    classifier = fitted[0] if len(fitted) == 1 else AveragingEnsemble(fitted)
+    val_probabilities = classifier.predict_proba(features["validation"])[:, 1]
+    image_point, exam_point = operating_points(y_val, val_probabilities,
+                                               data.patient_ids("validation"), config.aggregation)
+    bundle = ImageModelBundle(
+        method="features", size_px=config.size_px, channels=config.channels, networks=specs,
+        state_dicts=states, image_operating_point=image_point, exam_operating_point=exam_point,
+        aggregation=config.aggregation, texture=texture, classifier=classifier,
+        class_names=dataset.class_names)
+    bundle.summary = _summary(data, config, dataset, {
+        "backbones": sources, "layers": list(layers), "texture": texture,
+        "classifiers": list(classifiers), "n_features": int(features["train"].shape[1])})
+    return _finish(bundle, data, {}, n_boot)
