@@ -11,10 +11,11 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,7 +26,12 @@ from cadx.errors import BundleError
 from cadx.io.atomic import atomic_path
 from cadx.models.patch_cnn import PatchCNN
 
+if TYPE_CHECKING:
+    from cadx.segment.bundle import SegmenterBundle
+
 BUNDLE_FORMAT = "cadx-patch-bundle/1"
+# An embedded organ segmenter is stored as its own two parts under this prefix.
+SEGMENTER_PREFIX = "segmenter/"
 
 
 @dataclass
@@ -41,6 +47,8 @@ class PatchModelBundle:
     cadx_version: str = __version__
     created_utc: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    # Finds the organ when `diagnose` is given no mask (optional; older bundles have none).
+    segmenter: SegmenterBundle | None = None
 
     @property
     def patch_threshold(self) -> float:
@@ -63,7 +71,9 @@ class PatchModelBundle:
             "patch_operating_point": self.patch_operating_point.to_dict(),
             "patient_operating_point": self.patient_operating_point.to_dict(),
             "summary": self.summary,
-        }
+        } | ({} if self.segmenter is None else {"segmenter": {
+            "name": self.segmenter.name, "created_utc": self.segmenter.created_utc,
+            "validation_dice_mean": self.segmenter.summary.get("validation_dice_mean")}})
 
 
 def _checksum(parts: list[bytes]) -> str:
@@ -96,7 +106,7 @@ def read_archive(path: str | Path, names: list[str]) -> dict[str, bytes]:
         with zipfile.ZipFile(path) as archive:
             parts = {name: archive.read(name) for name in names}
             stored = archive.read("checksum.sha256").decode().strip()
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+    except (zipfile.BadZipFile, KeyError, OSError, zlib.error) as exc:
         raise BundleError(f"{path}: not a cadx model bundle ({exc})") from None
     if stored != _checksum(list(parts.values())):
         raise BundleError(f"{path}: checksum mismatch; the bundle is corrupt or was edited")
@@ -110,7 +120,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             return json.loads(archive.read("manifest.json"))
     except FileNotFoundError:
         raise BundleError(f"{path}: model bundle not found") from None
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, zlib.error) as exc:
         raise BundleError(f"{path}: not a cadx model bundle ({exc})") from None
 
 
@@ -118,13 +128,20 @@ def save_bundle(bundle: PatchModelBundle, path: str | Path) -> Path:
     """Write the bundle atomically to `path`."""
     buffer = io.BytesIO()
     torch.save(bundle.state_dict, buffer)
-    return write_archive(path, {"manifest.json": json.dumps(bundle.manifest(), indent=2).encode(),
-                                "weights.pt": buffer.getvalue()})
+    parts = {"manifest.json": json.dumps(bundle.manifest(), indent=2).encode(),
+             "weights.pt": buffer.getvalue()}
+    if bundle.segmenter is not None:
+        parts |= {SEGMENTER_PREFIX + name: data
+                  for name, data in bundle.segmenter.to_parts().items()}
+    return write_archive(path, parts)
 
 
 def load_bundle(path: str | Path) -> PatchModelBundle:
     """Read and verify a bundle; raises BundleError naming the file if anything is wrong."""
-    parts = read_archive(path, ["manifest.json", "weights.pt"])
+    names = ["manifest.json", "weights.pt"]
+    if "segmenter" in read_manifest(path):
+        names += [SEGMENTER_PREFIX + "manifest.json", SEGMENTER_PREFIX + "weights.pt"]
+    parts = read_archive(path, names)
     manifest = json.loads(parts["manifest.json"])
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: unsupported bundle format {manifest.get('format')!r}")
@@ -138,4 +155,14 @@ def load_bundle(path: str | Path) -> PatchModelBundle:
         summary=manifest.get("summary", {}),
         name=manifest["name"], cadx_version=manifest["cadx_version"],
         created_utc=manifest["created_utc"],
+        segmenter=_embedded_segmenter(parts, path),
     )
+
+
+def _embedded_segmenter(parts: dict[str, bytes], path: str | Path) -> SegmenterBundle | None:
+    if SEGMENTER_PREFIX + "manifest.json" not in parts:
+        return None
+    from cadx.segment.bundle import SegmenterBundle  # cadx.segment imports this module
+
+    return SegmenterBundle.from_parts(parts[SEGMENTER_PREFIX + "manifest.json"],
+                                      parts[SEGMENTER_PREFIX + "weights.pt"], path)

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from cadx.bundle import PatchModelBundle, load_bundle, save_bundle
+from cadx.case import Case
 from cadx.config import PatchConfig, PipelineConfig, TrainConfig
-from cadx.diagnose.patient import Diagnosis, diagnose_case
+from cadx.diagnose.patient import Diagnosis, diagnose_case, organ_not_found
 from cadx.errors import InputError
 from cadx.evaluate.cohort import CohortEvaluation, evaluate_cohort
 from cadx.evaluate.report import print_evaluation, print_levels, write_cohort_report
 from cadx.io.atomic import write_json_atomic
 from cadx.io.dataset import load_dataset
+from cadx.io.dicom import is_dicom_path, read_dicom_case
 from cadx.io.volumes import read_case
 from cadx.patches.cohort import patch_cohort
 from cadx.train.pipeline import TrainingOutcome, score_cases, train_patch_model
+
+if TYPE_CHECKING:
+    from cadx.segment.config import SegConfig
+    from cadx.segment.train import SegTrainingOutcome
 
 # Scaled-down callbacks and a smaller batch so the demo trains in minutes on 2 CPU cores.
 DEMO_CONFIG = PipelineConfig(
@@ -49,15 +56,22 @@ def _print_training(outcome: TrainingOutcome, console: Console) -> None:
 
 
 def train_from_dataset(dataset: str | Path, out_path: str | Path, config: PipelineConfig,
-                       console: Console | None = None, progress: bool = True
-                       ) -> TrainingOutcome:
-    """Read a labelled dataset, train with patient-level splits, write the bundle."""
+                       console: Console | None = None, progress: bool = True,
+                       seg: str | Path | None = None) -> TrainingOutcome:
+    """Read a labelled dataset, train with patient-level splits, write the bundle (embedding
+    the organ segmenter bundle `seg` when given, so `diagnose` needs no organ mask)."""
     console = console or Console()
+    segmenter = None
+    if seg is not None:
+        from cadx.segment.bundle import load_segmenter
+
+        segmenter = load_segmenter(seg)
     refs = load_dataset(dataset)
     console.print(f"[bold]cadx train[/]: {len(refs)} cases from {dataset}")
     cases = patch_cohort(refs, config, progress=progress)
     outcome = train_patch_model(cases, config, progress=progress)
     outcome.bundle.summary["dataset"] = str(dataset)
+    outcome.bundle.segmenter = segmenter
     save_bundle(outcome.bundle, out_path)
     _print_training(outcome, console)
     if outcome.test_evaluation is not None:
@@ -66,29 +80,90 @@ def train_from_dataset(dataset: str | Path, out_path: str | Path, config: Pipeli
     return outcome
 
 
+def train_segmenter_from_dataset(dataset: str | Path, out_path: str | Path, config: SegConfig,
+                                 console: Console | None = None, progress: bool = True
+                                 ) -> SegTrainingOutcome:
+    """Train the organ segmenter on a labelled dataset; print Dice per validation case; write
+    the segmenter bundle."""
+    from cadx.segment.bundle import save_segmenter
+    from cadx.segment.train import train_segmenter
+
+    console = console or Console()
+    refs = load_dataset(dataset)
+    console.print(f"[bold]cadx train-seg[/]: {len(refs)} cases from {dataset}")
+    outcome = train_segmenter(refs, config, progress=progress)
+    outcome.bundle.summary["dataset"] = str(dataset)
+    save_segmenter(outcome.bundle, out_path)
+    console.print(f"  train {len(outcome.split.train)} patients, validation "
+                  f"{len(outcome.split.validation)}; best epoch "
+                  f"{outcome.bundle.summary['history']['best_epoch'] + 1}")
+    console.print("  validation Dice per case: " + ", ".join(
+        f"{pid} {d:.3f}" for pid, d in outcome.validation_dice.items()))
+    console.print(f"  validation Dice mean {outcome.bundle.summary['validation_dice_mean']:.3f}")
+    console.print(f"segmenter bundle written to {out_path}")
+    return outcome
+
+
 def diagnose_file(model_path: str | Path, image_path: str | Path,
                   organ_mask_path: str | Path | None, out_path: str | Path | None,
-                  console: Console | None = None) -> Diagnosis:
-    """Diagnose one patient from files; write JSON atomically when `out_path` is given."""
+                  console: Console | None = None, series_uid: str | None = None) -> Diagnosis:
+    """Diagnose one patient from files; write JSON atomically when `out_path` is given.
+
+    `image_path` is a volume file or a DICOM folder/file (`series_uid` picks the series; an
+    organ SEG in the folder that references it is used when no `organ_mask_path` is given).
+    """
     console = console or Console()
     bundle = load_bundle(model_path)
-    if organ_mask_path is None:
-        raise InputError(f"{image_path}: --organ-mask is required: this model crops patches "
-                         "inside the organ label and automatic organ segmentation is not "
-                         "available yet")
+    dicom = is_dicom_path(image_path)
+    if organ_mask_path is None and bundle.segmenter is None and not dicom:
+        raise InputError(f"{image_path}: --organ-mask is required: {model_path} crops patches "
+                         "inside the organ and embeds no organ segmenter (train it with "
+                         "`cadx train --seg seg.cadx`)")
     start = time.perf_counter()
-    case = read_case(image_path, organ_mask_path=organ_mask_path)
+    if dicom:
+        case = read_dicom_case(image_path, series_uid=series_uid, organ_mask_path=organ_mask_path)
+        for warning in case.meta["warnings"]:
+            console.print(f"[yellow]warning[/]: {image_path}: {warning}")
+        if case.organ_mask is None and bundle.segmenter is None:
+            raise InputError(f"{image_path}: no organ mask: give --organ-mask (NIfTI or DICOM "
+                             "SEG) or put the organ SEG of this series in the folder")
+    else:
+        case = read_case(image_path, organ_mask_path=organ_mask_path)
     read_s = time.perf_counter() - start
-    diagnosis = diagnose_case(bundle, case, organ_mask_source="given")
+    diagnosis = _diagnose_given_or_predicted_organ(bundle, case, console)
     diagnosis.timings_s = {"read": round(read_s, 4), **diagnosis.timings_s}
     if out_path is not None:
         write_json_atomic(out_path, diagnosis.to_dict())
-    console.print(f"{diagnosis.patient_id}: [bold]{diagnosis.decision}[/] (patient score "
-                  f"{diagnosis.patient_score:.3f} vs threshold {diagnosis.patient_threshold:.3f}; "
-                  f"{diagnosis.n_positive_patches}/{diagnosis.n_patches} patches above "
-                  f"{diagnosis.patch_threshold:.3f})")
+    if diagnosis.patient_score is not None:
+        console.print(f"{diagnosis.patient_id}: [bold]{diagnosis.decision}[/] (patient score "
+                      f"{diagnosis.patient_score:.3f} vs threshold "
+                      f"{diagnosis.patient_threshold:.3f}; {diagnosis.n_positive_patches}/"
+                      f"{diagnosis.n_patches} patches above {diagnosis.patch_threshold:.3f})")
     if out_path is not None:
         console.print(f"result written to {out_path}")
+    return diagnosis
+
+
+def _diagnose_given_or_predicted_organ(bundle: PatchModelBundle, case: Case,
+                                       console: Console) -> Diagnosis:
+    """Diagnose inside the case's organ mask, or inside the bundle's segmenter's prediction
+    when none was given; no organ found gives the ORGAN_NOT_FOUND result, not a decision."""
+    if case.organ_mask is not None:
+        return diagnose_case(bundle, case,
+                             organ_mask_source=str(case.meta.get("organ_mask_source", "given")))
+    from cadx.segment.infer import with_predicted_organ
+
+    start = time.perf_counter()
+    case, segmentation = with_predicted_organ(bundle.segmenter, case)
+    segment_s = round(time.perf_counter() - start, 4)
+    if not segmentation.found:
+        console.print(f"{case.patient_id}: [bold yellow]organ not found[/]: the segmenter found "
+                      f"no organ of at least {bundle.segmenter.config.min_organ_volume_ml:g} ml "
+                      f"(largest candidate {segmentation.volume_ml:.1f} ml); no diagnosis made")
+        diagnosis = organ_not_found(bundle, case)
+    else:
+        diagnosis = diagnose_case(bundle, case, organ_mask_source="predicted")
+    diagnosis.timings_s = {"segment": segment_s, **diagnosis.timings_s}
     return diagnosis
 
 

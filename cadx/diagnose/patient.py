@@ -16,6 +16,8 @@ from cadx.preprocess.pipeline import preprocess_case
 from cadx.train.fit import predict_patch_probabilities
 
 POSITIVE, NEGATIVE = "cancer suspected", "no cancer detected"
+# The organ segmenter found no organ: nothing was scored, so this is no negative result.
+ORGAN_NOT_FOUND = "organ not found"
 
 
 @dataclass
@@ -32,11 +34,12 @@ class PositivePatch:
 
 @dataclass
 class Diagnosis:
-    """The result for one patient, ready to be written as JSON."""
+    """The result for one patient, ready to be written as JSON (`patient_score` is None when
+    the decision is ORGAN_NOT_FOUND)."""
 
     patient_id: str
     source: str
-    patient_score: float
+    patient_score: float | None
     decision: str
     patch_threshold: float
     patient_threshold: float
@@ -54,6 +57,18 @@ class Diagnosis:
 def score_patches(model: torch.nn.Module, patches: PatchSet) -> np.ndarray:
     """Cancer probability of every patch, batched."""
     return predict_patch_probabilities(model, patches.patches)
+
+
+def organ_not_found(bundle: PatchModelBundle, case: Case) -> Diagnosis:
+    """The result for a CT on which the predicted organ mask is empty: no score, no decision."""
+    return Diagnosis(
+        patient_id=case.patient_id, source=case.source, patient_score=None,
+        decision=ORGAN_NOT_FOUND, patch_threshold=bundle.patch_threshold,
+        patient_threshold=bundle.patient_threshold, n_patches=0, n_positive_patches=0,
+        organ_mask="predicted",
+        model={"name": bundle.name, "cadx_version": bundle.cadx_version,
+               "created_utc": bundle.created_utc},
+    )
 
 
 def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: str = "given",
