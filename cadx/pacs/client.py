@@ -45,6 +45,10 @@ class PacsClient:
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
+        # One retry policy, the session's: dicomweb-client's own would retry every failure
+        # again, 5 times with up to 10 s waits, on top of it.
+        self._client.set_http_retry_params(retry=False)
+        self._attempts = retries + 1
 
     def _call(self, what: str, request: Callable[[], T]) -> T:
         try:
@@ -53,11 +57,11 @@ class PacsClient:
             status = exc.response.status_code if exc.response is not None else "?"
             raise PacsError(f"{self.url}: {what} failed (HTTP {status})") from None
         except requests.exceptions.RetryError as exc:
-            raise PacsError(f"{self.url}: {what} failed after retries "
+            raise PacsError(f"{self.url}: {what} failed after {self._attempts} attempts "
                             f"({_reason(exc)})") from None
         except requests.exceptions.RequestException as exc:
-            raise PacsError(f"{self.url}: PACS unreachable during {what} "
-                            f"({_reason(exc)})") from None
+            raise PacsError(f"{self.url}: PACS unreachable during {what} after "
+                            f"{self._attempts} attempts ({_reason(exc)})") from None
 
     def studies(self, search_filters: dict[str, str] | None = None) -> list[Dataset]:
         """QIDO-RS study query (all studies when no filter)."""

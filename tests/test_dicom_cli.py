@@ -1,0 +1,134 @@
+"""`cadx diagnose` on a DICOM folder and the DICOM results (SR, SEG) it can produce.
+
+The bundle here has random weights and fixed thresholds: these tests pin the DICOM plumbing
+(same image -> same score whatever the container; the SR holds exactly the JSON's values),
+not the model's accuracy, and need no training time.
+"""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from cadx.bundle import PatchModelBundle, load_bundle, save_bundle
+from cadx.cli import main
+from cadx.config import PatchConfig, PipelineConfig
+from cadx.decide.roc import OperatingPoint
+from cadx.diagnose.patient import diagnose_case
+from cadx.io.dicom import read_dicom_case
+from cadx.io.dicom_results import diagnosis_sr, positive_patches_seg, read_sr_result
+from cadx.models.patch_cnn import PatchCNN
+from cadx.synth.dicom_series import write_dicom_study
+from tests.conftest import toy_case, write_volume
+
+SPACING = (2.5, 1.0, 1.0)
+
+
+def random_bundle(path: Path, patch_threshold: float = 0.5,
+                  patient_threshold: float = 0.05) -> Path:
+    """A patch-CNN bundle with seeded random weights and fixed thresholds (no training)."""
+    torch.manual_seed(0)
+    config = PipelineConfig(patches=PatchConfig(size_px=16, stride_px=8))
+    point = OperatingPoint(patch_threshold, 0.5, 0.5, 0.0, 0.5, (0.0, 1.0), (0.0, 1.0))
+    patient = OperatingPoint(patient_threshold, 0.5, 0.5, 0.0, 0.5, (0.0, 1.0), (0.0, 1.0))
+    model = PatchCNN(config.patches.size_px, config.model.batch_norm)
+    bundle = PatchModelBundle(config, model.state_dict(), point, patient,
+                              summary={"note": "random weights, for tests"})
+    save_bundle(bundle, path)
+    return path
+
+
+def write_toy_study(folder: Path, patient_id: str, seed: int, **kwargs):
+    """A toy CT (with a tumour) as a DICOM study with its organ SEG; returns (study, label)."""
+    image, label = toy_case(np.random.default_rng(seed), with_tumour=True)
+    return write_dicom_study(image, label > 0, SPACING, folder, patient_id=patient_id,
+                             seed=seed, **kwargs), image, label
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return random_bundle(tmp_path_factory.mktemp("bundle") / "model.cadx")
+
+
+def test_dicom_folder_scores_like_the_same_image_as_nifti(model, tmp_path):
+    study, image, label = write_toy_study(tmp_path / "dicom", "p7", seed=7)
+    (study.folder / "README.txt").write_text("exported by hand")
+    nifti_image = write_volume(tmp_path / "p7.nii.gz", image, spacing_zyx=SPACING)
+    nifti_label = write_volume(tmp_path / "p7_organ.nii.gz", (label > 0).astype(np.uint8),
+                               spacing_zyx=SPACING)
+    from_dicom, from_nifti = tmp_path / "dicom.json", tmp_path / "nifti.json"
+    assert main(["diagnose", str(model), str(study.folder), "--out", str(from_dicom)]) == 0
+    assert main(["diagnose", str(model), str(nifti_image), "--organ-mask", str(nifti_label),
+                 "--out", str(from_nifti)]) == 0
+    dicom, nifti = json.loads(from_dicom.read_text()), json.loads(from_nifti.read_text())
+    assert dicom["patient_id"] == "p7"
+    assert dicom["organ_mask"].startswith("DICOM SEG")
+    assert dicom["n_patches"] == nifti["n_patches"] > 0
+    assert dicom["patient_score"] == pytest.approx(nifti["patient_score"], abs=1e-6)
+    assert dicom["positive_patches"] == nifti["positive_patches"]
+
+
+def test_series_option_and_clear_errors(model, tmp_path, capsys):
+    study, _, _ = write_toy_study(tmp_path / "s", "p1", seed=1)
+    assert main(["diagnose", str(model), str(study.folder), "--series",
+                 study.ct_series_uid]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(model), str(study.folder), "--series", "1.2.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cadx: error: ") and len(err.splitlines()) == 1
+    assert "no series 1.2.3; found" in err and study.ct_series_uid in err
+    study.seg_file.unlink()
+    assert main(["diagnose", str(model), str(study.folder)]) == 2
+    assert "no organ mask" in capsys.readouterr().err
+    assert main(["diagnose", str(model), "--push-results"]) == 2
+    assert "need --pacs" in capsys.readouterr().err
+
+
+def test_sr_holds_the_diagnosis_and_references_the_source_series(model, tmp_path):
+    study, _, _ = write_toy_study(tmp_path / "sr", "p3", seed=3)
+    case = read_dicom_case(study.folder)
+    bundle = load_bundle(model)
+    diagnosis = diagnose_case(bundle, case)
+    sr = diagnosis_sr(diagnosis, case)
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    back = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    assert back.Modality == "SR" and back.StudyInstanceUID == case.meta["dicom"]["study_uid"]
+    assert back.SeriesInstanceUID != study.ct_series_uid  # a new series: sources untouched
+    assert back.PatientID == "p3"
+    values = read_sr_result(back)
+    assert values["patient_score"] == diagnosis.patient_score
+    assert values["patient_threshold"] == bundle.patient_threshold
+    assert values["patch_threshold"] == bundle.patch_threshold
+    assert values["n_positive_patches"] == diagnosis.n_positive_patches
+    assert values["decision"] == diagnosis.decision
+    assert values["model"] == bundle.name and values["model_version"] == bundle.cadx_version
+    evidence = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.SeriesInstanceUID == study.ct_series_uid
+    assert {i.ReferencedSOPInstanceUID for i in evidence.ReferencedSOPSequence} == set(
+        case.meta["dicom"]["sop_instance_uids"])
+
+
+def test_positive_patches_seg_marks_each_patch_on_the_source_slices(model, tmp_path):
+    study, _, _ = write_toy_study(tmp_path / "seg", "p4", seed=4)
+    case = read_dicom_case(study.folder)
+    bundle = load_bundle(random_bundle(tmp_path / "low.cadx", patch_threshold=0.0))
+    diagnosis = diagnose_case(bundle, case)
+    assert diagnosis.n_positive_patches == diagnosis.n_patches > 0
+    seg = positive_patches_seg(diagnosis, case, bundle.config.preprocess.slice_thickness_mm)
+    import highdicom as hd
+
+    mask = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
+        case.meta["dicom"]["sop_instance_uids"], assert_missing_frames_are_empty=True)[..., 0]
+    boxes = np.zeros(mask.shape[1:], dtype=bool)
+    for patch in diagnosis.positive_patches:
+        assert mask[:, patch.y_px:patch.y_px + patch.size_px,
+                    patch.x_px:patch.x_px + patch.size_px].any()
+        boxes[patch.y_px:patch.y_px + patch.size_px, patch.x_px:patch.x_px + patch.size_px] = 1
+    assert not (mask.any(axis=0) & ~boxes).any()
+    none = diagnose_case(load_bundle(random_bundle(tmp_path / "high.cadx", 1.0)), case)
+    assert positive_patches_seg(none, case, 5.0) is None

@@ -1,0 +1,175 @@
+"""PACS round trip against a real Orthanc (Debian `orthanc` + `orthanc-dicomweb`) on loopback:
+upload a synthetic study (STOW-RS), pull and score it (QIDO-RS/WADO-RS), answer with an SR
+that Orthanc stores and pydicom reads back; `cadx watch` scores studies as they arrive."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+
+from cadx.bundle import load_bundle
+from cadx.cli import main
+from cadx.io.dicom_results import SR_SERIES_DESCRIPTION, read_sr_result
+from cadx.pacs.client import PacsClient, PacsError
+from cadx.pacs.study import diagnose_study
+from tests.test_dicom_cli import random_bundle, write_toy_study
+
+ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+pytestmark = pytest.mark.skipif(
+    ORTHANC is None or not DICOMWEB_PLUGIN.exists(),
+    reason="Orthanc with its DICOMweb plugin is not installed "
+           "(apt-get install orthanc orthanc-dicomweb)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A throw-away Orthanc (own config and storage in tmp_path); yields its DICOMweb URL."""
+    storage = tmp_path / "orthanc-db"
+    port = _free_port()
+    config = {
+        "Name": "cadx-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+        "HttpPort": port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "DicomServerEnabled": False, "DicomPort": _free_port(),
+        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    config_path = tmp_path / "orthanc.json"
+    config_path.write_text(json.dumps(config))
+    log = (tmp_path / "orthanc.log").open("w")
+    process = subprocess.Popen([ORTHANC, str(config_path)], stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if requests.get(f"{base}/dicom-web/studies", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None:
+                pytest.fail(f"Orthanc exited: {(tmp_path / 'orthanc.log').read_text()[-800:]}")
+            time.sleep(0.1)
+        else:
+            pytest.fail("Orthanc did not answer within 10 s")
+        yield f"{base}/dicom-web"
+    finally:
+        process.kill()  # throw-away storage: no clean shutdown needed
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return random_bundle(tmp_path_factory.mktemp("pacs_bundle") / "model.cadx")
+
+
+def upload(url: str, folder: Path, patient_id: str, seed: int):
+    """Write a toy study and store it with STOW-RS; returns the study files."""
+    study, _, _ = write_toy_study(folder, patient_id, seed)
+    datasets = [pydicom.dcmread(path) for path in study.files]
+    PacsClient(url).store(datasets, study.study_uid)
+    return study
+
+
+def _cadx_srs(client: PacsClient, study_uid: str) -> list[pydicom.Dataset]:
+    series = [s for s in client.series(study_uid)
+              if s.Modality == "SR" and s.SeriesDescription == SR_SERIES_DESCRIPTION]
+    return [ds for s in series for ds in client.retrieve_series(study_uid, s.SeriesInstanceUID)]
+
+
+def test_study_is_pulled_scored_and_answered_with_an_sr(orthanc, model, tmp_path):
+    study = upload(orthanc, tmp_path / "study", "p1", seed=1)
+    out = tmp_path / "result.json"
+    assert main(["diagnose", str(model), "--pacs", orthanc, "--study", study.study_uid,
+                 "--push-results", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["series_uid"] == study.ct_series_uid
+    assert result["organ_mask"].startswith("DICOM SEG")  # found in the study automatically
+    client = PacsClient(orthanc)
+    srs = _cadx_srs(client, study.study_uid)
+    assert len(srs) == 1
+    stored = read_sr_result(srs[0])  # as Orthanc stored it, read with pydicom
+    assert stored["patient_score"] == result["patient_score"]
+    assert stored["decision"] == result["decision"]
+    assert stored["patient_threshold"] == result["patient_threshold"]
+    # the source series is untouched: same instances as uploaded
+    ct = client.series_metadata(study.study_uid, study.ct_series_uid)
+    assert len(ct) == len(study.ct_files)
+
+
+def test_diagnose_without_push_stores_nothing(orthanc, model, tmp_path):
+    study = upload(orthanc, tmp_path / "study", "p2", seed=2)
+    result = diagnose_study(PacsClient(orthanc), load_bundle(model), study.study_uid)
+    assert result.pushed == [] and 0.0 <= result.diagnosis.patient_score <= 1.0
+    assert _cadx_srs(PacsClient(orthanc), study.study_uid) == []
+
+
+def test_unreachable_pacs_is_retried_then_one_clear_error():
+    client = PacsClient(f"http://127.0.0.1:{_free_port()}/dicom-web", retries=2, backoff_s=0.05)
+    start = time.perf_counter()
+    with pytest.raises(PacsError, match="PACS unreachable during study query after 3 "
+                                        "attempts .*refused"):
+        client.studies()
+    assert time.perf_counter() - start >= 0.05  # it backed off before giving up
+
+
+def test_refused_store_is_an_error_and_leaves_no_result(orthanc, model, tmp_path):
+    study = upload(orthanc, tmp_path / "study", "p3", seed=3)
+    client = PacsClient(orthanc, retries=1, backoff_s=0.01)
+    result = diagnose_study(client, load_bundle(model), study.study_uid)
+    from cadx.io.dicom_results import diagnosis_sr
+
+    sr = diagnosis_sr(result.diagnosis, result.case)
+    with pytest.raises(PacsError, match="storing results"):
+        client.store([sr], "1.2.3.4")  # a study UID the SR does not belong to
+    assert _cadx_srs(client, study.study_uid) == []
+
+
+def test_unknown_study_is_a_clear_cli_error(orthanc, model, capsys):
+    assert main(["diagnose", str(model), "--pacs", orthanc, "--study", "1.2.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"cadx: error: {orthanc}: no study 1.2.3 (or it holds no series)"
+
+
+def test_watch_scores_two_arriving_studies_and_stops_on_ctrl_c(orthanc, model, tmp_path):
+    out = tmp_path / "watch_out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cadx.cli", "watch", "--pacs", orthanc, str(model),
+         "--interval", "0.3", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "200"})
+    try:
+        studies = [upload(orthanc, tmp_path / f"s{i}", f"w{i}", seed=10 + i) for i in range(2)]
+        client = PacsClient(orthanc)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if all(_cadx_srs(client, s.study_uid) for s in studies):
+                break
+            if process.poll() is not None:
+                break
+            time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "2 studies scored, 0 failed" in output
+    for study in studies:
+        written = json.loads((out / f"{study.study_uid}.json").read_text())
+        [sr] = _cadx_srs(PacsClient(orthanc), study.study_uid)
+        assert read_sr_result(sr)["patient_score"] == written["patient_score"]
