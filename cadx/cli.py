@@ -256,6 +256,15 @@ def _cmd_synth_us(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from cadx.io.public_datasets import ddti_manifest, mmotu_manifest
+
+    write = ddti_manifest if args.dataset == "ddti" else mmotu_manifest
+    out = write(args.root, args.out)
+    console.print(f"{args.dataset} manifest written to {out}")
+    return 0
+
+
 def _cmd_train_images(args: argparse.Namespace) -> int:
     from cadx.image_workflows import train_images
 
@@ -447,6 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the two models to compare, as a,b")
     p.add_argument("--out", help="also write the result as JSON here")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("manifest", help="image manifest CSV for a public ultrasound dataset")
+    p.add_argument("dataset", choices=("ddti", "mmotu"),
+                   help="ddti: DDTI thyroid crops (patient = case N); mmotu: MMOTU OTU_2D "
+                        "(each image its own case; published validation split = test)")
+    p.add_argument("root", help="the dataset's folder")
+    p.add_argument("--out", required=True, help="manifest CSV to write")
+    p.set_defaults(func=_cmd_manifest)
 
     p = sub.add_parser("train-images", help="2D images: CNN ensemble weighted by validation AUC")
     p.add_argument("dataset", help="folder with one sub-folder per class, or a CSV "
