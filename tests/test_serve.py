@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cadx.bundle import load_bundle
+from cadx.bundle import load_bundle, save_bundle
 from cadx.cli import main
 from cadx.diagnose.fna import fna_advice
 from cadx.diagnose.images import diagnose_image_files
@@ -36,6 +36,8 @@ from tests.serve_support import (
     write_image_bundle,
     write_png_images,
 )
+from tests.test_segment import _constant_segmenter
+from tests.test_segment import _patch_bundle as _segmenting_bundle
 
 TOKEN = "a-long-enough-test-token"
 
@@ -121,6 +123,27 @@ def test_zipped_dicom_series_with_organ_seg(served, tmp_path):
     expected = diagnose_case(load_bundle(served["bundle"]), read_dicom_case(study.folder))
     assert response.json()["score"] == pytest.approx(expected.patient_score)
     assert response.json()["details"]["n_patches"] == expected.n_patches
+
+
+@pytest.mark.parametrize("organ_found", [True, False])
+def test_ct_model_with_segmenter_needs_no_mask(tmp_path, organ_found):
+    bundle = _segmenting_bundle(_constant_segmenter(organ_found))
+    save_bundle(bundle, tmp_path / "models" / "auto_ct.cadx")
+    image, _ = write_ct_upload(tmp_path / "upload")
+    client = TestClient(create_app(load_model_folder(tmp_path / "models")))
+    (model,) = client.get("/v1/models").json()["models"]
+    assert model["needs_organ_mask"] is False
+    response = client.post("/v1/diagnose", data={"model": "auto_ct"}, files=_files(image))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["details"]["organ_mask"] == "predicted"
+    if organ_found:
+        assert 0 <= result["score"] <= 1 and result["details"]["n_patches"] > 0
+        assert result["heatmap"]["png"].startswith("data:image/png;base64,")
+        assert "predicted organ outline" in result["heatmap"]["caption"]
+    else:  # a result, not a crash and not a negative
+        assert result["decision"] == "organ not found" and result["score"] is None
+        assert result["positive"] is False and result["heatmap"] is None
 
 
 @pytest.fixture

@@ -173,19 +173,20 @@ def _unzip_all(paths: list[Path], limits: UploadLimits) -> list[Path]:
 
 
 def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
-                         limits: UploadLimits) -> Case:
+                         limits: UploadLimits, mask_required: bool = True) -> Case:
     """The CT/MR input-to-Case step: a DICOM series (zipped, with a DICOM SEG of the organ or
     a separate organ mask), or a volume + organ mask given as two uploads or one zip.
 
     In a zip (or a multi-file upload) of volumes, the mask is the volume whose name contains
-    `mask`, `organ`, `label` or `seg`.
+    `mask`, `organ`, `label` or `seg`. Without `mask_required` (a model with an organ
+    segmenter) a case without mask is returned with `organ_mask` None.
     """
     images = _unzip_all(paths, limits)
     masks = _unzip_all([organ_mask], limits) if organ_mask is not None else []
     if len(masks) > 1:
         raise InputError(f"{organ_mask.name}: expected one organ mask file, got {len(masks)}")
     if any(_is_dicom(p) for p in images):
-        return _dicom_case(images, masks[0] if masks else None)
+        return _dicom_case(images, masks[0] if masks else None, mask_required)
     if organ_mask is None:
         masks = [p for p in images if MASK_NAME.search(p.name)]
         images = [p for p in images if p not in masks]
@@ -194,21 +195,22 @@ def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
     if wrong:
         raise UnsupportedFileError(f"{wrong[0]}: not a CT/MR volume; this model reads "
                                    f"DICOM or {', '.join(CT_SUFFIXES)} (or a zip of them)")
-    if not masks:
+    if not masks and mask_required:
         raise InputError(f"{images[0].name}: this model needs an organ mask: upload it as the "
                          "organ mask, or put it in the zip with 'mask' in its name")
-    if len(images) != 1 or len(masks) != 1:
+    if len(images) != 1 or len(masks) > 1:
         names = ", ".join(p.name for p in files)
         raise InputError(f"expected one volume and one organ mask, got {len(images)} "
                          f"volume(s) and {len(masks)} mask(s): {names}")
-    return read_case(images[0], organ_mask_path=masks[0], patient_id=_stem(images[0]))
+    return read_case(images[0], organ_mask_path=masks[0] if masks else None,
+                     patient_id=_stem(images[0]))
 
 
-def _dicom_case(files: list[Path], organ_mask: Path | None) -> Case:
+def _dicom_case(files: list[Path], organ_mask: Path | None, mask_required: bool) -> Case:
     """One DICOM series from the uploaded files; the organ from `organ_mask` or a SEG."""
     folder = Path(os.path.commonpath([p.parent for p in files]))
     case = read_dicom_case(folder, organ_mask_path=organ_mask)
-    if case.organ_mask is None:
+    if case.organ_mask is None and mask_required:
         raise InputError(f"{files[0].name}: this model needs an organ mask: add a DICOM SEG of "
                          "the organ to the zip, or upload the mask as the organ mask")
     case.source = files[0].name

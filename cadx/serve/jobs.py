@@ -5,17 +5,20 @@ from __future__ import annotations
 import base64
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cadx.bundle import PatchModelBundle
+from cadx.case import Case
 from cadx.diagnose.fna import RULE, SOURCE, fna_advice
 from cadx.diagnose.heatmap import ct_heatmap
 from cadx.diagnose.images import diagnose_images
-from cadx.diagnose.patient import diagnose_case
+from cadx.diagnose.patient import Diagnosis, diagnose_case, organ_not_found
 from cadx.errors import CadxError, InputError
 from cadx.image_bundle import ImageModelBundle
+from cadx.segment.infer import with_predicted_organ
 from cadx.serve.inputs import (
     Upload,
     UploadLimits,
@@ -66,31 +69,56 @@ def _fna(model: ServedModel, positive: bool, size_mm: float | None) -> dict[str,
             "source": SOURCE}
 
 
+def _ct_diagnosis(model: ServedModel, case: Case) -> tuple[Case, Diagnosis]:
+    """Diagnose inside the given organ mask, or inside the embedded segmenter's prediction;
+    returns the case as diagnosed (with the predicted mask) and the diagnosis."""
+    bundle = model.bundle
+    assert isinstance(bundle, PatchModelBundle)
+    if case.organ_mask is not None:
+        source = str(case.meta.get("organ_mask_source", "given"))
+        return case, diagnose_case(bundle, case, organ_mask_source=source,
+                                   model=model.networks[0])
+    start = time.perf_counter()
+    case, segmentation = with_predicted_organ(bundle.segmenter, case, model.segmenter_network)
+    segment_s = round(time.perf_counter() - start, 4)
+    if segmentation.found:
+        diagnosis = diagnose_case(bundle, case, organ_mask_source="predicted",
+                                  model=model.networks[0])
+    else:
+        diagnosis = organ_not_found(bundle, case)
+    diagnosis.timings_s = {"segment": segment_s, **diagnosis.timings_s}
+    return case, diagnosis
+
+
 def _ct_result(request: DiagnoseRequest, paths: list[Path], mask: Path | None,
                limits: UploadLimits) -> dict[str, Any]:
     model = request.model
     bundle = model.bundle
     assert isinstance(bundle, PatchModelBundle)
-    case = ct_case_from_uploads(paths, mask, limits)
+    case = ct_case_from_uploads(paths, mask, limits, mask_required=model.needs_organ_mask)
     case.source = Path(case.source).name
-    diagnosis = diagnose_case(bundle, case, organ_mask_source="given", model=model.networks[0])
-    heat = ct_heatmap(case, diagnosis, bundle.config.preprocess)
-    positive = diagnosis.patient_score > diagnosis.patient_threshold
-    thickness = bundle.config.preprocess.slice_thickness_mm
-    return {
+    case, diagnosis = _ct_diagnosis(model, case)
+    result: dict[str, Any] = {
         "patient_id": diagnosis.patient_id, "score": diagnosis.patient_score,
         "score_name": "fraction of patches above the patch threshold",
         "threshold": diagnosis.patient_threshold, "decision": diagnosis.decision,
-        "positive": positive,
-        "heatmap": {"png": png_data_url(heat.png), "slice_index": heat.slice_index,
-                    "caption": f"slice {heat.slice_index} of the {thickness:g} mm grid: "
-                               f"{heat.n_positive_patches_on_slice} patches above the patch "
-                               f"threshold {diagnosis.patch_threshold:.3f} coloured by score; "
-                               "organ outline in cyan"},
-        "images": [],
-        "fna": _fna(model, positive, request.lesion_size_mm),
-        "details": diagnosis.to_dict(),
+        "positive": False, "heatmap": None, "images": [],
+        "fna": _fna(model, False, request.lesion_size_mm), "details": diagnosis.to_dict(),
     }
+    if diagnosis.patient_score is None:  # the segmenter found no organ: no decision
+        return result
+    positive = diagnosis.patient_score > diagnosis.patient_threshold
+    heat = ct_heatmap(case, diagnosis, bundle.config.preprocess)
+    thickness = bundle.config.preprocess.slice_thickness_mm
+    organ = "predicted" if diagnosis.organ_mask == "predicted" else "given"
+    result.update(
+        positive=positive, fna=_fna(model, positive, request.lesion_size_mm),
+        heatmap={"png": png_data_url(heat.png), "slice_index": heat.slice_index,
+                 "caption": f"slice {heat.slice_index} of the {thickness:g} mm grid: "
+                            f"{heat.n_positive_patches_on_slice} patches above the patch "
+                            f"threshold {diagnosis.patch_threshold:.3f} coloured by score; "
+                            f"{organ} organ outline in cyan"})
+    return result
 
 
 def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,

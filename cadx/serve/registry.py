@@ -23,6 +23,7 @@ class ServedModel:
     model_id: str
     bundle: PatchModelBundle | ImageModelBundle
     networks: list[nn.Module]
+    segmenter_network: nn.Module | None = None
 
     @property
     def kind(self) -> str:
@@ -34,7 +35,8 @@ class ServedModel:
 
     @property
     def needs_organ_mask(self) -> bool:
-        return self.kind == CT_PATCH
+        """CT models crop inside the organ: they need a mask unless they embed a segmenter."""
+        return isinstance(self.bundle, PatchModelBundle) and self.bundle.segmenter is None
 
     @property
     def decision_threshold(self) -> float:
@@ -51,7 +53,10 @@ class ServedModel:
             "created_utc": self.bundle.created_utc,
             "accepts": ("one or more PNG/JPEG images" if self.kind == IMAGE else
                         "a NIfTI volume plus its organ mask, or one zip holding both, or a zipped "
-                        "DICOM series with a DICOM SEG of the organ (or a separate mask)"),
+                        "DICOM series with a DICOM SEG of the organ (or a separate mask)"
+                        if self.needs_organ_mask else
+                        "a NIfTI volume or a zipped DICOM series; the organ is segmented "
+                        "automatically unless a mask is given"),
         }
 
 
@@ -72,5 +77,8 @@ def load_model_folder(folder: str | Path) -> dict[str, ServedModel]:
     models = {}
     for path in paths:
         bundle = load_any_bundle(path)
-        models[path.stem] = ServedModel(path.stem, bundle, _networks(bundle))
+        segmenter = getattr(bundle, "segmenter", None)
+        models[path.stem] = ServedModel(
+            path.stem, bundle, _networks(bundle),
+            segmenter.build_network().eval() if segmenter is not None else None)
     return models

@@ -31,7 +31,10 @@ async function readError(response) {
 function modelChanged() {
   const model = models.find((m) => m.id === $("model").value);
   if (!model) return;
-  $("mask-row").hidden = !model.needs_organ_mask;
+  $("mask-row").hidden = model.kind !== "ct-patch";
+  $("mask-hint").textContent = model.needs_organ_mask
+    ? "Required, unless the zip above holds a file named *mask* or a DICOM SEG."
+    : "Optional: this model segments the organ itself.";
   $("model-hint").textContent = model.kind + (model.organ ? " (" + model.organ + ")" : "") +
     ": upload " + model.accepts + "; decision threshold " + model.threshold.toFixed(3);
 }
@@ -68,8 +71,9 @@ function checkSizes(files) {
 function render(result) {
   const decision = $("decision");
   decision.textContent = result.decision;
-  decision.className = result.positive ? "positive" : "negative";
-  $("score").textContent = result.score.toFixed(3);
+  const scored = result.score !== null;
+  decision.className = scored ? (result.positive ? "positive" : "negative") : "";
+  $("score").textContent = scored ? result.score.toFixed(3) : "none: nothing was scored";
   $("threshold").textContent = result.threshold.toFixed(3) + " (positive when score > threshold)";
   $("score-name").textContent = result.score_name;
   const fna = $("fna");
