@@ -77,13 +77,13 @@ def _ct_diagnosis(model: ServedModel, case: Case) -> tuple[Case, Diagnosis]:
     if case.organ_mask is not None:
         source = str(case.meta.get("organ_mask_source", "given"))
         return case, diagnose_case(bundle, case, organ_mask_source=source,
-                                   model=model.networks[0])
+                                   model=model.patch_network)
     start = time.perf_counter()
     case, segmentation = with_predicted_organ(bundle.segmenter, case, model.segmenter_network)
     segment_s = round(time.perf_counter() - start, 4)
     if segmentation.found:
         diagnosis = diagnose_case(bundle, case, organ_mask_source="predicted",
-                                  model=model.networks[0])
+                                  model=model.patch_network)
     else:
         diagnosis = organ_not_found(bundle, case)
     diagnosis.timings_s = {"segment": segment_s, **diagnosis.timings_s}

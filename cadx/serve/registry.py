@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from cadx.bundle import PatchModelBundle
@@ -18,11 +19,12 @@ CT_PATCH, IMAGE = "ct-patch", "image"
 
 @dataclass
 class ServedModel:
-    """One loaded bundle: its id (the file name without `.cadx`) and its ready networks."""
+    """One loaded bundle: its id (the file name without `.cadx`) and, for CT models, its
+    networks built once (image models' networks are built by `diagnose_images` per call)."""
 
     model_id: str
     bundle: PatchModelBundle | ImageModelBundle
-    networks: list[nn.Module]
+    patch_network: nn.Module | None = None
     segmenter_network: nn.Module | None = None
 
     @property
@@ -60,12 +62,6 @@ class ServedModel:
         }
 
 
-def _networks(bundle: PatchModelBundle | ImageModelBundle) -> list[nn.Module]:
-    if isinstance(bundle, ImageModelBundle):
-        return bundle.build_networks()
-    return [bundle.build_model()]
-
-
 def load_model_folder(folder: str | Path) -> dict[str, ServedModel]:
     """Every `*.cadx` bundle of `folder` by id; ConfigError/BundleError naming a bad file."""
     folder = Path(folder)
@@ -77,8 +73,12 @@ def load_model_folder(folder: str | Path) -> dict[str, ServedModel]:
     models = {}
     for path in paths:
         bundle = load_any_bundle(path)
-        segmenter = getattr(bundle, "segmenter", None)
-        models[path.stem] = ServedModel(
-            path.stem, bundle, _networks(bundle),
-            segmenter.build_network().eval() if segmenter is not None else None)
+        model = ServedModel(path.stem, bundle)
+        if isinstance(bundle, PatchModelBundle):
+            # Converted here once: predict_logits converts to channels-last in place, which
+            # concurrent workers must not do at the same time.
+            model.patch_network = bundle.build_model().to(memory_format=torch.channels_last)
+            if bundle.segmenter is not None:
+                model.segmenter_network = bundle.segmenter.build_network().eval()
+        models[path.stem] = model
     return models
