@@ -165,8 +165,25 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from cadx.workflows import train_from_dataset
 
-    train_from_dataset(args.dataset, args.out, _pipeline_config(args), console=console,
-                       progress=not args.quiet, seg=args.seg)
+    if not args.ddp:
+        train_from_dataset(args.dataset, args.out, _pipeline_config(args), console=console,
+                           progress=not args.quiet, seg=args.seg, patch_store=args.patch_store)
+        return 0
+    from cadx.scale.distributed import process_group
+
+    with process_group() as rank:
+        train_from_dataset(args.dataset, args.out, _pipeline_config(args),
+                           console=console if rank == 0 else Console(quiet=True),
+                           progress=not args.quiet and rank == 0, seg=args.seg,
+                           patch_store=args.patch_store)
+    return 0
+
+
+def _cmd_score_batch(args: argparse.Namespace) -> int:
+    from cadx.scale.batch_score import score_batch
+
+    score_batch(args.model, args.input, args.out, scheduler=args.dask_scheduler,
+                n_workers=args.workers, console=console, progress=not args.quiet)
     return 0
 
 
@@ -395,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg", metavar="SEG_BUNDLE",
                    help="embed this organ segmenter (cadx train-seg) so that diagnose needs "
                         "no organ mask")
+    p.add_argument("--ddp", action="store_true",
+                   help="distributed data-parallel training; run under torchrun "
+                        "--nproc_per_node N (gloo on CPU, nccl on GPU)")
+    p.add_argument("--patch-store", metavar="DIR",
+                   help="crop into (or reuse) a memory-mapped patch store here and train "
+                        "from it, for more patches than fit in memory")
     _add_pipeline_options(p)
     p.set_defaults(func=_cmd_train)
 
@@ -431,6 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-push", action="store_true", help="score only; store nothing")
     p.add_argument("--out", metavar="DIR", help="also write <StudyInstanceUID>.json here")
     p.set_defaults(func=_cmd_watch)
+
+    p = sub.add_parser("score-batch", help="score many studies on a Dask cluster (resumable)")
+    p.add_argument("model", help="model bundle (.cadx), readable from every worker")
+    p.add_argument("input", help="CSV manifest (image[,organ_mask][,study_id]), a dataset "
+                                 "folder (labels as organ masks) or a folder of volumes "
+                                 "(organ masks in its masks/ subfolder)")
+    p.add_argument("--out", required=True, help="results (.parquet); studies already ok in it "
+                                                "are skipped")
+    p.add_argument("--dask-scheduler", default="local",
+                   help="scheduler address (tcp://host:8786), or 'local' for a LocalCluster "
+                        "on this machine (default)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes of the local cluster (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_score_batch)
 
     p = sub.add_parser("evaluate", help="patch- and patient-level metrics on a labelled set")
     p.add_argument("model", help="model bundle (.cadx)")

@@ -57,9 +57,17 @@ def _print_training(outcome: TrainingOutcome, console: Console) -> None:
 
 def train_from_dataset(dataset: str | Path, out_path: str | Path, config: PipelineConfig,
                        console: Console | None = None, progress: bool = True,
-                       seg: str | Path | None = None) -> TrainingOutcome:
+                       seg: str | Path | None = None, patch_store: str | Path | None = None
+                       ) -> TrainingOutcome | None:
     """Read a labelled dataset, train with patient-level splits, write the bundle (embedding
-    the organ segmenter bundle `seg` when given, so `diagnose` needs no organ mask)."""
+    the organ segmenter bundle `seg` when given, so `diagnose` needs no organ mask).
+
+    `patch_store`: crop into / train from a memory-mapped patch store in this folder. Under
+    torchrun (`cadx train --ddp`) every rank trains and rank 0 alone writes the checkpoint
+    (beside the bundle, `.ckpt`) and the bundle; the other ranks return None.
+    """
+    from cadx.scale.distributed import is_distributed, patched_cases
+
     console = console or Console()
     segmenter = None
     if seg is not None:
@@ -68,8 +76,11 @@ def train_from_dataset(dataset: str | Path, out_path: str | Path, config: Pipeli
         segmenter = load_segmenter(seg)
     refs = load_dataset(dataset)
     console.print(f"[bold]cadx train[/]: {len(refs)} cases from {dataset}")
-    cases = patch_cohort(refs, config, progress=progress)
-    outcome = train_patch_model(cases, config, progress=progress)
+    cases = patched_cases(refs, config, patch_store=patch_store, progress=progress)
+    checkpoint = Path(out_path).with_suffix(".ckpt") if is_distributed() else None
+    outcome = train_patch_model(cases, config, progress=progress, checkpoint_path=checkpoint)
+    if outcome is None:
+        return None
     outcome.bundle.summary["dataset"] = str(dataset)
     outcome.bundle.segmenter = segmenter
     save_bundle(outcome.bundle, out_path)

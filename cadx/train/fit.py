@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import roc_auc_score
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from cadx.config import ModelConfig, TrainConfig
-from cadx.errors import SplitError
+from cadx.errors import ConfigError, SplitError
+from cadx.io.atomic import atomic_path
 from cadx.models.patch_cnn import PatchCNN
 from cadx.patches.grid import PatchSet
 from cadx.train.loss import WeightedBCELoss
@@ -65,19 +71,50 @@ def epoch_progress(progress: bool) -> Progress:
     return Progress(*columns, disable=not progress)
 
 
-def _as_tensor(patch_set: PatchSet) -> tuple[torch.Tensor, torch.Tensor]:
-    patches = torch.from_numpy(np.ascontiguousarray(patch_set.patches, dtype=np.float32))
-    labels = torch.from_numpy(patch_set.labels.astype(np.float32))
-    return patches.unsqueeze(1), labels
+def _batch_tensor(patches: np.ndarray, index: np.ndarray | slice) -> torch.Tensor:
+    """(n, 1, P, P) float32 channels_last tensor of the indexed patches.
+
+    Only these rows are read, so `patches` may be a memory-mapped store larger than RAM.
+    """
+    rows = np.asarray(patches[index], dtype=np.float32)
+    return torch.from_numpy(rows).unsqueeze(1).contiguous(memory_format=torch.channels_last)
 
 
-def _random_flips(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each patch left-right and/or up-down with probability 1/2 (label-preserving)."""
-    n = batch.shape[0]
-    flip_x = torch.rand(n, generator=generator) < 0.5
-    flip_y = torch.rand(n, generator=generator) < 0.5
+def _flip(batch: torch.Tensor, flip_x: torch.Tensor, flip_y: torch.Tensor) -> torch.Tensor:
+    """Flip the patches marked in `flip_x` left-right and in `flip_y` up-down (label-preserving)."""
     batch = torch.where(flip_x[:, None, None, None], batch.flip(-1), batch)
     return torch.where(flip_y[:, None, None, None], batch.flip(-2), batch)
+
+
+def _single_process_batches(n: int, batch_size: int, generator: torch.Generator, flips: bool
+                            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One epoch of (index, flip_x, flip_y): a fresh permutation, flips drawn per batch."""
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size]
+        if not flips:
+            yield index, None, None
+            continue
+        flip_x = torch.rand(len(index), generator=generator) < 0.5
+        flip_y = torch.rand(len(index), generator=generator) < 0.5
+        yield index, flip_x, flip_y
+
+
+def _distributed_batches(sampler: DistributedSampler, epoch: int, local_batch: int, seed: int
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """This rank's share of one epoch: DistributedSampler's slice of a seeded permutation.
+
+    Flips are drawn per patch from a generator seeded by (seed, epoch), identical on every rank,
+    so rank r's k-th batch plus the other ranks' k-th batches are exactly the k-th batch of the
+    same run on one rank with N times the batch size: N ranks train as one process would.
+    """
+    sampler.set_epoch(epoch)
+    local = torch.tensor(list(sampler), dtype=torch.int64)
+    flips = torch.rand(2, len(sampler.dataset),
+                       generator=torch.Generator().manual_seed(seed * 100_003 + epoch)) < 0.5
+    for start in range(0, len(local), local_batch):
+        index = local[start:start + local_batch]
+        yield index, flips[0, index], flips[1, index]
 
 
 def _check_labelled(patch_set: PatchSet, name: str) -> None:
@@ -93,16 +130,36 @@ def _check_labelled(patch_set: PatchSet, name: str) -> None:
 def fit_patch_cnn(
     train: PatchSet, validation: PatchSet, config: TrainConfig, *,
     model_config: ModelConfig | None = None, progress: bool = True,
+    checkpoint_path: str | Path | None = None,
 ) -> tuple[PatchCNN, TrainingHistory]:
-    """Train a PatchCNN on `train`, monitoring loss on `validation`; returns the best model."""
+    """Train a PatchCNN on `train`, monitoring loss on `validation`; returns the best model.
+
+    Patches are read batch by batch, so `train.patches` may be memory-mapped (a PatchStore).
+    Inside an initialised torch.distributed process group (torchrun) the model is wrapped in
+    DistributedDataParallel and each of the N ranks trains on batch_size / N patches of every
+    global batch; rank 0 writes `checkpoint_path` (if given) after every epoch.
+    """
     _check_labelled(train, "training")
     _check_labelled(validation, "validation")
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if config.batch_size % world:
+        raise ConfigError(f"batch size {config.batch_size} does not split over {world} "
+                          "processes; use a multiple of the process count")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     # channels_last is ~1.3x faster for training and ~1.5x for inference on CPU (benchmarks/).
     model_config = model_config or ModelConfig()
+    # One GPU per rank under nccl (torchrun sets the device); the CPU otherwise.
+    on_gpu = distributed and dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     model = PatchCNN(train.patch_size_px, model_config.batch_norm)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
+    # DDP broadcasts rank 0's initial weights, then averages gradients over the ranks.
+    network = (DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
+               if distributed else model)
+    sampler = (DistributedSampler(train.labels, num_replicas=world, rank=rank, shuffle=True,
+                                  seed=config.seed) if distributed else None)
     n_pos = int(train.labels.sum())
     loss_fn = WeightedBCELoss(n_positive=n_pos, n_negative=len(train) - n_pos)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -111,35 +168,49 @@ def fit_patch_cnn(
         optimiser, mode=mode, factor=config.reduce_lr_factor, patience=config.reduce_lr_patience)
     stopper = EarlyStopping(config.early_stop_patience, mode)
     history = TrainingHistory()
-    x_train, y_train = _as_tensor(train)
-    x_val, y_val = _as_tensor(validation)
+    y_train = torch.from_numpy(train.labels.astype(np.float32))
+    y_val = torch.from_numpy(validation.labels.astype(np.float32))
 
-    with epoch_progress(progress) as bar:
+    with epoch_progress(progress and rank == 0) as bar:
         task = bar.add_task("epochs", total=config.max_epochs, status="")
         for epoch in range(config.max_epochs):
-            model.train()
-            order = torch.randperm(len(x_train), generator=generator)
-            total_loss = 0.0
-            for start in range(0, len(order), config.batch_size):
-                index = order[start:start + config.batch_size]
-                batch = x_train[index].contiguous(memory_format=torch.channels_last)
+            network.train()
+            batches = (_distributed_batches(sampler, epoch, config.batch_size // world,
+                                            config.seed) if distributed else
+                       _single_process_batches(len(train), config.batch_size, generator,
+                                               config.augment_flips))
+            loss_sum = torch.zeros(2, dtype=torch.float64)  # summed loss, patches seen
+            for index, flip_x, flip_y in batches:
+                batch = _batch_tensor(train.patches, index.numpy()).to(device)
                 if config.augment_flips:
-                    batch = _random_flips(batch, generator)
+                    batch = _flip(batch, flip_x.to(device), flip_y.to(device))
                 optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(model(batch), y_train[index])
+                loss = loss_fn(network(batch), y_train[index].to(device))
                 loss.backward()
                 optimiser.step()
-                total_loss += float(loss.detach()) * len(index)
-            val_logits = predict_logits(model, x_val)
-            val_loss = float(loss_fn(val_logits, y_val))
-            val_auc = float(roc_auc_score(validation.labels, val_logits.numpy()))
-            history.train_loss.append(total_loss / len(x_train))
+                loss_sum += torch.tensor([float(loss.detach()) * len(index), len(index)],
+                                         dtype=torch.float64)
+            val_logits = predict_logits(model, validation.patches)
+            scores = torch.tensor([float(loss_fn(val_logits, y_val)),
+                                   roc_auc_score(validation.labels, val_logits.numpy())],
+                                  dtype=torch.float64)
+            if distributed:
+                loss_sum, scores = loss_sum.to(device), scores.to(device)
+                dist.all_reduce(loss_sum)
+                # Every rank must take the same scheduler and stopping decisions: use rank 0's
+                # validation (BatchNorm buffers may differ slightly between ranks).
+                dist.broadcast(scores, src=0)
+                loss_sum, scores = loss_sum.cpu(), scores.cpu()
+            val_loss, val_auc = float(scores[0]), float(scores[1])
+            history.train_loss.append(float(loss_sum[0] / loss_sum[1]))
             history.validation_loss.append(val_loss)
             history.validation_auc.append(val_auc)
             history.learning_rate.append(optimiser.param_groups[0]["lr"])
             monitored = val_loss if config.monitor == "loss" else val_auc
             scheduler.step(monitored)
             stop = stopper.update(monitored, epoch, model)
+            if checkpoint_path is not None and rank == 0:
+                _save_checkpoint(checkpoint_path, epoch, model, optimiser, stopper, history)
             bar.update(task, advance=1, status=f"loss {history.train_loss[-1]:.3f} "
                                                f"val {val_loss:.3f} AUC {val_auc:.3f}")
             if stop:
@@ -147,8 +218,17 @@ def fit_patch_cnn(
                 break
     model.load_state_dict(stopper.best_state)
     history.best_epoch = stopper.best_epoch
-    model.eval()
-    return model, history
+    return model.cpu().eval(), history
+
+
+def _save_checkpoint(path: str | Path, epoch: int, model: torch.nn.Module,
+                     optimiser: torch.optim.Optimizer, stopper: EarlyStopping,
+                     history: TrainingHistory) -> None:
+    """The last and the best weights so far, written atomically (an interrupted run keeps them)."""
+    with atomic_path(path) as tmp:
+        torch.save({"epoch": epoch, "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(), "best_epoch": stopper.best_epoch,
+                    "best_model": stopper.best_state, "history": history.to_dict()}, tmp)
 
 
 # Small batches keep the conv activations in cache: on 2 cores batch 32 in channels_last runs
@@ -157,12 +237,15 @@ INFERENCE_BATCH = 32
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, patches: torch.Tensor,
+def predict_logits(model: torch.nn.Module, patches: np.ndarray | torch.Tensor,
                    batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
-    """Logits for (N, 1, P, P) patches, in batches, with the model in eval mode."""
+    """Logits for (N, P, P) patches (array, memory map or tensor), batch by batch, in eval mode."""
     was_training = model.training
     model.eval().to(memory_format=torch.channels_last)
-    outputs = [model(patches[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+    device = next(model.parameters()).device
+    if isinstance(patches, torch.Tensor):
+        patches = patches.reshape(len(patches), *patches.shape[-2:]).numpy()
+    outputs = [model(_batch_tensor(patches, slice(i, i + batch_size)).to(device)).cpu()
                for i in range(0, len(patches), batch_size)]
     model.train(was_training)
     if not outputs:
@@ -173,5 +256,4 @@ def predict_logits(model: torch.nn.Module, patches: torch.Tensor,
 def predict_patch_probabilities(model: torch.nn.Module, patches: np.ndarray,
                                 batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     """Cancer probability of each (N, P, P) patch."""
-    tensor = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)).unsqueeze(1)
-    return torch.sigmoid(predict_logits(model, tensor, batch_size)).numpy().astype(np.float64)
+    return torch.sigmoid(predict_logits(model, patches, batch_size)).numpy().astype(np.float64)

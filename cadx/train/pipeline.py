@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from cadx.bundle import PatchModelBundle
 from cadx.config import PipelineConfig
@@ -15,7 +17,7 @@ from cadx.decide.roc import OperatingPoint, youden_operating_point
 from cadx.errors import SplitError
 from cadx.evaluate.cohort import CohortEvaluation, evaluate_cohort
 from cadx.patches.cohort import PatchedCase
-from cadx.patches.grid import PatchSet
+from cadx.patches.store import join_patches
 from cadx.train.fit import TrainingHistory, fit_patch_cnn, predict_patch_probabilities
 from cadx.train.splits import PatientSplit, assert_disjoint, split_patients
 
@@ -35,8 +37,7 @@ def score_cases(model: torch.nn.Module, cases: Sequence[PatchedCase]) -> list[np
     """Score all cases' patches in one batched pass; one score array per case."""
     if not cases:
         return []
-    joined = np.concatenate([c.patches.patches for c in cases])
-    scores = predict_patch_probabilities(model, joined)
+    scores = predict_patch_probabilities(model, join_patches(cases).patches)
     bounds = np.cumsum([len(c.patches) for c in cases])[:-1]
     return np.split(scores, bounds)
 
@@ -68,8 +69,13 @@ def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase]
 
 
 def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
-                      progress: bool = True) -> TrainingOutcome:
-    """Split patients, train the CNN, choose thresholds on validation, evaluate the test part."""
+                      progress: bool = True, checkpoint_path: str | Path | None = None
+                      ) -> TrainingOutcome | None:
+    """Split patients, train the CNN, choose thresholds on validation, evaluate the test part.
+
+    Under torch.distributed every rank trains (cadx.train.fit); only rank 0 goes on to the
+    thresholds and the test evaluation, the other ranks return None.
+    """
     if not cases:
         raise SplitError("no cases to train on")
     train_cfg = config.train
@@ -80,10 +86,13 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
     # Guard at the patch level too: the patches themselves must not cross the split.
     assert_disjoint({name: sorted({str(p) for c in part for p in c.patches.patient_ids})
                      for name, part in parts.items()})
-    train_patches = PatchSet.concat([c.patches for c in parts["train"]])
-    val_patches = PatchSet.concat([c.patches for c in parts["validation"]])
+    train_patches = join_patches(parts["train"])
+    val_patches = join_patches(parts["validation"])
     model, history = fit_patch_cnn(train_patches, val_patches, train_cfg,
-                                   model_config=config.model, progress=progress)
+                                   model_config=config.model, progress=progress,
+                                   checkpoint_path=checkpoint_path)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return None
     patch_point, patient_point = choose_thresholds(model, parts["validation"])
 
     test_evaluation = None

@@ -1,0 +1,125 @@
+"""A memory-mapped patch store: train on more patches than fit in memory.
+
+`write_patch_store` crops one case at a time and appends its patches to one raw float32 file,
+so writing needs memory for one case only. `open_patch_store` maps that file back: each case's
+patches are a `StoredRows` index into the map, `join_patches` joins cases without copying, and
+training reads only the rows of the batch in hand (cadx.train.fit).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.progress import track
+
+from cadx.config import PipelineConfig
+from cadx.errors import InputError
+from cadx.io.atomic import atomic_path, write_json_atomic
+from cadx.io.dataset import CaseRef
+from cadx.patches.cohort import PatchedCase, patch_case
+from cadx.patches.grid import PatchSet
+
+STORE_FORMAT = "cadx-patch-store/1"
+PATCHES_FILE, INDEX_FILE, MANIFEST_FILE = "patches.f32", "index.npz", "store.json"
+
+
+class StoredRows:
+    """Rows of a memory-mapped (N, P, P) array picked by an index, read only when indexed."""
+
+    def __init__(self, mapped: np.ndarray, rows: np.ndarray) -> None:
+        self.mapped, self.rows = mapped, rows
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.mapped.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.mapped.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: np.ndarray | slice) -> np.ndarray:
+        return self.mapped[self.rows[index]]
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self.mapped[self.rows], dtype=dtype)
+
+
+def write_patch_store(refs: Sequence[CaseRef], config: PipelineConfig, folder: str | Path,
+                      progress: bool = True) -> Path:
+    """Crop every case of `refs` into a store at `folder`; the manifest is written last, so
+    an interrupted write leaves no store that opens."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    cases, rows = [], 0
+    with atomic_path(folder / PATCHES_FILE) as tmp, tmp.open("wb") as out:
+        labels, coords = [], []
+        for ref in track(refs, description="cropping into the patch store",
+                         disable=not progress):
+            patched = patch_case(ref, config)
+            patches = patched.patches
+            np.ascontiguousarray(patches.patches, dtype=np.float32).tofile(out)
+            labels.append(patches.labels)
+            coords.append(patches.coords)
+            cases.append({"patient_id": patched.patient_id, "start": rows,
+                          "stop": rows + len(patches), "has_tumour": patched.has_tumour,
+                          "tumour_diameter_mm": patched.tumour_diameter_mm,
+                          "meta": patched.meta})
+            rows += len(patches)
+    with atomic_path(folder / INDEX_FILE) as tmp, tmp.open("wb") as out:
+        np.savez(out, labels=np.concatenate(labels), coords=np.concatenate(coords))
+    write_json_atomic(folder / MANIFEST_FILE, {
+        "format": STORE_FORMAT, "n_patches": rows, "patch_size_px": config.patches.size_px,
+        "config": config.to_dict(), "cases": cases})
+    return folder
+
+
+def open_patch_store(folder: str | Path) -> list[PatchedCase]:
+    """The cases of a store; their patches are read-only memory-mapped views."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        index = np.load(folder / INDEX_FILE)
+        labels, coords = index["labels"], index["coords"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{folder}: not a complete cadx patch store ({exc})") from None
+    if manifest.get("format") != STORE_FORMAT:
+        raise InputError(f"{folder}: unsupported patch store format {manifest.get('format')!r}")
+    size, n = manifest["patch_size_px"], manifest["n_patches"]
+    expected = n * size * size * 4
+    if (folder / PATCHES_FILE).stat().st_size != expected or len(labels) != n:
+        raise InputError(f"{folder / PATCHES_FILE}: size does not match the store's manifest")
+    mapped = np.memmap(folder / PATCHES_FILE, dtype=np.float32, mode="r", shape=(n, size, size))
+    cases = []
+    for case in manifest["cases"]:
+        part = slice(case["start"], case["stop"])
+        ids = np.full(case["stop"] - case["start"], case["patient_id"], dtype=object)
+        rows = StoredRows(mapped, np.arange(case["start"], case["stop"]))
+        patches = PatchSet(rows, ids, coords[part], labels[part])
+        cases.append(PatchedCase(case["patient_id"], patches, case["has_tumour"],
+                                 case["tumour_diameter_mm"], case["meta"]))
+    return cases
+
+
+def store_config(folder: str | Path) -> dict:
+    """The pipeline settings a store was cropped with (to check it fits a training run)."""
+    return json.loads((Path(folder) / MANIFEST_FILE).read_text())["config"]
+
+
+def join_patches(cases: Sequence[PatchedCase]) -> PatchSet:
+    """All cases' patches as one PatchSet; without copying when they come from one store."""
+    sets = [c.patches for c in cases]
+    stored = [s.patches for s in sets if isinstance(s.patches, StoredRows)]
+    if not sets or len(stored) != len(sets) or len({id(p.mapped) for p in stored}) != 1:
+        return PatchSet.concat(sets)
+    rows = np.concatenate([p.rows for p in stored])
+    return PatchSet(StoredRows(stored[0].mapped, rows),
+                    np.concatenate([s.patient_ids for s in sets]),
+                    np.concatenate([s.coords for s in sets]),
+                    np.concatenate([s.labels for s in sets]))

@@ -1,0 +1,1 @@
+"""Scale-out: distributed batch scoring, DDP training, streamed patch stores."""
