@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from cadx.decide.exam import exam_scores
 from cadx.diagnose.cam import grad_cam, write_overlay_png
@@ -56,9 +57,12 @@ def _safe_stem(name: str) -> str:
 
 def diagnose_images(bundle: ImageModelBundle, images: Sequence[np.ndarray],
                     names: Sequence[str], patient_id: str,
-                    cam_dir: str | Path | None = None) -> ImageDiagnosis:
+                    cam_dir: str | Path | None = None,
+                    models: list[nn.Module] | None = None) -> ImageDiagnosis:
     """Score one patient's images ((H, W), (H, W, 3) or (C, H, W) arrays of any size, 0..1 or
-    uint8) with `bundle`; write a Grad-CAM overlay PNG per image into `cam_dir` if given."""
+    uint8) with `bundle`; write a Grad-CAM overlay PNG per image into `cam_dir` if given.
+    `models` are the bundle's networks already built (`bundle.build_networks()`), for a service
+    that scores many requests."""
     if len(images) == 0:
         raise InputError(f"patient {patient_id}: no images to diagnose")
     if len(names) != len(images):
@@ -66,7 +70,7 @@ def diagnose_images(bundle: ImageModelBundle, images: Sequence[np.ndarray],
     timings: dict[str, float] = {}
     start = time.perf_counter()
     batch = np.stack([fit_image(image, bundle.size_px, bundle.channels) for image in images])
-    models = bundle.build_networks()
+    models = models if models is not None else bundle.build_networks()
     probabilities = bundle.predict(batch, models)
     score = exam_scores([patient_id] * len(batch), probabilities, bundle.aggregation)[patient_id]
     timings["score"] = time.perf_counter() - start
