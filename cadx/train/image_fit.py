@@ -1,8 +1,15 @@
 """Train a 2D image classifier (seed 002): augmentation, weight decay, class weighting, early
-stopping on validation AUC. The network comes from `cadx.models.backbones`."""
+stopping on validation AUC. The network comes from `cadx.models.backbones`.
+
+Three tasks share the loop: "binary" (one logit, sigmoid, e.g. benign vs malignant),
+"multiclass" (K logits, softmax, e.g. the image category of a triage router) and "multilabel"
+(K logits, one sigmoid each, e.g. quality-control flags). The validation AUC is the macro
+one-vs-rest AUC for multiclass and the mean of the per-label AUCs for multilabel.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,7 +18,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from cadx.config import ImageTrainConfig
-from cadx.errors import SplitError
+from cadx.errors import ConfigError, SplitError
 from cadx.train.augment import augment_batch, image_augmentation
 from cadx.train.fit import EarlyStopping, epoch_progress
 
@@ -27,49 +34,117 @@ class ImageTrainingHistory:
     stopped_early: bool = False
 
 
-def _check_both_classes(labels: np.ndarray, name: str) -> None:
-    n_pos = int(labels.sum())
-    if n_pos == 0 or n_pos == len(labels):
-        raise SplitError(f"{name} images are all of one class ({len(labels)} images); "
-                         "need benign and malignant")
+TASKS = ("binary", "multiclass", "multilabel")
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(f"unknown training task {task!r}; one of {', '.join(TASKS)}")
+
+
+def _check_labels(labels: np.ndarray, task: str, name: str, n_classes: int) -> None:
+    """SplitError unless every class (binary, multiclass) or both values of every label
+    (multilabel) occur: an AUC needs positives and negatives."""
+    if task == "binary":
+        n_pos = int(labels.sum())
+        if n_pos == 0 or n_pos == len(labels):
+            raise SplitError(f"{name} images are all of one class ({len(labels)} images); "
+                             "need benign and malignant")
+    elif task == "multiclass":
+        missing = sorted(set(range(n_classes)) - set(labels.tolist()))
+        if missing:
+            raise SplitError(f"{name} images ({len(labels)}) hold no image of class(es) "
+                             f"{missing}; every class is needed")
+    else:
+        n_pos = labels.sum(axis=0)
+        constant = np.flatnonzero((n_pos == 0) | (n_pos == len(labels))).tolist()
+        if constant:
+            raise SplitError(f"{name} images ({len(labels)}) have label column(s) {constant} "
+                             "all 0 or all 1; every label needs both values")
+
+
+def _probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "binary":
+        return torch.sigmoid(logits.reshape(-1))
+    return torch.softmax(logits, dim=1) if task == "multiclass" else torch.sigmoid(logits)
 
 
 @torch.inference_mode()
 def predict_image_probabilities(model: torch.nn.Module, images: np.ndarray,
-                                batch_size: int = 32) -> np.ndarray:
-    """Malignancy probability of each (C, H, W) image, batched, model in eval mode."""
+                                batch_size: int = 32, task: str = "binary") -> np.ndarray:
+    """Probabilities of each (C, H, W) image, batched, model in eval mode: (N,) of the
+    positive class for "binary", (N, K) softmax for "multiclass", (N, K) sigmoids for
+    "multilabel"."""
+    _check_task(task)
     was_training = model.training
     model.eval()
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    logits = [model(tensor[i:i + batch_size]).reshape(-1)
-              for i in range(0, len(tensor), batch_size)]
+    logits = [model(tensor[i:i + batch_size]) for i in range(0, len(tensor), batch_size)]
     model.train(was_training)
-    return torch.sigmoid(torch.cat(logits)).numpy().astype(np.float64) if logits else np.zeros(0)
+    if not logits:
+        return np.zeros(0)
+    return _probabilities(torch.cat(logits), task).numpy().astype(np.float64)
+
+
+def validation_auc(labels: np.ndarray, probabilities: np.ndarray, task: str) -> float:
+    """ROC AUC for "binary", macro one-vs-rest AUC for "multiclass", mean per-label AUC for
+    "multilabel"."""
+    _check_task(task)
+    if task == "multiclass":
+        return float(roc_auc_score(labels, probabilities, multi_class="ovr",
+                                   labels=np.arange(probabilities.shape[1])))
+    return float(roc_auc_score(labels, probabilities, average="macro"))
+
+
+def _loss(task: str, labels: np.ndarray, n_classes: int) -> Loss:
+    """The training loss with class weighting: positives weighted by n_negative / n_positive
+    (binary, and per label for multilabel); classes by n / (K * n_class) (multiclass)."""
+    if task == "multiclass":
+        counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
+        weight = torch.from_numpy(len(labels) / (n_classes * counts))
+        return lambda logits, target: F.cross_entropy(logits, target, weight=weight)
+    n_pos = labels.sum(axis=0).astype(np.float32)
+    pos_weight = torch.as_tensor((len(labels) - n_pos) / n_pos)
+    if task == "binary":
+        return lambda logits, target: F.binary_cross_entropy_with_logits(
+            logits.reshape(-1), target, pos_weight=pos_weight)
+    return lambda logits, target: F.binary_cross_entropy_with_logits(logits, target,
+                                                                      pos_weight=pos_weight)
 
 
 def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labels: np.ndarray,
                     validation_images: np.ndarray, validation_labels: np.ndarray,
-                    config: ImageTrainConfig, *, progress: bool = True,
+                    config: ImageTrainConfig, *, task: str = "binary", progress: bool = True,
                     ) -> tuple[torch.nn.Module, ImageTrainingHistory]:
-    """Train `model` (one logit per image) and return it at its best validation AUC."""
-    train_labels = np.asarray(train_labels).astype(np.float32)
+    """Train `model` and return it at its best validation AUC.
+
+    Labels: (N,) 0/1 for "binary" (one logit per image), (N,) class indices 0..K-1 for
+    "multiclass" and (N, K) 0/1 for "multilabel" (K logits per image).
+    """
+    _check_task(task)
+    train_labels = np.asarray(train_labels).astype(int)
     validation_labels = np.asarray(validation_labels).astype(int)
-    _check_both_classes(train_labels, "training")
-    _check_both_classes(validation_labels, "validation")
+    n_classes = int(np.prod(predict_image_probabilities(model, validation_images[:1],
+                                                        task=task).shape[1:]))
+    if (task == "binary") != (n_classes == 1):
+        need = "one logit" if task == "binary" else "one logit per class or label"
+        raise ConfigError(f"a {task} model needs {need}; this one has {n_classes}")
+    _check_labels(train_labels, task, "training", n_classes)
+    _check_labels(validation_labels, task, "validation", n_classes)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     pipeline = image_augmentation(train_images.shape[-1], config.seed)
-    n_pos = float(train_labels.sum())
-    # Class weighting: positives weighted by n_negative / n_positive.
-    pos_weight = torch.tensor((len(train_labels) - n_pos) / n_pos)
+    loss_of = _loss(task, train_labels, n_classes)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     x_train = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
-    y_train = torch.from_numpy(train_labels)
+    y_train = torch.from_numpy(train_labels if task == "multiclass"
+                               else train_labels.astype(np.float32))
     history = ImageTrainingHistory()
     stopper = EarlyStopping(config.early_stop_patience, mode="max")
     with epoch_progress(progress) as bar:
-        task = bar.add_task("epochs", total=config.max_epochs, status="")
+        bar_task = bar.add_task("epochs", total=config.max_epochs, status="")
         for epoch in range(config.max_epochs):
             model.train()
             order = torch.randperm(len(x_train), generator=generator)
@@ -82,18 +157,16 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
                 if config.augment:
                     batch = augment_batch(batch, pipeline)
                 optimiser.zero_grad(set_to_none=True)
-                logits = model(batch).reshape(-1)
-                loss = F.binary_cross_entropy_with_logits(logits, y_train[index],
-                                                          pos_weight=pos_weight)
+                loss = loss_of(model(batch), y_train[index])
                 loss.backward()
                 optimiser.step()
                 total += float(loss.detach()) * len(index)
-            scores = predict_image_probabilities(model, validation_images)
-            auc = float(roc_auc_score(validation_labels, scores))
+            scores = predict_image_probabilities(model, validation_images, task=task)
+            auc = validation_auc(validation_labels, scores, task)
             history.train_loss.append(total / len(x_train))
             history.validation_auc.append(auc)
             stop = stopper.update(auc, epoch, model)
-            bar.update(task, advance=1, status=f"loss {history.train_loss[-1]:.3f} "
+            bar.update(bar_task, advance=1, status=f"loss {history.train_loss[-1]:.3f} "
                                                f"val AUC {auc:.3f}")
             if stop:
                 history.stopped_early = True
