@@ -3,12 +3,14 @@
 A study is scored once its instance count has stayed the same over two polls (so a study that
 is still arriving is not scored half-way). Studies that already hold a cadx SR are skipped,
 so restarting the watcher does not answer a study twice. A study that fails (bad input) is
-reported and not retried; a PACS outage is reported and polling goes on. Ctrl-C stops it
-between two steps; a result is either pushed whole (one STOW-RS request) or not at all.
+reported and not retried; a PACS outage is reported and polling goes on. Ctrl-C (or SIGTERM)
+stops it; a result is either pushed whole (one STOW-RS request) or not at all.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ def watch(client: PacsClient, bundle: PatchModelBundle, *, interval_s: float = 5
     client.studies()  # fail fast on a wrong URL before announcing anything
     console.print(f"watching {client.url} every {interval_s:g} s (Ctrl-C to stop)")
     polls = 0
+    previous = _stop_on_sigterm()
     try:
         while max_polls is None or polls < max_polls:
             polls += 1
@@ -74,10 +77,25 @@ def watch(client: PacsClient, bundle: PatchModelBundle, *, interval_s: float = 5
                     handled.discard(uid)  # the PACS failed, not the study: try it again
             time.sleep(interval_s)
     except KeyboardInterrupt:
-        console.print("stopping (Ctrl-C)")
+        console.print("stopping (interrupted)")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     console.print(f"watch finished: {len(summary.scored)} studies scored, "
                   f"{len(summary.failed)} failed, {len(summary.skipped)} already answered")
     return summary
+
+
+def _stop_on_sigterm() -> object | None:
+    """Make SIGTERM (a service manager's stop) end the loop like Ctrl-C; returns the previous
+    handler (None where signals cannot be set: not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _score(client: PacsClient, bundle: PatchModelBundle, study_uid: str, push: bool,
