@@ -25,7 +25,7 @@ from cadx.segment.train import dice, train_segmenter
 from tests.conftest import toy_case, write_toy_dataset, write_volume
 
 TINY = SegConfig(in_plane_spacing_mm=2.0, channels=(8, 16), roi_px=16, batch_size=8,
-                 steps_per_epoch=15, max_epochs=3, learning_rate=1e-2, min_organ_volume_ml=0.5)
+                 steps_per_epoch=10, max_epochs=3, learning_rate=1e-2, min_organ_volume_ml=0.5)
 
 
 def _constant_segmenter(organ_everywhere: bool, config: SegConfig = TINY) -> SegmenterBundle:
@@ -113,11 +113,11 @@ def test_training_on_toy_cases_finds_the_organ(tmp_path):
     outcome = train_segmenter(refs, TINY, progress=False)
     assert len(outcome.validation_dice) == len(outcome.split.validation) >= 2
     assert not set(outcome.split.train) & set(outcome.split.validation)
-    # Untrained, the network's Dice is ~0.1 on these cases (organ ~15 % of the slice).
-    assert min(outcome.validation_dice.values()) > 0.6
+    # Untrained networks (seeds 0-2) score Dice 0.20-0.54 on these cases; trained 0.81-0.84.
+    assert min(outcome.validation_dice.values()) > 0.75
     image, label = toy_case(np.random.default_rng(7), with_tumour=True)
     result = segment_organ(outcome.bundle, image.astype(np.float32), (2.5, 1.0, 1.0))
-    assert result.found and dice(result.mask, label > 0) > 0.6
+    assert result.found and dice(result.mask, label > 0) > 0.75
 
 
 def _toy_ct(tmp_path):
@@ -157,7 +157,8 @@ def test_train_seg_command_writes_a_bundle(tmp_path, capsys):
     dataset = write_toy_dataset(tmp_path / "toy", n_patients=6)
     out = tmp_path / "seg.cadx"
     assert main(["train-seg", str(dataset), "--organ", "1", "--out", str(out), "--epochs", "1",
-                 "--steps-per-epoch", "2", "--pixel-spacing", "4", "--quiet"]) == 0
+                 "--steps-per-epoch", "2", "--batch-size", "4", "--pixel-spacing", "4",
+                 "--quiet"]) == 0
     assert "validation Dice per case" in capsys.readouterr().out
     assert set(load_segmenter(out).summary["validation_dice"]) == set(
         load_segmenter(out).summary["split"]["validation"])

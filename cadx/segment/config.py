@@ -29,7 +29,7 @@ class SegConfig:
     roi_px: int = 96
     batch_size: int = 16
     steps_per_epoch: int = 40
-    max_epochs: int = 8
+    max_epochs: int = 16
     learning_rate: float = 2e-3
     validation_fraction: float = 0.2
     seed: int = 0
