@@ -18,6 +18,7 @@ import requests
 
 from cadx.bundle import load_bundle
 from cadx.cli import main
+from cadx.errors import InputError
 from cadx.io.dicom_results import SR_SERIES_DESCRIPTION, read_sr_result
 from cadx.pacs.client import PacsClient, PacsError
 from cadx.pacs.study import diagnose_study
@@ -173,3 +174,43 @@ def test_watch_scores_two_arriving_studies_and_stops_on_ctrl_c(orthanc, model, t
         written = json.loads((out / f"{study.study_uid}.json").read_text())
         [sr] = _cadx_srs(PacsClient(orthanc), study.study_uid)
         assert read_sr_result(sr)["patient_score"] == written["patient_score"]
+
+
+def _constant_segmenter(organ_everywhere: bool):
+    """An embedded organ segmenter whose output ignores the image: organ everywhere or nowhere."""
+    import torch
+
+    from cadx.segment.bundle import SegmenterBundle
+    from cadx.segment.config import SegConfig
+    from cadx.segment.network import build_network
+
+    config = SegConfig(in_plane_spacing_mm=2.0, channels=(8, 16), roi_px=16,
+                       min_organ_volume_ml=0.5)
+    network = build_network(config)
+    state = {k: torch.zeros_like(v) for k, v in network.state_dict().items()}
+    for name, value in network.named_parameters():
+        if name.endswith("bias") and value.shape == (2,):  # the output convolutions
+            state[name] = torch.tensor([-5.0, 5.0] if organ_everywhere else [5.0, -5.0])
+    return SegmenterBundle(config=config, state_dict=state)
+
+
+@pytest.mark.parametrize("organ_everywhere", [True, False])
+def test_study_without_organ_seg_uses_the_embedded_segmenter(orthanc, model, tmp_path,
+                                                              organ_everywhere):
+    study, _, _ = write_toy_study(tmp_path / "study", "p5", seed=5)
+    client = PacsClient(orthanc)
+    client.store([pydicom.dcmread(p) for p in study.ct_files], study.study_uid)
+    bundle = load_bundle(model)
+    with pytest.raises(InputError, match="no organ mask: the study holds no organ SEG"):
+        diagnose_study(client, bundle, study.study_uid)
+    bundle.segmenter = _constant_segmenter(organ_everywhere)
+    result = diagnose_study(client, bundle, study.study_uid, push=True)
+    [sr] = _cadx_srs(client, study.study_uid)
+    stored = read_sr_result(sr)
+    assert stored["decision"] == result.diagnosis.decision
+    if organ_everywhere:
+        assert result.diagnosis.organ_mask == "predicted"
+        assert stored["patient_score"] == result.diagnosis.patient_score
+    else:
+        assert result.diagnosis.decision == "organ not found"
+        assert "patient_score" not in stored and len(result.pushed) == 1

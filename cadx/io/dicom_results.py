@@ -29,6 +29,7 @@ POSITIVE_PATCHES = hd.sr.CodedConcept("CADX0004", SCHEME, "Patches above thresho
 DECISION = hd.sr.CodedConcept("CADX0005", SCHEME, "CAD decision")
 CANCER_SUSPECTED = hd.sr.CodedConcept("CADX0010", SCHEME, "Cancer suspected")
 NO_CANCER_DETECTED = hd.sr.CodedConcept("CADX0011", SCHEME, "No cancer detected")
+ORGAN_NOT_FOUND_CODE = hd.sr.CodedConcept("CADX0012", SCHEME, "Organ not found")
 _NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 _PATCHES_UNIT = hd.sr.CodedConcept("{patches}", "UCUM", "patches")
 SR_SERIES_DESCRIPTION = "cadx CAD result"
@@ -57,19 +58,19 @@ def diagnosis_sr(diagnosis: Diagnosis, case: Case, *, series_number: int = 901) 
                     unit: hd.sr.CodedConcept = _NO_UNITS) -> hd.sr.Measurement:
         return hd.sr.Measurement(name=name, value=value, unit=unit, algorithm_id=algorithm)
 
+    if diagnosis.patient_score is None:  # the organ was not found: no score, no decision
+        score, decision = [], ORGAN_NOT_FOUND_CODE
+    else:
+        score = [measurement(PATIENT_SCORE, diagnosis.patient_score),
+                 measurement(POSITIVE_PATCHES, diagnosis.n_positive_patches, _PATCHES_UNIT)]
+        decision = CANCER_SUSPECTED if diagnosis.decision == POSITIVE else NO_CANCER_DETECTED
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
                                                      identifier="cadx patient result"),
         algorithm_id=algorithm,
-        measurements=[
-            measurement(PATIENT_SCORE, diagnosis.patient_score),
-            measurement(PATIENT_THRESHOLD, diagnosis.patient_threshold),
-            measurement(PATCH_THRESHOLD, diagnosis.patch_threshold),
-            measurement(POSITIVE_PATCHES, diagnosis.n_positive_patches, _PATCHES_UNIT),
-        ],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            DECISION,
-            CANCER_SUSPECTED if diagnosis.decision == POSITIVE else NO_CANCER_DETECTED)],
+        measurements=[*score, measurement(PATIENT_THRESHOLD, diagnosis.patient_threshold),
+                      measurement(PATCH_THRESHOLD, diagnosis.patch_threshold)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(DECISION, decision)],
         source_images=[hd.sr.SourceImageForMeasurementGroup(
             str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in headers],
     )
@@ -101,7 +102,7 @@ def _content_items(items: Dataset | list) -> list[Dataset]:
 def read_sr_result(sr: Dataset) -> dict[str, object]:
     """The cadx values of an SR written by :func:`diagnosis_sr` (plain pydicom, no highdicom):
     patient_score, patient_threshold, patch_threshold, n_positive_patches, decision, model,
-    model_version."""
+    model_version (no score and positive-patch count when the decision is 'organ not found')."""
     values: dict[str, object] = {}
     names = {PATIENT_SCORE.value: "patient_score", PATIENT_THRESHOLD.value: "patient_threshold",
              PATCH_THRESHOLD.value: "patch_threshold",
@@ -121,8 +122,8 @@ def read_sr_result(sr: Dataset) -> dict[str, object]:
             values.setdefault("model", str(item.TextValue))
         elif item.ValueType == "TEXT" and concept.CodeMeaning == "Algorithm Version":
             values.setdefault("model_version", str(item.TextValue))
-    if "patient_score" not in values:
-        raise InputError("structured report holds no cadx patient score")
+    if "decision" not in values:
+        raise InputError("structured report holds no cadx result")
     return values
 
 

@@ -10,7 +10,7 @@ from cadx.bundle import load_bundle
 from cadx.diagnose.patient import Diagnosis
 from cadx.io.atomic import write_json_atomic
 from cadx.pacs.client import PacsClient
-from cadx.pacs.study import diagnose_study
+from cadx.pacs.study import diagnose_study, summary_line
 from cadx.pacs.watch import WatchSummary, watch
 
 
@@ -29,10 +29,7 @@ def diagnose_from_pacs(model_path: str | Path, pacs_url: str, study_uid: str, *,
         write_json_atomic(out_path, {"study_uid": study_uid,
                                      "series_uid": result.case.meta["dicom"]["series_uid"],
                                      **diagnosis.to_dict()})
-    console.print(f"{diagnosis.patient_id} (study {study_uid}): [bold]{diagnosis.decision}[/] "
-                  f"(patient score {diagnosis.patient_score:.3f} vs threshold "
-                  f"{diagnosis.patient_threshold:.3f}; {diagnosis.n_positive_patches}/"
-                  f"{diagnosis.n_patches} patches above {diagnosis.patch_threshold:.3f})")
+    console.print(f"{diagnosis.patient_id} (study {study_uid}): {summary_line(diagnosis)}")
     for dataset in result.pushed:
         console.print(f"stored {dataset.Modality} {dataset.SOPInstanceUID} in {pacs_url}")
     if out_path is not None:

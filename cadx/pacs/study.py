@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 
 from cadx.bundle import PatchModelBundle
 from cadx.case import Case
-from cadx.diagnose.patient import Diagnosis, diagnose_case
+from cadx.diagnose.patient import Diagnosis, diagnose_case, organ_not_found
 from cadx.errors import InputError
 from cadx.io.dicom import (
     IMAGE_MODALITIES,
@@ -60,14 +60,41 @@ def has_cadx_result(client: PacsClient, study_uid: str) -> bool:
                for s in client.series(study_uid))
 
 
+def summary_line(diagnosis: Diagnosis) -> str:
+    """The decision with the score and threshold, for the console (rich markup)."""
+    if diagnosis.patient_score is None:
+        return f"[bold yellow]{diagnosis.decision}[/] (no score)"
+    return (f"[bold]{diagnosis.decision}[/] (patient score {diagnosis.patient_score:.3f} vs "
+            f"threshold {diagnosis.patient_threshold:.3f}; {diagnosis.n_positive_patches}/"
+            f"{diagnosis.n_patches} patches above {diagnosis.patch_threshold:.3f})")
+
+
+def _diagnose(bundle: PatchModelBundle, case: Case) -> Diagnosis:
+    """Inside the organ mask from the study's SEG, else inside the bundle's segmenter's
+    prediction (ORGAN_NOT_FOUND when it finds none); neither is an InputError."""
+    if case.organ_mask is not None:
+        return diagnose_case(bundle, case,
+                             organ_mask_source=str(case.meta.get("organ_mask_source", "given")))
+    if bundle.segmenter is None:
+        raise InputError(f"{case.source}: no organ mask: the study holds no organ SEG of series "
+                         f"{case.meta['dicom']['series_uid']} and the model embeds no organ "
+                         "segmenter")
+    from cadx.segment.infer import with_predicted_organ
+
+    with_organ, segmentation = with_predicted_organ(bundle.segmenter, case)
+    if not segmentation.found:
+        return organ_not_found(bundle, case)
+    return diagnose_case(bundle, with_organ, organ_mask_source="predicted")
+
+
 def diagnose_study(client: PacsClient, bundle: PatchModelBundle, study_uid: str, *,
                    series_uid: str | None = None, push: bool = False,
                    with_seg: bool = True) -> StudyResult:
     """Pull, score and (if `push`) answer one study; results are built completely before the
-    single STOW-RS request, so a failure leaves the PACS without any cadx object."""
+    single STOW-RS request, so a failure leaves the PACS without any cadx object. Without an
+    organ SEG in the study, the bundle's embedded organ segmenter (if any) finds the organ."""
     case = pull_case(client, study_uid, series_uid)
-    diagnosis = diagnose_case(bundle, case,
-                              organ_mask_source=str(case.meta.get("organ_mask_source", "given")))
+    diagnosis = _diagnose(bundle, case)
     pushed: list[Dataset] = []
     if push:
         pushed.append(diagnosis_sr(diagnosis, case))

@@ -22,7 +22,7 @@ from cadx.errors import CadxError
 from cadx.io.atomic import write_json_atomic
 from cadx.io.dicom import IMAGE_MODALITIES
 from cadx.pacs.client import PacsClient, PacsError
-from cadx.pacs.study import diagnose_study, has_cadx_result
+from cadx.pacs.study import diagnose_study, has_cadx_result, summary_line
 
 
 @dataclass
@@ -119,7 +119,6 @@ def _score(client: PacsClient, bundle: PatchModelBundle, study_uid: str, push: b
                           {"study_uid": study_uid, **diagnosis.to_dict()})
     summary.scored.append(study_uid)
     pushed = f"; {len(result.pushed)} result objects stored" if result.pushed else ""
-    console.print(f"study {study_uid} ({diagnosis.patient_id}): [bold]{diagnosis.decision}[/] "
-                  f"(score {diagnosis.patient_score:.3f} vs {diagnosis.patient_threshold:.3f})"
+    console.print(f"study {study_uid} ({diagnosis.patient_id}): {summary_line(diagnosis)}"
                   f"{pushed}")
     return True
