@@ -132,3 +132,19 @@ def test_positive_patches_seg_marks_each_patch_on_the_source_slices(model, tmp_p
     assert not (mask.any(axis=0) & ~boxes).any()
     none = diagnose_case(load_bundle(random_bundle(tmp_path / "high.cadx", 1.0)), case)
     assert positive_patches_seg(none, case, 5.0) is None
+
+
+def test_synth_dicom_studies_hold_the_same_phantoms_as_the_msd_layout(tmp_path):
+    from cadx.io.dataset import load_dataset
+    from cadx.io.volumes import read_case
+
+    grid = ["--patients", "2", "--shape", "3,72,72", "--spacing", "5,4.5,4.5", "--seed", "3"]
+    assert main(["synth", "ct", "--out", str(tmp_path / "msd"), *grid]) == 0
+    assert main(["synth", "ct", "--dicom", "--out", str(tmp_path / "dicom"), *grid]) == 0
+    for ref in load_dataset(tmp_path / "msd"):
+        nifti = read_case(ref.image_path, ref.label_path)
+        dicom = read_dicom_case(tmp_path / "dicom" / ref.patient_id)
+        assert dicom.patient_id == ref.patient_id
+        np.testing.assert_array_equal(dicom.image, nifti.image)
+        np.testing.assert_array_equal(dicom.organ_mask, nifti.organ_mask)
+        assert dicom.spacing_zyx_mm == pytest.approx(nifti.spacing_zyx_mm)

@@ -128,6 +128,36 @@ def test_unreachable_pacs_is_retried_then_one_clear_error():
     assert time.perf_counter() - start >= 0.05  # it backed off before giving up
 
 
+def test_server_errors_are_retried_with_backoff_then_one_clear_error():
+    """A PACS answering 503 is asked `retries` + 1 times, then the error names the failure."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            hits.append(time.perf_counter())
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = PacsClient(f"http://127.0.0.1:{server.server_port}/dicom-web", retries=2,
+                            backoff_s=0.1)
+        with pytest.raises(PacsError, match="study query failed after 3 attempts"):
+            client.studies()
+    finally:
+        server.shutdown()
+    assert len(hits) == 3
+    assert hits[2] - hits[1] >= 0.15  # exponential backoff: the second wait is the longer
+
+
 def test_refused_store_is_an_error_and_leaves_no_result(orthanc, model, tmp_path):
     study = upload(orthanc, tmp_path / "study", "p3", seed=3)
     client = PacsClient(orthanc, retries=1, backoff_s=0.01)
