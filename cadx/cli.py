@@ -23,6 +23,7 @@ from cadx.config import (
     TrainConfig,
 )
 from cadx.errors import CadxError, InputError
+from cadx.triage.commands import add_synth_categories_parser, add_triage_parsers
 
 console = Console(stderr=False)
 
@@ -228,7 +229,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         raise InputError(f"{args.model} is a CT/MR patch model: give one volume, "
                          f"not {len(args.images)} files")
     diagnose_file(args.model, args.images[0], args.organ_mask, args.out, console=console,
-                  series_uid=args.series)
+                  series_uid=args.series, dicom_out=args.dicom_out)
     return 0
 
 
@@ -404,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="image size, px (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth_us)
+    add_synth_categories_parser(synth, console)
 
     p = sub.add_parser("train", help="train a patch model on an MSD/nnU-Net folder or CSV")
     p.add_argument("dataset", help="folder with dataset.json, or a CSV manifest (image,label)")
@@ -438,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--series", metavar="UID",
                    help="DICOM: score this SeriesInstanceUID (default: the CT/MR "
                         "ORIGINAL/PRIMARY axial series with the most slices)")
+    g.add_argument("--dicom-out", metavar="DIR",
+                   help="DICOM folder input: also write the result as a DICOM SR (+ SEG of the "
+                        "positive patches) into DIR")
     g.add_argument("--pacs", metavar="URL",
                    help="DICOMweb root of a PACS (e.g. http://127.0.0.1:8042/dicom-web)")
     g.add_argument("--study", metavar="UID", help="with --pacs: the StudyInstanceUID to score")
@@ -529,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--init-weights files, or random initialisation)")
     _add_image_options(p)
     p.set_defaults(func=_cmd_train_features)
+
+    add_triage_parsers(sub, console)
 
     p = sub.add_parser("serve", help="REST service and web page for every bundle in a folder")
     p.add_argument("--models", required=True, help="folder of model bundles (*.cadx)")

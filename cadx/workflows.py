@@ -18,6 +18,7 @@ from cadx.evaluate.report import print_evaluation, print_levels, write_cohort_re
 from cadx.io.atomic import write_json_atomic
 from cadx.io.dataset import load_dataset
 from cadx.io.dicom import is_dicom_path, read_dicom_case
+from cadx.io.dicom_results import write_dicom_results
 from cadx.io.volumes import read_case
 from cadx.patches.cohort import patch_cohort
 from cadx.train.pipeline import TrainingOutcome, score_cases, train_patch_model
@@ -117,15 +118,20 @@ def train_segmenter_from_dataset(dataset: str | Path, out_path: str | Path, conf
 
 def diagnose_file(model_path: str | Path, image_path: str | Path,
                   organ_mask_path: str | Path | None, out_path: str | Path | None,
-                  console: Console | None = None, series_uid: str | None = None) -> Diagnosis:
+                  console: Console | None = None, series_uid: str | None = None,
+                  dicom_out: str | Path | None = None) -> Diagnosis:
     """Diagnose one patient from files; write JSON atomically when `out_path` is given.
 
     `image_path` is a volume file or a DICOM folder/file (`series_uid` picks the series; an
-    organ SEG in the folder that references it is used when no `organ_mask_path` is given).
+    organ SEG in the folder that references it is used when no `organ_mask_path` is given);
+    for DICOM input, `dicom_out` receives the result as an SR (+ SEG) file.
     """
     console = console or Console()
     bundle = load_bundle(model_path)
     dicom = is_dicom_path(image_path)
+    if dicom_out is not None and not dicom:
+        raise InputError(f"{image_path}: --dicom-out needs DICOM input (the results reference "
+                         "the source series)")
     if organ_mask_path is None and bundle.segmenter is None and not dicom:
         raise InputError(f"{image_path}: --organ-mask is required: {model_path} crops patches "
                          "inside the organ and embeds no organ segmenter (train it with "
@@ -145,6 +151,11 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
     diagnosis.timings_s = {"read": round(read_s, 4), **diagnosis.timings_s}
     if out_path is not None:
         write_json_atomic(out_path, diagnosis.to_dict())
+    if dicom_out is not None:
+        written = write_dicom_results(dicom_out, diagnosis, case,
+                                      bundle.config.preprocess.slice_thickness_mm)
+        console.print(f"DICOM results written to {dicom_out}: "
+                      f"{', '.join(path.name for path in written)}")
     if diagnosis.patient_score is not None:
         console.print(f"{diagnosis.patient_id}: [bold]{diagnosis.decision}[/] (patient score "
                       f"{diagnosis.patient_score:.3f} vs threshold "

@@ -61,10 +61,15 @@ def test_dicom_folder_scores_like_the_same_image_as_nifti(model, tmp_path):
     nifti_label = write_volume(tmp_path / "p7_organ.nii.gz", (label > 0).astype(np.uint8),
                                spacing_zyx=SPACING)
     from_dicom, from_nifti = tmp_path / "dicom.json", tmp_path / "nifti.json"
-    assert main(["diagnose", str(model), str(study.folder), "--out", str(from_dicom)]) == 0
+    results = tmp_path / "dicom_results"
+    assert main(["diagnose", str(model), str(study.folder), "--out", str(from_dicom),
+                 "--dicom-out", str(results)]) == 0
     assert main(["diagnose", str(model), str(nifti_image), "--organ-mask", str(nifti_label),
                  "--out", str(from_nifti)]) == 0
     dicom, nifti = json.loads(from_dicom.read_text()), json.loads(from_nifti.read_text())
+    [sr_path] = results.glob("SR_*.dcm")
+    assert read_sr_result(pydicom.dcmread(sr_path))["patient_score"] == dicom["patient_score"]
+    assert len(list(results.glob("SEG_*.dcm"))) == (dicom["n_positive_patches"] > 0)
     assert dicom["patient_id"] == "p7"
     assert dicom["organ_mask"].startswith("DICOM SEG")
     assert dicom["n_patches"] == nifti["n_patches"] > 0
@@ -86,6 +91,11 @@ def test_series_option_and_clear_errors(model, tmp_path, capsys):
     assert "no organ mask" in capsys.readouterr().err
     assert main(["diagnose", str(model), "--push-results"]) == 2
     assert "need --pacs" in capsys.readouterr().err
+    nifti = write_volume(tmp_path / "x.nii.gz", np.zeros((2, 4, 4), np.int16))
+    assert main(["diagnose", str(model), str(nifti), "--organ-mask", str(nifti),
+                 "--dicom-out", str(tmp_path / "out")]) == 2
+    assert "--dicom-out needs DICOM input" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_sr_holds_the_diagnosis_and_references_the_source_series(model, tmp_path):

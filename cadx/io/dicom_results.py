@@ -10,6 +10,8 @@ reads them back with plain pydicom.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
@@ -20,6 +22,7 @@ from cadx import __version__
 from cadx.case import Case
 from cadx.diagnose.patient import POSITIVE, Diagnosis
 from cadx.errors import InputError
+from cadx.io.atomic import atomic_path
 
 SCHEME = "99CADX"
 PATIENT_SCORE = hd.sr.CodedConcept("CADX0001", SCHEME, "Patient cancer score")
@@ -161,3 +164,20 @@ def positive_patches_seg(diagnosis: Diagnosis, case: Case, thickness_mm: float, 
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="cadx",
         manufacturer_model_name=diagnosis.model["name"], software_versions=__version__,
         device_serial_number="0", series_description=SEG_SERIES_DESCRIPTION)
+
+
+def write_dicom_results(out_dir: str | Path, diagnosis: Diagnosis, case: Case,
+                        thickness_mm: float) -> list[Path]:
+    """Write the SR (and the positive-patch SEG, if any) as DICOM files in `out_dir`, each
+    atomically, named `<Modality>_<SOPInstanceUID>.dcm`; returns their paths."""
+    datasets = [diagnosis_sr(diagnosis, case)]
+    seg = positive_patches_seg(diagnosis, case, thickness_mm)
+    if seg is not None:
+        datasets.append(seg)
+    paths = []
+    for dataset in datasets:
+        path = Path(out_dir) / f"{dataset.Modality}_{dataset.SOPInstanceUID}.dcm"
+        with atomic_path(path) as tmp:
+            dataset.save_as(tmp, enforce_file_format=True)
+        paths.append(path)
+    return paths
