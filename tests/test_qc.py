@@ -158,3 +158,28 @@ def test_clean_copies_kept_images_reports_every_drop_and_keeps_the_input(tmp_pat
         clean_folder(source, bundle, rules, tmp_path / "clean", tmp_path / "c.csv")
     with pytest.raises(ConfigError, match="outside the input folder"):
         clean_folder(source, bundle, rules, source / "cleaned", tmp_path / "c.csv")
+
+
+def test_cli_clean_and_train_qc_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from cadx.cli import main
+    from cadx.triage.bundle import save_triage_bundle
+
+    source = tmp_path / "data"
+    _write_images(source, ["p1_1.png", "p2_1.png"])
+    qc_path = save_triage_bundle(_qc_bundle(), tmp_path / "qc.cadx")
+    monkeypatch.setattr(TriageBundle, "predict", lambda self, images, model=None:
+                        np.array([[0.9, 0.1], [0.1, 0.1]]))
+    assert main(["clean", str(source), "--qc", str(qc_path), "--out", str(tmp_path / "out"),
+                 "--report", str(tmp_path / "r.csv"), "--drop-if", "not target",
+                 "--quiet"]) == 0
+    assert "kept 1, dropped 1" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["p1_1.png"]
+    assert main(["clean", str(source), "--qc", str(qc_path), "--out", str(tmp_path / "o2"),
+                 "--report", str(tmp_path / "r2.csv"), "--drop-if", "is3d"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cadx: error: --drop-if: drop rule 'is3d' names flag 'is3d'")
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "r2.csv").exists()
+    (tmp_path / "qc.csv").write_text("path,patient_id,target\np1_1.png,p1,1\n")
+    assert main(["train-qc", str(tmp_path / "qc.csv"), "--flags", "target,unreadable",
+                 "--out", str(tmp_path / "m.cadx")]) == 2
+    assert "qc.csv: missing column(s) unreadable" in capsys.readouterr().err
