@@ -61,7 +61,12 @@ class PatchModelBundle:
     def build_model(self) -> PatchCNN:
         """The network with its trained weights, in eval mode."""
         model = PatchCNN(self.config.patches.size_px, self.config.model.batch_norm)
-        model.load_state_dict(self.state_dict)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:  # weights of another network version
+            raise BundleError(f"bundle {self.name} ({self.created_utc}, cadx "
+                              f"{self.cadx_version}): its weights do not fit this version's "
+                              f"patch network; retrain it ({str(exc).splitlines()[0]})") from None
         return model.eval()
 
     def manifest(self) -> dict[str, Any]:

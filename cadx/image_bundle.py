@@ -103,7 +103,12 @@ class ImageModelBundle:
         models = []
         for spec, state in zip(self.networks, self.state_dicts, strict=True):
             model = build_backbone(spec.arch, self.channels, 1, spec.width)
-            model.load_state_dict(state)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:  # weights of another network version
+                raise BundleError(f"bundle {self.name} ({self.created_utc}): the {spec.arch} "
+                                  "weights do not fit this version's network; retrain it "
+                                  f"({str(exc).splitlines()[0]})") from None
             models.append(model.eval())
         return models
 

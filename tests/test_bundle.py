@@ -79,3 +79,12 @@ def test_truncated_or_foreign_file_is_refused(tmp_path):
         load_bundle(truncated)
     with pytest.raises(BundleError, match="not found"):
         load_bundle(tmp_path / "missing.cadx")
+
+
+def test_weights_of_another_network_version_are_a_bundle_error():
+    point = OperatingPoint(0.5, 1.0, 1.0, 1.0, 1.0, (0.0, 1.0), (0.0, 1.0))
+    plain = PatchCNN(50, batch_norm=False).state_dict()
+    bundle = PatchModelBundle(PipelineConfig(model=ModelConfig(batch_norm=True)), plain, point,
+                              point)
+    with pytest.raises(BundleError, match="retrain"):
+        bundle.build_model()
