@@ -1,4 +1,6 @@
-"""Patch extraction (vectorised vs a naive per-patch loop) and patch-CNN inference throughput.
+"""Patch extraction: cadx's vectorised crop vs a naive per-patch loop, vs MONAI's GridPatch and
+PatchIter on the same volume, vs a plain numpy copy of the same bytes (the memory-bandwidth
+floor). Inference throughput: bench_inference.py.
 
 Run: python benchmarks/bench_patches.py [--repeats 3]
 Everything is measured in this one process and printed as ratios, since absolute times on a
@@ -11,13 +13,12 @@ import argparse
 import time
 
 import numpy as np
-import torch
+from monai.data import PatchIter
+from monai.transforms import GridPatch
 
 from cadx.case import Case
 from cadx.config import PatchConfig
-from cadx.models.patch_cnn import PatchCNN
 from cadx.patches.grid import extract_patches, grid_positions
-from cadx.train.fit import INFERENCE_BATCH, predict_patch_probabilities
 
 
 def naive_extract(case: Case, config: PatchConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +36,29 @@ def naive_extract(case: Case, config: PatchConfig) -> tuple[np.ndarray, np.ndarr
                     patches.append(case.image[window].copy())
                     labels.append(int(tumour))
     return np.stack(patches), np.array(labels)
+
+
+def monai_grid_patch(case: Case, config: PatchConfig) -> np.ndarray:
+    """MONAI GridPatch over all slices at once (slices as channels), then the windows touching
+    the organ or tumour kept. MONAI's grid has no extra window flush with the far border."""
+    grid = GridPatch(patch_size=(config.size_px, config.size_px),
+                     overlap=1.0 - config.stride_px / config.size_px)
+    image = grid(case.image)  # (windows, z, size, size)
+    masks = grid((case.organ_mask | case.tumour_mask).astype(np.uint8))
+    window, z = np.nonzero(masks.as_tensor().flatten(2).any(-1).numpy())
+    return image.as_tensor().numpy()[window, z]
+
+
+def monai_patch_iter(case: Case, config: PatchConfig) -> np.ndarray:
+    """MONAI PatchIter (non-overlapping windows only), one window at a time, filtered."""
+    size = config.size_px
+    masks = case.organ_mask | case.tumour_mask
+    keep = []
+    for patch, coords in PatchIter(patch_size=(size, size), mode=None)(case.image):
+        window = (slice(None), slice(*coords[1]), slice(*coords[2]))
+        touched = np.flatnonzero(masks[window].any(axis=(1, 2)))
+        keep.append(patch[touched])
+    return np.concatenate(keep)
 
 
 def best_of(repeats: int, func) -> float:
@@ -61,51 +85,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     case = phantom_volume()
-    print(f"volume {case.image.shape} (z, y, x), torch threads {torch.get_num_threads()}")
-    print("\n1. patch extraction, 50 px window")
+    print(f"volume {case.image.shape} (z, y, x), float32")
+    print("\n1. patch extraction, 50 px window (times: best of the repeats)")
     for stride in (50, 25):
         config = PatchConfig(size_px=50, stride_px=stride)
         vector = extract_patches(case, config)
         naive_patches, naive_labels = naive_extract(case, config)
         assert np.array_equal(vector.patches, naive_patches)
         assert np.array_equal(vector.labels, naive_labels)
-        t_vec = best_of(args.repeats, lambda config=config: extract_patches(case, config))
-        t_naive = best_of(args.repeats, lambda config=config: naive_extract(case, config))
-        print(f"  stride {stride:>2}: {len(vector):>5} patches; vectorised {t_vec * 1e3:7.1f} ms, "
-              f"naive loop {t_naive * 1e3:7.1f} ms -> vectorised is {t_naive / t_vec:5.1f}x "
-              "faster (same patches and labels)")
-
-    print("\n2. patch CNN inference (Table 1 network + BatchNorm, the default; 50x50 patches)")
-    torch.manual_seed(0)
-    model = PatchCNN(50).eval()
-    patches = np.random.default_rng(1).random((2048, 50, 50), dtype=np.float32)
-    nchw = torch.from_numpy(patches).unsqueeze(1)
-    rates = {}
-    with torch.inference_mode():
-        model(nchw[:64])  # warm-up
-        for batch in (1024, 1):
-            count = len(nchw) if batch > 1 else 128
-            seconds = best_of(args.repeats, lambda b=batch, n=count: [
-                model(nchw[i:i + b]) for i in range(0, n, b)])
-            rates[f"NCHW, batch {batch}"] = count / seconds
-    predict_patch_probabilities(model, patches[:256])  # warm-up (converts to channels_last)
-    seconds = best_of(args.repeats, lambda: predict_patch_probabilities(model, patches))
-    rates[f"cadx default (channels_last, batch {INFERENCE_BATCH})"] = len(patches) / seconds
-    baseline = rates["NCHW, batch 1024"]
-    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
-    sides = (50, 50, 25, 25, 12, 12)
-    flops = sum(2 * conv.weight.numel() * side * side for conv, side in zip(convs, sides,
-                                                                             strict=True))
-    a = torch.rand(2048, 2048)
-    torch.matmul(a, a)
-    peak = 2 * 2048**3 / best_of(args.repeats, lambda: torch.matmul(a, a))
-    print(f"  conv FLOPs per patch {flops / 1e6:.0f} M; float32 2048x2048 matmul reaches "
-          f"{peak / 1e9:.0f} GFLOP/s here")
-    for name, rate in rates.items():
-        print(f"  {name:<40} {rate:7.0f} patches/s  {rate / baseline:5.2f}x the NCHW-1024 "
-              f"baseline, {rate * flops / peak:4.2f}x matmul peak")
-    print("  (peak ratio counts direct-convolution FLOPs; above 1 means oneDNN's convolution "
-          "does fewer\n   multiplications than direct convolution, e.g. Winograd)")
+        source = np.random.default_rng(2).random(vector.patches.shape, dtype=np.float32)
+        target = np.empty_like(source)
+        times = {
+            "cadx vectorised": best_of(args.repeats, lambda c=config: extract_patches(case, c)),
+            "naive loop": best_of(args.repeats, lambda c=config: naive_extract(case, c)),
+            "MONAI GridPatch": best_of(args.repeats, lambda c=config: monai_grid_patch(case, c)),
+            "numpy copy of the bytes": best_of(args.repeats,
+                                               lambda s=source, t=target: np.copyto(t, s)),
+        }
+        counts = {"MONAI GridPatch": len(monai_grid_patch(case, config))}
+        if stride == 50:
+            times["MONAI PatchIter"] = best_of(args.repeats,
+                                               lambda c=config: monai_patch_iter(case, c))
+            counts["MONAI PatchIter"] = len(monai_patch_iter(case, config))
+        print(f"  stride {stride}: {len(vector)} patches ({vector.patches.nbytes / 1e6:.1f} MB); "
+              "cadx = naive loop's patches and labels exactly")
+        cadx_s = times["cadx vectorised"]
+        for name, seconds in times.items():
+            note = f" ({counts[name]} patches on MONAI's grid)" if name in counts else ""
+            print(f"    {name:<24} {seconds * 1e3:8.1f} ms  {seconds / cadx_s:6.2f}x "
+                  f"cadx's time{note}")
 
 
 if __name__ == "__main__":
