@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = synth.add_parser("us", help="ultrasound-like lesion images, benign vs malignant, "
                                     "several per patient (class folders + manifest.csv)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=300, help="default %(default)s")
+    p.add_argument("--patients", type=int, default=200, help="default %(default)s")
     p.add_argument("--images-per-patient", type=_int_tuple, default=(2, 4),
                    help="lo,hi (inclusive; default 2,4)")
     p.add_argument("--malignant-fraction", type=float, default=0.5)

@@ -162,10 +162,10 @@ class ImageTrainConfig:
     """Optimiser and stopping settings (seed 002: weight decay 5e-4)."""
 
     batch_size: int = 32
-    max_epochs: int = 30
+    max_epochs: int = 20
     learning_rate: float = 1e-3
     weight_decay: float = 5e-4
-    early_stop_patience: int = 8
+    early_stop_patience: int = 6
     augment: bool = True
     seed: int = 0
 
