@@ -110,7 +110,7 @@ def test_train_qc_sets_a_youden_threshold_per_flag(tmp_path):
     from cadx.synth.categories import CategoryCohortSpec, write_category_cohort
 
     root = write_category_cohort(tmp_path / "tri", CategoryCohortSpec(
-        patients_per_category=9, images_per_patient=(2, 2), unreadable_fraction=0.0,
+        patients_per_category=9, images_per_patient=(1, 1), unreadable_fraction=0.0,
         image_size_px=40, seed=1), progress=False)
     rows = list(csv.DictReader((root / "qc.csv").open()))
     # Patients 1-3 train, 4-6 validation, 7-9 test: each part has a 3D-rendering patient.
@@ -128,7 +128,7 @@ def test_train_qc_sets_a_youden_threshold_per_flag(tmp_path):
     assert bundle.kind == "qc" and set(bundle.flag_points) == {"target", "is3d"}
     assert all(0.0 <= bundle.threshold(f) <= 1.0 for f in bundle.labels)
     assert set(outcome.test) == {"target", "is3d"}
-    assert outcome.test["is3d"]["positives"] == 2  # the one 3D-rendering test patient
+    assert outcome.test["is3d"]["positives"] == 1  # the one 3D-rendering test patient
 
 
 def test_clean_copies_kept_images_reports_every_drop_and_keeps_the_input(tmp_path,

@@ -25,10 +25,12 @@ from cadx.train.fit import EarlyStopping, epoch_progress
 
 @dataclass
 class ImageTrainingHistory:
-    """Per-epoch training loss and validation AUC; the epoch whose model was kept."""
+    """Per-epoch training loss, validation AUC and validation log loss; the epoch whose model
+    was kept."""
 
     train_loss: list[float] = field(default_factory=list)
     validation_auc: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
     best_epoch: int = 0
     best_validation_auc: float = 0.0
     stopped_early: bool = False
@@ -97,6 +99,16 @@ def validation_auc(labels: np.ndarray, probabilities: np.ndarray, task: str) -> 
     return float(roc_auc_score(labels, probabilities, average="macro"))
 
 
+def validation_log_loss(labels: np.ndarray, probabilities: np.ndarray, task: str) -> float:
+    """Mean unweighted cross-entropy of the probabilities: over images for "binary" and
+    "multiclass", over images and labels for "multilabel"."""
+    _check_task(task)
+    p = np.clip(probabilities, 1e-7, 1.0 - 1e-7)
+    if task == "multiclass":
+        return float(-np.mean(np.log(p[np.arange(len(labels)), labels])))
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
+
+
 def _loss(task: str, labels: np.ndarray, n_classes: int) -> Loss:
     """The training loss with class weighting: positives weighted by n_negative / n_positive
     (binary, and per label for multilabel); classes by n / (K * n_class) (multiclass)."""
@@ -115,14 +127,18 @@ def _loss(task: str, labels: np.ndarray, n_classes: int) -> Loss:
 
 def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labels: np.ndarray,
                     validation_images: np.ndarray, validation_labels: np.ndarray,
-                    config: ImageTrainConfig, *, task: str = "binary", progress: bool = True,
-                    ) -> tuple[torch.nn.Module, ImageTrainingHistory]:
-    """Train `model` and return it at its best validation AUC.
+                    config: ImageTrainConfig, *, task: str = "binary", monitor: str = "auc",
+                    progress: bool = True) -> tuple[torch.nn.Module, ImageTrainingHistory]:
+    """Train `model` and return it at its best validation AUC (`monitor` "auc") or lowest
+    validation log loss ("loss": for a router, whose AUC reaches 1 long before its
+    probabilities are confident).
 
     Labels: (N,) 0/1 for "binary" (one logit per image), (N,) class indices 0..K-1 for
     "multiclass" and (N, K) 0/1 for "multilabel" (K logits per image).
     """
     _check_task(task)
+    if monitor not in ("auc", "loss"):
+        raise ConfigError(f"monitor must be 'auc' or 'loss', got {monitor!r}")
     train_labels = np.asarray(train_labels).astype(int)
     validation_labels = np.asarray(validation_labels).astype(int)
     n_classes = int(np.prod(predict_image_probabilities(model, validation_images[:1],
@@ -142,7 +158,7 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
     y_train = torch.from_numpy(train_labels if task == "multiclass"
                                else train_labels.astype(np.float32))
     history = ImageTrainingHistory()
-    stopper = EarlyStopping(config.early_stop_patience, mode="max")
+    stopper = EarlyStopping(config.early_stop_patience, mode="max" if monitor == "auc" else "min")
     with epoch_progress(progress) as bar:
         bar_task = bar.add_task("epochs", total=config.max_epochs, status="")
         for epoch in range(config.max_epochs):
@@ -163,11 +179,14 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
                 total += float(loss.detach()) * len(index)
             scores = predict_image_probabilities(model, validation_images, task=task)
             auc = validation_auc(validation_labels, scores, task)
+            validation_loss = validation_log_loss(validation_labels, scores, task)
             history.train_loss.append(total / len(x_train))
             history.validation_auc.append(auc)
-            stop = stopper.update(auc, epoch, model)
+            history.validation_loss.append(validation_loss)
+            stop = stopper.update(auc if monitor == "auc" else validation_loss, epoch, model)
             bar.update(bar_task, advance=1, status=f"loss {history.train_loss[-1]:.3f} "
-                                               f"val AUC {auc:.3f}")
+                                                   f"val AUC {auc:.3f} val loss "
+                                                   f"{validation_loss:.3f}")
             if stop:
                 history.stopped_early = True
                 break

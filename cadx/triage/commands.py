@@ -76,8 +76,10 @@ def _print_training(outcome: TriageTrainingOutcome, out: Path, console: Console)
                   f"labels {', '.join(bundle.labels)}")
     console.print("images (patients): " + ", ".join(
         f"{s} {c['images']} ({c['patients']})" for s, c in counts.items()))
-    console.print(f"best validation AUC {history.best_validation_auc:.3f} at epoch "
-                  f"{history.best_epoch + 1} of {len(history.validation_auc)}")
+    console.print(f"kept epoch {history.best_epoch + 1} of {len(history.validation_auc)} "
+                  f"(lowest validation log loss "
+                  f"{history.validation_loss[history.best_epoch]:.3f}; validation AUC "
+                  f"{history.best_validation_auc:.3f})")
     test = outcome.test
     if bundle.kind == "router" and test:
         console.print(f"held-out test patients, confidence floor {bundle.confidence_floor}:")

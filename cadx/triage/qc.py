@@ -22,6 +22,7 @@ from cadx.io.images import ImageRecord, check_patient_splits
 from cadx.triage.bundle import TriageBundle
 
 _SHOW = 5
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,17 @@ def load_qc_manifest(path: str | Path, flag_names: Sequence[str]) -> QCDataset:
     for line, row in rows:
         bad = [f for f in flag_names if row[f] not in ("0", "1")]
         image = path.parent / row["path"]
+        split = row.get("split", "").lower() or None
         if not row["path"] or not row["patient_id"]:
             problems.append(f"line {line}: empty path or patient_id")
         elif bad:
             problems.append(f"line {line}: {bad[0]} is {row[bad[0]]!r}, not 0 or 1")
+        elif split not in (None, *SPLITS):
+            problems.append(f"line {line}: split {row['split']!r} is not one of "
+                            f"{', '.join(SPLITS)} (or blank)")
         elif not image.is_file():
             problems.append(f"line {line}: {row['path']} not found")
         else:
-            split = row.get("split", "").lower() or None
             records.append(ImageRecord(image, row["patient_id"], 0, split))
             values.append([int(row[f]) for f in flag_names])
     if problems:

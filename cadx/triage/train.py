@@ -64,8 +64,11 @@ def _train_network(arch: str, n_outputs: int, config: ImageModelConfig, images: 
                    ) -> tuple[torch.nn.Module, ImageTrainingHistory]:
     torch.manual_seed(config.seed)
     model = build_backbone(arch, config.channels, n_outputs, config.width)
+    # Stopping on the validation log loss: a router's AUC reaches 1 while its probabilities
+    # are still too unsure to clear the confidence floor.
     return fit_image_model(model, images["train"], labels["train"], images["validation"],
-                           labels["validation"], config.train, task=task, progress=progress)
+                           labels["validation"], config.train, task=task, monitor="loss",
+                           progress=progress)
 
 
 def _summary(source: object, records: Sequence[ImageRecord], parts: dict[str, np.ndarray],
