@@ -87,7 +87,7 @@ def test_init_writes_every_category_with_bundle_thresholds_and_loads_back(tmp_pa
         in text
     pipeline = load_pipeline(path)
     assert {c: [a.spec.name for a in group] for c, group in pipeline.analysers.items()} == \
-        {"a": ["a-1", "a-2"], "b": ["b-1"], "c": []}
+        {"a": ["lesion", "lesion-2"], "b": ["lesion-3"], "c": []}
     assert pipeline.analysers["a"][0].image_threshold == 0.4
     assert pipeline.analysers["a"][0].exam_threshold == 0.3
     assert pipeline.confidence_floor == 0.6 and [str(r) for r in pipeline.drop_rules] == \
@@ -102,7 +102,7 @@ def test_init_writes_every_category_with_bundle_thresholds_and_loads_back(tmp_pa
     (lambda t: t.replace("not target", "not doppler"), "names flag 'doppler'"),
     (lambda t: t.replace("confidence_floor: 0.6", "confidence_floor: 1.5"), "outside"),
     (lambda t: t.replace("lesion.cadx", "gone.cadx", 1), r"categories.a\[0\]: bundle gone.cadx"),
-    (lambda t: t.replace("name: a-2", "name: a-1"), "name 'a-1' used twice"),
+    (lambda t: t.replace("name: lesion-2", "name: lesion"), "name 'lesion' used twice"),
     (lambda t: t.replace("router:", "router: [", 1), "not a readable YAML file"),
 ])
 def test_bad_pipeline_files_name_the_file_and_the_entry(tmp_path, models, edit, message):
@@ -124,21 +124,22 @@ def test_run_drops_routes_and_merges_every_analyser_finding(tmp_path, models, mo
         decided = outcome.status if expected in ("dropped", UNROUTED) else \
             outcome.routing.category
         assert decided == expected, name
-    assert [f["analyser"] for f in by_name["P1_1.png"].findings] == ["a-1", "a-2"]
-    assert [f["analyser"] for f in by_name["P1_2.png"].findings] == ["b-1"]
+    assert [f["analyser"] for f in by_name["P1_1.png"].findings] == ["lesion", "lesion-2"]
+    assert [f["analyser"] for f in by_name["P1_2.png"].findings] == ["lesion-3"]
     assert by_name["P3_1.png"].findings == [] and by_name["P3_2.png"].findings == []
     assert by_name["P2_2.png"].qc.reasons == ("not target (p 0.100 <= 0.500)",)
     assert set(by_name["P3_2.png"].routing.scores) == set(CATEGORIES)
     patients = {p["patient_id"]: p for p in result.patients}
     assert sorted(patients["P1"]["categories"]) == ["a", "b"]
     assert [f["analyser"] for f in patients["P1"]["categories"]["a"]["findings"]] == \
-        ["a-1", "a-2"]
+        ["lesion", "lesion-2"]
     assert patients["P2"]["dropped"] == [{"image": "P2_2.png",
                                           "reasons": ["not target (p 0.100 <= 0.500)"]}]
     assert patients["P3"]["categories"]["c"]["note"] == "no analyser registered for this " \
                                                         "category"
     assert patients["P3"]["unrouted"][0]["image"] == "P3_2.png"
-    assert {m["analyser"] for m in result.models["analysers"]} == {"a-1", "a-2", "b-1"}
+    assert {m["analyser"] for m in result.models["analysers"]} == {"lesion", "lesion-2",
+                                                                   "lesion-3"}
     assert all(len(m["sha256"]) == 64 for m in result.models["analysers"])
     assert result.summary()["routed_by_category"] == {"a": 2, "b": 1, "c": 1}
 

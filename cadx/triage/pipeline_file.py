@@ -174,7 +174,7 @@ def init_pipeline(path: str | Path, router_file: str | Path, *,
                   analysers: Sequence[tuple[str, str | Path]] = (),
                   drop_if: Sequence[str] | None = None) -> Path:
     """Write a pipeline file: every router category with its analysers ((category, bundle)
-    pairs, named <category>-<k>, thresholds copied from the bundles), the QC model and its
+    pairs, named after the bundle file, thresholds copied from the bundles), the QC model and its
     drop rules. The written file is loaded back (validated) before it is kept."""
     path = Path(path)
     base = path.parent
@@ -191,13 +191,18 @@ def init_pipeline(path: str | Path, router_file: str | Path, *,
         data["qc"] = {"bundle": _relative(Path(qc_file), base),
                       "drop_if": [str(rule) for rule in rules]}
     categories: dict[str, list[dict[str, Any]]] = {c: [] for c in router.labels}
+    names: list[str] = []
     for category, bundle_file in analysers:
         if category not in categories:
             raise ConfigError(f"analyser {bundle_file}: the router has no category "
                               f"{category!r}; it has {', '.join(router.labels)}")
         bundle = load_image_bundle(bundle_file)
-        entries = categories[category]
-        entries.append({"name": f"{category}-{len(entries) + 1}", "type": "image-model",
+        name, k = Path(bundle_file).stem, 1
+        while name in names:
+            k += 1
+            name = f"{Path(bundle_file).stem}-{k}"
+        names.append(name)
+        categories[category].append({"name": name, "type": "image-model",
                         "bundle": _relative(Path(bundle_file), base),
                         "image_threshold": round(bundle.image_threshold, 6),
                         "exam_threshold": round(bundle.exam_threshold, 6)})
