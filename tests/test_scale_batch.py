@@ -108,3 +108,21 @@ def test_cli_score_batch_on_a_local_cluster(setup, tmp_path, capsys):
     assert main(["score-batch", str(model), str(dataset), "--dask-scheduler", "local",
                  "--out", str(out), "--quiet"]) == 0
     assert "5 already scored, 0 to score" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_task_that_never_returns_becomes_an_error_row(setup, cluster, tmp_path, monkeypatch):
+    _, dataset, model = setup
+    import cadx.scale.batch_score as batch_score
+
+    def lost(model_path, study):  # what a dead worker looks like from the client
+        if study.study_id.endswith("1"):
+            raise MemoryError("worker killed")
+        return real(model_path, study)
+
+    real = batch_score.score_study
+    monkeypatch.setattr(batch_score, "score_study", lost)
+    out = tmp_path / "r.parquet"
+    score_batch(model, dataset, out, scheduler=cluster.scheduler_address, progress=False)
+    by_id = {r["study_id"]: r for r in read_results(out)}
+    assert by_id["toy_001"]["status"] == "error" and "worker killed" in by_id["toy_001"]["error"]
+    assert sum(r["status"] == "ok" for r in by_id.values()) == 4

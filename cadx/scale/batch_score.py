@@ -110,9 +110,8 @@ def score_study(model_path: str, study: Study) -> dict[str, object]:
     from cadx.workflows import diagnose_file
 
     start = time.perf_counter()
-    row: dict[str, object] = {name: None for name in SCHEMA.names}
-    row.update(study_id=study.study_id, image=study.image_path, organ_mask=study.organ_mask_path,
-               worker=f"{socket.gethostname()}:{os.getpid()}")
+    row = _empty_row(study)
+    row["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     try:
         diagnosis = diagnose_file(model_path, study.image_path, study.organ_mask_path, None,
                                   console=Console(quiet=True))
@@ -131,6 +130,19 @@ def score_study(model_path: str, study: Study) -> dict[str, object]:
                    patient_threshold=diagnosis.patient_threshold,
                    diagnosis_json=json.dumps(result))
     row["seconds"] = round(time.perf_counter() - start, 4)
+    return row
+
+
+def _lost_study_row(study: Study, exc: Exception) -> dict[str, object]:
+    """The row of a study whose task never returned (its worker died, the cluster failed)."""
+    row = _empty_row(study)
+    row.update(status="error", error=f"task lost: {type(exc).__name__}: {exc}")
+    return row
+
+
+def _empty_row(study: Study) -> dict[str, object]:
+    row: dict[str, object] = {name: None for name in SCHEMA.names}
+    row.update(study_id=study.study_id, image=study.image_path, organ_mask=study.organ_mask_path)
     return row
 
 
@@ -199,10 +211,14 @@ def score_batch(model_path: str | Path, source: str | Path, out_path: str | Path
     try:
         futures = client.map(score_study, [model_path] * len(todo), todo,
                              key=[f"score-{s.study_id}" for s in todo], pure=False)
+        study_of = dict(zip(futures, todo, strict=True))
         with Progress(disable=not progress, console=console) as bar:
             task = bar.add_task("scoring", total=len(todo))
             for future in as_completed(futures):
-                row = future.result()
+                try:
+                    row = future.result()
+                except Exception as exc:  # noqa: BLE001 - e.g. the worker died (out of memory)
+                    row = _lost_study_row(study_of[future], exc)
                 rows[str(row["study_id"])] = row
                 finished += 1
                 bar.advance(task)
