@@ -168,7 +168,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if not args.ddp:
         train_from_dataset(args.dataset, args.out, _pipeline_config(args), console=console,
-                           progress=not args.quiet, seg=args.seg, patch_store=args.patch_store)
+                           progress=not args.quiet, seg=args.seg, patch_store=args.patch_store,
+                           resume=args.resume)
         return 0
     from cadx.scale.distributed import process_group
 
@@ -176,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         train_from_dataset(args.dataset, args.out, _pipeline_config(args),
                            console=console if rank == 0 else Console(quiet=True),
                            progress=not args.quiet and rank == 0, seg=args.seg,
-                           patch_store=args.patch_store)
+                           patch_store=args.patch_store, resume=args.resume)
     return 0
 
 
@@ -420,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-store", metavar="DIR",
                    help="crop into (or reuse) a memory-mapped patch store here and train "
                         "from it, for more patches than fit in memory")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from the checkpoint beside --out (OUT with suffix .ckpt, "
+                        "written after every epoch with --resume or --ddp)")
     _add_pipeline_options(p)
     p.set_defaults(func=_cmd_train)
 

@@ -58,14 +58,15 @@ def _print_training(outcome: TrainingOutcome, console: Console) -> None:
 
 def train_from_dataset(dataset: str | Path, out_path: str | Path, config: PipelineConfig,
                        console: Console | None = None, progress: bool = True,
-                       seg: str | Path | None = None, patch_store: str | Path | None = None
-                       ) -> TrainingOutcome | None:
+                       seg: str | Path | None = None, patch_store: str | Path | None = None,
+                       resume: bool = False) -> TrainingOutcome | None:
     """Read a labelled dataset, train with patient-level splits, write the bundle (embedding
     the organ segmenter bundle `seg` when given, so `diagnose` needs no organ mask).
 
     `patch_store`: crop into / train from a memory-mapped patch store in this folder. Under
     torchrun (`cadx train --ddp`) every rank trains and rank 0 alone writes the checkpoint
-    (beside the bundle, `.ckpt`) and the bundle; the other ranks return None.
+    (beside the bundle, `.ckpt`) and the bundle; the other ranks return None. `resume`: go on
+    from that checkpoint when it exists (and write one after every epoch).
     """
     from cadx.scale.distributed import is_distributed, patched_cases
 
@@ -78,8 +79,9 @@ def train_from_dataset(dataset: str | Path, out_path: str | Path, config: Pipeli
     refs = load_dataset(dataset)
     console.print(f"[bold]cadx train[/]: {len(refs)} cases from {dataset}")
     cases = patched_cases(refs, config, patch_store=patch_store, progress=progress)
-    checkpoint = Path(out_path).with_suffix(".ckpt") if is_distributed() else None
-    outcome = train_patch_model(cases, config, progress=progress, checkpoint_path=checkpoint)
+    checkpoint = Path(out_path).with_suffix(".ckpt") if is_distributed() or resume else None
+    outcome = train_patch_model(cases, config, progress=progress, checkpoint_path=checkpoint,
+                                resume=resume)
     if outcome is None:
         return None
     outcome.bundle.summary["dataset"] = str(dataset)

@@ -130,14 +130,16 @@ def _check_labelled(patch_set: PatchSet, name: str) -> None:
 def fit_patch_cnn(
     train: PatchSet, validation: PatchSet, config: TrainConfig, *,
     model_config: ModelConfig | None = None, progress: bool = True,
-    checkpoint_path: str | Path | None = None,
+    checkpoint_path: str | Path | None = None, resume: bool = False,
 ) -> tuple[PatchCNN, TrainingHistory]:
     """Train a PatchCNN on `train`, monitoring loss on `validation`; returns the best model.
 
     Patches are read batch by batch, so `train.patches` may be memory-mapped (a PatchStore).
     Inside an initialised torch.distributed process group (torchrun) the model is wrapped in
     DistributedDataParallel and each of the N ranks trains on batch_size / N patches of every
-    global batch; rank 0 writes `checkpoint_path` (if given) after every epoch.
+    global batch; rank 0 writes `checkpoint_path` (if given) after every epoch. With `resume`
+    an existing checkpoint is loaded and training goes on after its epoch, exactly as if it
+    had not stopped.
     """
     _check_labelled(train, "training")
     _check_labelled(validation, "validation")
@@ -154,6 +156,9 @@ def fit_patch_cnn(
     on_gpu = distributed and dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     model = PatchCNN(train.patch_size_px, model_config.batch_norm)
+    saved = _read_checkpoint(checkpoint_path) if resume and checkpoint_path else None
+    if saved is not None:
+        _load_state(model, saved["model"], checkpoint_path)
     model = model.to(device, memory_format=torch.channels_last)
     # DDP broadcasts rank 0's initial weights, then averages gradients over the ranks.
     network = (DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
@@ -168,12 +173,21 @@ def fit_patch_cnn(
         optimiser, mode=mode, factor=config.reduce_lr_factor, patience=config.reduce_lr_patience)
     stopper = EarlyStopping(config.early_stop_patience, mode)
     history = TrainingHistory()
+    first_epoch = 0
+    if saved is not None:
+        optimiser.load_state_dict(saved["optimiser"])
+        scheduler.load_state_dict(saved["scheduler"])
+        stopper.best_value, stopper.best_epoch = saved["best_value"], saved["best_epoch"]
+        stopper.best_state = saved["best_model"]
+        history = TrainingHistory(**{k: list(v) for k, v in saved["history"].items()})
+        generator.set_state(saved["generator"])
+        first_epoch = saved["epoch"] + 1
     y_train = torch.from_numpy(train.labels.astype(np.float32))
     y_val = torch.from_numpy(validation.labels.astype(np.float32))
 
     with epoch_progress(progress and rank == 0) as bar:
-        task = bar.add_task("epochs", total=config.max_epochs, status="")
-        for epoch in range(config.max_epochs):
+        task = bar.add_task("epochs", total=config.max_epochs, completed=first_epoch, status="")
+        for epoch in range(first_epoch, config.max_epochs):
             network.train()
             batches = (_distributed_batches(sampler, epoch, config.batch_size // world,
                                             config.seed) if distributed else
@@ -210,7 +224,12 @@ def fit_patch_cnn(
             scheduler.step(monitored)
             stop = stopper.update(monitored, epoch, model)
             if checkpoint_path is not None and rank == 0:
-                _save_checkpoint(checkpoint_path, epoch, model, optimiser, stopper, history)
+                _save_checkpoint(checkpoint_path, {
+                    "epoch": epoch, "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                    "best_value": stopper.best_value, "best_epoch": stopper.best_epoch,
+                    "best_model": stopper.best_state, "generator": generator.get_state(),
+                    "history": {k: getattr(history, k) for k in _HISTORY_LISTS}})
             bar.update(task, advance=1, status=f"loss {history.train_loss[-1]:.3f} "
                                                f"val {val_loss:.3f} AUC {val_auc:.3f}")
             if stop:
@@ -221,14 +240,31 @@ def fit_patch_cnn(
     return model.cpu().eval(), history
 
 
-def _save_checkpoint(path: str | Path, epoch: int, model: torch.nn.Module,
-                     optimiser: torch.optim.Optimizer, stopper: EarlyStopping,
-                     history: TrainingHistory) -> None:
-    """The last and the best weights so far, written atomically (an interrupted run keeps them)."""
+_HISTORY_LISTS = ("train_loss", "validation_loss", "validation_auc", "learning_rate")
+
+
+def _save_checkpoint(path: str | Path, state: dict[str, object]) -> None:
+    """Everything needed to go on after this epoch, written atomically."""
     with atomic_path(path) as tmp:
-        torch.save({"epoch": epoch, "model": model.state_dict(),
-                    "optimiser": optimiser.state_dict(), "best_epoch": stopper.best_epoch,
-                    "best_model": stopper.best_state, "history": history.to_dict()}, tmp)
+        torch.save(state, tmp)
+
+
+def _read_checkpoint(path: str | Path) -> dict | None:
+    """A checkpoint written by `_save_checkpoint`, or None when there is none yet."""
+    if not Path(path).exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ConfigError(f"{path}: unreadable training checkpoint ({exc})") from None
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise ConfigError(f"{path}: checkpoint is from a different network (patch size or "
+                          "BatchNorm setting); delete it or train without --resume") from None
 
 
 # Small batches keep the conv activations in cache: on 2 cores batch 32 in channels_last runs

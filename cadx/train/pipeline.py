@@ -69,8 +69,8 @@ def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase]
 
 
 def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
-                      progress: bool = True, checkpoint_path: str | Path | None = None
-                      ) -> TrainingOutcome | None:
+                      progress: bool = True, checkpoint_path: str | Path | None = None,
+                      resume: bool = False) -> TrainingOutcome | None:
     """Split patients, train the CNN, choose thresholds on validation, evaluate the test part.
 
     Under torch.distributed every rank trains (cadx.train.fit); only rank 0 goes on to the
@@ -90,7 +90,7 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
     val_patches = join_patches(parts["validation"])
     model, history = fit_patch_cnn(train_patches, val_patches, train_cfg,
                                    model_config=config.model, progress=progress,
-                                   checkpoint_path=checkpoint_path)
+                                   checkpoint_path=checkpoint_path, resume=resume)
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return None
     patch_point, patient_point = choose_thresholds(model, parts["validation"])
