@@ -4,12 +4,14 @@ of predicted instead of drawn organ masks on a labelled test cohort.
 Run:
   python benchmarks/bench_segment.py timing [--seg seg.cadx] [--threads 2] [--repeats 3]
   python benchmarks/bench_segment.py compare model.cadx TEST_DATASET [--seg seg.cadx]
+  python benchmarks/bench_segment.py mask CT ORGAN_MASK --seg seg.cadx
 
 `timing` segments a synthetic phantom of 80 x 512 x 512 voxels (5 x 0.8 x 0.8 mm) and prints the
 best of `repeats` runs per stage (an untrained network when no --seg is given: same cost).
 `compare` diagnoses every test patient twice, inside its label's organ and inside the
 segmenter's organ (the model's embedded one unless --seg is given), and prints Dice per case and
-the patient-level AUC of both with DeLong's paired test.
+the patient-level AUC of both with DeLong's paired test. `mask` segments one CT and prints the
+Dice against a reference organ mask (e.g. a real CT's).
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ def compare(args: argparse.Namespace) -> None:
           f"[{test['ci_low']:+.3f}, {test['ci_high']:+.3f}] (DeLong, p = {test['p_value']:.2f})")
 
 
+def mask(args: argparse.Namespace) -> None:
+    segmenter = load_segmenter(args.seg)
+    case = read_case(args.ct, organ_mask_path=args.organ_mask)
+    result = segment_organ(segmenter, case.image, case.spacing_zyx_mm)
+    print(f"{args.ct}: {case.image.shape} (z, y, x) of {case.spacing_zyx_mm} mm; organ found "
+          f"{result.found} ({result.volume_ml:.1f} ml; reference "
+          f"{mask_volume_ml(case.organ_mask, case.spacing_zyx_mm):.1f} ml); Dice "
+          f"{dice(result.mask, case.organ_mask):.3f}; {sum(result.timings_s.values()):.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -113,6 +125,11 @@ def main() -> None:
     p.add_argument("dataset", help="labelled test dataset (patients not used in training)")
     p.add_argument("--seg", help="segmenter bundle (default: the model's embedded one)")
     p.set_defaults(func=compare)
+    p = sub.add_parser("mask")
+    p.add_argument("ct", help="CT volume")
+    p.add_argument("organ_mask", help="reference organ mask on the CT's grid")
+    p.add_argument("--seg", required=True, help="segmenter bundle")
+    p.set_defaults(func=mask)
     args = parser.parse_args()
     args.func(args)
 
