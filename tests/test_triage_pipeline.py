@@ -181,3 +181,46 @@ def test_cli_run_writes_results_and_bad_input_is_one_line(tmp_path, models, caps
     assert main(["run", str(tmp_path / "missing.yaml"), str(inputs), "--out",
                  str(tmp_path / "res3")]) == 2
     assert "missing.yaml: pipeline file not found" in capsys.readouterr().err
+
+
+class _BrightnessAnalyser:
+    """A registered analyser type of its own: the image's mean brightness as its score."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def analyse(self, images):
+        return np.array([float(np.mean(image)) for image in images])
+
+    def image_findings(self, probabilities):
+        return [{"analyser": self.spec.name, "probability": float(p), "finding": "bright"}
+                for p in probabilities]
+
+    def exam(self, patient_ids, probabilities):
+        return {pid: {"analyser": self.spec.name, "finding": "bright"} for pid in patient_ids}
+
+    def model_info(self):
+        return {"analyser": self.spec.name, "type": self.spec.type}
+
+
+def test_registered_analyser_types_are_usable_from_the_pipeline_file(tmp_path, models,
+                                                                     monkeypatch):
+    from cadx.triage import analysers
+
+    monkeypatch.setattr(analysers, "_TYPES", dict(analysers._TYPES))
+    monkeypatch.setattr(TriageBundle, "predict", _fake_predict)
+    analysers.register_analyser_type("brightness", _BrightnessAnalyser)
+    with pytest.raises(ConfigError, match="already registered"):
+        analysers.register_analyser_type("brightness", _BrightnessAnalyser)
+    path = _pipeline_file(tmp_path, models)
+    path.write_text(path.read_text().replace(
+        "  c: []", "  c:\n  - {name: shine, type: brightness, bundle: lesion.cadx}"))
+    pipeline = load_pipeline(path)
+    paths = collect_images([_inputs(tmp_path / "in")])
+    result = run_pipeline(pipeline, paths, read_inputs(paths, progress=False))
+    found = {o.path.name: o.findings for o in result.images}
+    assert found["P3_1.png"] == [{"analyser": "shine", "probability": pytest.approx(0.9, abs=0.01),
+                                  "finding": "bright"}]
+    path.write_text(path.read_text().replace("type: brightness", "type: glow"))
+    with pytest.raises(ConfigError, match="unknown type 'glow'"):
+        load_pipeline(path)
