@@ -177,7 +177,7 @@ def _client(scheduler: str, n_workers: int | None):
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout="30s"), None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # unreachable, timed out, or not an address
         raise InputError(f"{scheduler}: cannot reach the Dask scheduler ({exc})") from None
 
 
