@@ -127,7 +127,10 @@ def main() -> None:
             print(f"torch.compile warm-up {time.perf_counter() - start:.0f} s")
             options["torch.compile (inductor), BN folded, batch 32"] = batched(compiled, x_cl, 32)
         try:
+            start = time.perf_counter()
             session = onnx_session(model, x[:32])
+            export_s = time.perf_counter() - start
+            print(f"ONNX export + session start: {export_s:.2f} s, paid once per model object")
         except ImportError as exc:
             print(f"ONNX Runtime unavailable: {exc}")
         else:
