@@ -30,7 +30,7 @@ CONFIG = PipelineConfig(patches=PatchConfig(size_px=16, stride_px=8),
 def refs(tmp_path_factory):
     from tests.conftest import write_toy_dataset
 
-    return load_dataset(write_toy_dataset(tmp_path_factory.mktemp("store") / "d", 10))
+    return load_dataset(write_toy_dataset(tmp_path_factory.mktemp("store") / "d", 6))
 
 
 def test_store_holds_the_same_patches_and_trains_the_same(refs, tmp_path):
@@ -45,31 +45,41 @@ def test_store_holds_the_same_patches_and_trains_the_same(refs, tmp_path):
         assert a.has_tumour == b.has_tumour
     assert isinstance(join_patches(stored).patches, StoredRows)  # joined without copying
 
-    one_epoch = TrainConfig(batch_size=32, max_epochs=1)
-    runs = [fit_patch_cnn(join_patches(cases[:7]), join_patches(cases[7:]), one_epoch,
+    one_epoch = TrainConfig(batch_size=128, max_epochs=1)
+    runs = [fit_patch_cnn(join_patches(cases[:4]), join_patches(cases[4:]), one_epoch,
                           model_config=CONFIG.model, progress=False)[1]
             for cases in (in_memory, stored)]
     assert runs[0].train_loss == runs[1].train_loss
     assert runs[0].validation_auc == runs[1].validation_auc
 
 
-def test_training_reads_the_store_batch_by_batch(tmp_path):
-    n, size = 2000, 16
-    rng = np.random.default_rng(0)
-    mapped = np.lib.format.open_memmap(tmp_path / "big.npy", "w+", np.float32, (n, size, size))
-    mapped[:] = rng.random((n, size, size), dtype=np.float32)
+def _peak_training_bytes(folder, n: int) -> tuple[int, int]:
+    """Peak traced allocation of one epoch on an n-patch memory-mapped store; store bytes."""
+    rng = np.random.default_rng(n)
+    path = folder / f"store{n}.npy"
+    mapped = np.lib.format.open_memmap(path, "w+", np.float32, (n, 8, 8))
+    mapped[:] = rng.random((n, 8, 8), dtype=np.float32)
     mapped.flush()
     labels = (rng.random(n) < 0.2).astype(np.uint8)
-    store = np.load(tmp_path / "big.npy", mmap_mode="r")
+    labels[:2] = [0, 1]
+    store = np.load(path, mmap_mode="r")
     train = PatchSet(StoredRows(store, np.arange(n)), np.full(n, "p", dtype=object),
                      np.zeros((n, 3), np.int32), labels)
-    validation = train.subset(np.arange(64))
+    validation = train.subset(np.arange(32))
     validation.patches = np.asarray(validation.patches)
     tracemalloc.start()
-    fit_patch_cnn(train, validation, TrainConfig(batch_size=64, max_epochs=1), progress=False)
+    fit_patch_cnn(train, validation, TrainConfig(batch_size=512, max_epochs=1), progress=False)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < store.nbytes / 8, f"peak {peak} bytes for a {store.nbytes}-byte store"
+    return peak, store.nbytes
+
+
+def test_training_reads_the_store_batch_by_batch(tmp_path):
+    # The small run absorbs one-time allocations (lazy imports, source lines cached for
+    # warnings); reading the whole store would add its size to the large run's peak.
+    small_peak, _ = _peak_training_bytes(tmp_path, 128)
+    large_peak, large_bytes = _peak_training_bytes(tmp_path, 4096)
+    assert large_peak < small_peak + large_bytes / 4, (small_peak, large_peak, large_bytes)
 
 
 def test_store_is_reused_only_for_the_same_cases_and_settings(refs, tmp_path):
