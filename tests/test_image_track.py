@@ -162,6 +162,11 @@ def test_feature_models_texture_only_and_from_trained_backbones(cohort, ensemble
     images = deep.data.images["test"]
     assert np.allclose(load_image_bundle(path).predict(images), deep.bundle.predict(images))
     assert deep.test_levels and 0.0 <= deep.test_levels[1].metrics["auc"].estimate <= 1.0
+    # A feature model has no spatial map: no CAM files, and the result says why.
+    files = sorted((cohort / "benign").glob("*.png"))[:2]
+    result = diagnose_image_files(deep.bundle, files, "P2", cam_dir=tmp_path / "cam")
+    assert all(r.cam_png is None for r in result.images) and "no CAM" in result.notes[0]
+    assert not (tmp_path / "cam").exists()
 
 
 def test_patient_across_splits_is_refused(cohort, tmp_path):
