@@ -16,22 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from timing import best_of
 from torch.fx.experimental import optimization as fx_optimization
 from torch.utils.flop_counter import FlopCounterMode
 
 from cadx.models.patch_cnn import PatchCNN
 from cadx.train.fit import INFERENCE_BATCH, predict_patch_probabilities
-
-
-def best_of(repeats: int, func: Callable[[], object]) -> float:
-    """The fastest of `repeats` timed calls, in seconds (after one untimed warm-up)."""
-    func()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def batched(run: Callable[[torch.Tensor], object], x: torch.Tensor, batch: int) -> Callable:

@@ -10,11 +10,11 @@ shared 2-core machine are noisy.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 from monai.data import PatchIter
 from monai.transforms import GridPatch
+from timing import best_of
 
 from cadx.case import Case
 from cadx.config import PatchConfig
@@ -60,14 +60,6 @@ def monai_patch_iter(case: Case, config: PatchConfig) -> np.ndarray:
         keep.append(patch[touched])
     return np.concatenate(keep)
 
-
-def best_of(repeats: int, func) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def phantom_volume(shape=(40, 512, 512)) -> Case:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,7 @@ def load_dataset(path: str | Path) -> list[CaseRef]:
         raise InputError(f"{path}: expected a dataset folder or a .csv manifest")
     if not refs:
         raise InputError(f"{path}: dataset lists no labelled cases")
-    ids = [r.patient_id for r in refs]
-    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    duplicated = repeated_ids([r.patient_id for r in refs])
     if duplicated:
         raise InputError(f"{path}: patient ids repeated: {duplicated[:5]}")
     return refs
@@ -111,3 +111,8 @@ def _read_case_table(csv_path: Path) -> dict[str, dict[str, str]]:
         if pid:
             table[pid] = row
     return table
+
+
+def repeated_ids(ids: list[str]) -> list[str]:
+    """The ids that occur more than once, sorted."""
+    return sorted(i for i, n in Counter(ids).items() if n > 1)

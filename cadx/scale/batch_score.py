@@ -26,7 +26,7 @@ from rich.progress import Progress
 
 from cadx.errors import CadxError, InputError
 from cadx.io.atomic import atomic_path
-from cadx.io.dataset import load_dataset
+from cadx.io.dataset import load_dataset, repeated_ids
 from cadx.io.volumes import VOLUME_SUFFIXES, case_id_from_path
 
 SCHEMA = pa.schema([
@@ -70,8 +70,7 @@ def list_studies(source: str | Path) -> list[Study]:
         raise InputError(f"{source}: expected a folder or a .csv manifest")
     if not studies:
         raise InputError(f"{source}: no studies found")
-    ids = [s.study_id for s in studies]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    repeated = repeated_ids([s.study_id for s in studies])
     if repeated:
         raise InputError(f"{source}: study ids repeated: {repeated[:5]}")
     return studies

@@ -5,7 +5,7 @@ image and exam thresholds by Youden on validation patients, and a held-out test 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,14 +158,11 @@ def _finish(bundle: ImageModelBundle, data: SplitImages, histories: dict,
         if len(set(labels.tolist())) == 2:
             probabilities = bundle.predict(data.images["test"])
             outcome.test_levels = evaluate_images(bundle, labels, probabilities, pids,
-                                                  n_boot=n_boot, seed=bundle_seed(bundle))
+                                                  n_boot=n_boot,
+                                                  seed=bundle.summary["config"]["seed"])
             bundle.summary["test"] = {level.name: {"auc": level.metrics["auc"].estimate}
                                       for level in outcome.test_levels}
     return outcome
-
-
-def bundle_seed(bundle: ImageModelBundle) -> int:
-    return int(bundle.summary.get("config", {}).get("seed", 0))
 
 
 def _fresh_network(arch: str, config: ImageModelConfig, init_weights: Mapping[str, str | Path],
@@ -239,9 +236,8 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
         raise ConfigError("choose at least one classifier (--classifier svm,rf)")
     init_weights = dict(init_weights or {})
     if source_bundle is not None:
-        config = ImageModelConfig(**{**asdict(config), "train": config.train,
-                                     "size_px": source_bundle.size_px,
-                                     "channels": source_bundle.channels})
+        config = replace(config, size_px=source_bundle.size_px,
+                         channels=source_bundle.channels)
     data = split_image_dataset(dataset, config, progress)
     specs, states, models, sources = [], [], [], {}
     for index, arch in enumerate(backbones):
