@@ -24,6 +24,7 @@ from pydicom.uid import UID
 
 from cadx.case import Case
 from cadx.errors import EmptyMaskError, GeometryError, InputError
+from cadx.io.limits import VolumeLimits, check_spacing, check_voxel_count
 from cadx.io.volumes import Geometry, check_same_geometry, read_volume
 
 IMAGE_MODALITIES = ("CT", "MR")
@@ -246,8 +247,25 @@ def _check_stack(offsets: np.ndarray, in_plane: np.ndarray, pixel_mm: tuple[floa
     return spacing
 
 
+def check_series_size(datasets: list[Dataset], source: str,
+                      limits: VolumeLimits | None = None) -> None:
+    """Refuse a series whose headers (slices x Rows x Columns) exceed the voxel limits, before
+    any pixel data are read or decoded."""
+    if not datasets:
+        return
+    rows = max(int(ds.get("Rows", 0) or 0) for ds in datasets)
+    columns = max(int(ds.get("Columns", 0) or 0) for ds in datasets)
+    if rows == 0 or columns == 0:
+        return  # no image size in the headers: decoding will refuse these files
+    frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in datasets)
+    samples = max(int(ds.get("SamplesPerPixel", 1) or 1) for ds in datasets)
+    bits = max(int(ds.get("BitsAllocated", 16) or 16) for ds in datasets)
+    check_voxel_count((frames, rows, columns), samples * -(-bits // 8), source, limits)
+
+
 def case_from_datasets(datasets: list[Dataset], source: str, *,
-                       patient_id: str | None = None) -> Case:
+                       patient_id: str | None = None,
+                       limits: VolumeLimits | None = None) -> Case:
     """Stack one series' slices (datasets with pixel data) into a Case in HU.
 
     `case.meta['dicom']` holds the UIDs (study, series, frame of reference, SOP instances in
@@ -255,10 +273,11 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
     results that reference the source images. `case.meta['geometry']` is the LPS Geometry.
     Slices whose pixel data cannot be decoded (truncated files) are skipped and listed in
     `case.meta['warnings']`; a resulting gap inside the stack is then refused as irregular
-    spacing.
+    spacing. The headers are checked against `limits` (voxel count, spacing) before decoding.
     """
     if not datasets:
         raise InputError(f"{source}: no instances in the series")
+    check_series_size(datasets, source, limits)
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
         raise InputError(f"{source}: multi-frame (enhanced) images are not supported; export "
                          "the series as one file per slice")
@@ -289,6 +308,7 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
                                  datasets[0].get("GantryDetectorTilt"), source)
     else:
         spacing_z = float(datasets[0].get("SliceThickness", 1.0) or 1.0)
+    check_spacing((spacing_z, *pixel_mm), source, limits)
     slopes = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in datasets], np.float32)
     intercepts = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets],
                           np.float32)
@@ -391,7 +411,8 @@ def organ_mask_from_seg(seg: Dataset, case: Case, source: str) -> np.ndarray:
     return mask
 
 
-def organ_mask_from_file(path: str | Path, case: Case) -> np.ndarray:
+def organ_mask_from_file(path: str | Path, case: Case,
+                         limits: VolumeLimits | None = None) -> np.ndarray:
     """An organ mask for a DICOM case from a DICOM SEG or a volume file (NIfTI, NRRD...) on the
     same grid (non-zero = organ); geometry is checked in LPS millimetres."""
     path = Path(path)
@@ -404,7 +425,7 @@ def organ_mask_from_file(path: str | Path, case: Case) -> np.ndarray:
             raise InputError(f"{path}: neither a volume file nor readable DICOM "
                              f"({type(exc).__name__})") from None
         return organ_mask_from_seg(seg, case, str(path))
-    mask, geometry = read_volume(path)
+    mask, geometry = read_volume(path, limits=limits)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         geometry = _ras_to_lps(geometry)
     check_same_geometry(case.meta["geometry"], geometry, case.source, path)
@@ -432,24 +453,27 @@ def find_organ_seg(series: list[SeriesInfo], image_series_uid: str) -> SeriesInf
 
 
 def read_dicom_case(path: str | Path, *, series_uid: str | None = None,
-                    organ_mask_path: str | Path | None = None) -> Case:
+                    organ_mask_path: str | Path | None = None,
+                    limits: VolumeLimits | None = None) -> Case:
     """Folder (or one file) of DICOM -> Case in HU with the organ mask when one is available.
 
     The organ mask comes from `organ_mask_path` (DICOM SEG or volume file) or else from a SEG
     in the folder that references the chosen series; otherwise `case.organ_mask` stays None.
     Skipped files are counted in `case.meta['skipped_files']` and described in
-    `case.meta['warnings']`.
+    `case.meta['warnings']`. The chosen series' headers are checked against `limits` before
+    its files are read.
     """
     scan = scan_folder(path)
     info = select_series(scan.series, series_uid, source=str(path))
-    case = case_from_datasets(read_series_files(info), str(path))
+    check_series_size(info.datasets, str(path), limits)
+    case = case_from_datasets(read_series_files(info), str(path), limits=limits)
     if scan.skipped:
         case.meta["warnings"].insert(0, f"skipped {len(scan.skipped)} files that are not "
                                         f"readable DICOM (e.g. {scan.skipped[0][0].name}: "
                                         f"{scan.skipped[0][1]})")
     case.meta["skipped_files"] = len(scan.skipped) + case.meta["undecodable_files"]
     if organ_mask_path is not None:
-        case.organ_mask = organ_mask_from_file(organ_mask_path, case)
+        case.organ_mask = organ_mask_from_file(organ_mask_path, case, limits)
         case.meta["organ_mask_source"] = "given"
         return case
     seg_info = find_organ_seg(scan.series, info.series_uid)

@@ -1,4 +1,9 @@
-"""Read NIfTI volumes, label maps and 2D images into `Case` objects, checking their geometry."""
+"""Read NIfTI volumes, label maps and 2D images into `Case` objects, checking their geometry.
+
+Every reader checks the header before it decodes a voxel: the voxel count and the decoded size
+against `VolumeLimits` (a few KB of gzip can claim gigabytes), and the voxel spacing against a
+plausible range (a 50 km slice would make resampling allocate gigabytes).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,18 @@ import SimpleITK as sitk
 from cadx.case import Case
 from cadx.config import LabelConvention
 from cadx.errors import EmptyMaskError, GeometryError, InputError
+from cadx.io.limits import (  # noqa: F401 - re-exported: the readers' limits live here too
+    DEFAULT_MAX_VOXELS,
+    VolumeLimits,
+    VolumeTooLargeError,
+    check_spacing,
+    check_voxel_count,
+    default_volume_limits,
+    set_default_volume_limits,
+)
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
 @dataclass(frozen=True)
 class Geometry:
     """Voxel grid of a volume in (z, y, x) order, with its physical placement (ITK's x, y, z)."""
@@ -36,20 +48,38 @@ def case_id_from_path(path: str | Path) -> str:
     return Path(path).stem
 
 
-def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
-    """Read a 3D (or 2D, as one slice) image file; returns the (z, y, x) array and its geometry."""
+def read_volume(path: str | Path, *, limits: VolumeLimits | None = None
+                ) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D (or 2D, as one slice) image file; returns the (z, y, x) array and its geometry.
+
+    The header is checked against `limits` (default: `default_volume_limits()`) before any
+    voxel is decoded: VolumeTooLargeError for too many voxels, InputError for absurd spacing.
+    """
     path = Path(path)
+    limits = limits or default_volume_limits()
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        return _read_nifti(path)
+        return _read_nifti(path, limits)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown"
-        raise InputError(f"{path}: not a readable image ({first_line[:160]})") from None
+        raise InputError(f"{path}: not a readable image ({_last_line(exc)})") from None
+    size_xyz = reader.GetSize()
+    components = reader.GetNumberOfComponents()
+    check_voxel_count(tuple(size_xyz[::-1]), components * _sitk_component_bytes(reader), path,
+                      limits)
+    header_spacing = tuple(float(v) for v in reader.GetSpacing()[::-1])
+    check_spacing(header_spacing if len(size_xyz) == 3 else (1.0, *header_spacing), path,
+                  limits)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: not a readable image ({_last_line(exc)})") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         if path.suffix.lower() in IMAGE_2D_SUFFIXES:
             image = _to_grayscale(image)
@@ -75,25 +105,53 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return array, geometry
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
-    """NIfTI through nibabel: SimpleITK's reader silently turns NaN voxels into 0."""
+def _last_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:160] if text else "unknown"
+
+
+def _sitk_component_bytes(reader: sitk.ImageFileReader) -> int:
+    """Bytes of one pixel component of the file SimpleITK is about to decode."""
+    name = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    for bits in (64, 32, 16):
+        if str(bits) in name:
+            return bits // 8
+    return 1
+
+
+def _read_nifti(path: Path, limits: VolumeLimits) -> tuple[np.ndarray, Geometry]:
+    """NIfTI through nibabel: SimpleITK's reader silently turns NaN voxels into 0.
+
+    nibabel reads the header only; the data are decoded by `np.asanyarray(dataobj)`, after
+    the shape and spacing have passed the limits.
+    """
     try:
         image = nib.load(str(path))
+        shape = tuple(int(n) for n in image.shape)
+        bytes_per_voxel = image.get_data_dtype().itemsize
+        zooms = [float(v) for v in image.header.get_zooms()[:3]]
+    except Exception as exc:  # nibabel raises many types for damaged files
+        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: "
+                         f"{str(exc)[:160]})") from None
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) not in (2, 3):
+        raise InputError(f"{path}: {len(shape)}D image, expected 2D or 3D")
+    check_voxel_count(shape, bytes_per_voxel, path, limits)
+    zooms = (zooms + [1.0, 1.0, 1.0])[:3]
+    check_spacing((zooms[2], zooms[1], zooms[0]), path, limits)
+    try:
         array = np.asanyarray(image.dataobj)
     except Exception as exc:  # nibabel raises many types for damaged files
         raise InputError(f"{path}: not a readable image ({type(exc).__name__}: "
                          f"{str(exc)[:160]})") from None
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
+    array = array.reshape(shape)
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
-    if array.ndim != 3:
-        raise InputError(f"{path}: {array.ndim}D image, expected 2D or 3D")
     # nibabel's voxel order is (x, y, z); cadx works in (z, y, x) like SimpleITK's arrays.
     array = np.ascontiguousarray(array.transpose(2, 1, 0))
-    zooms = ([float(v) for v in image.header.get_zooms()[:3]] + [1.0, 1.0, 1.0])[:3]
     affine = image.affine
-    direction = affine[:3, :3] / np.where(np.array(zooms[:3]) == 0, 1.0, zooms[:3])
+    direction = affine[:3, :3] / np.array(zooms)
     geometry = Geometry(tuple(array.shape), (zooms[2], zooms[1], zooms[0]),
                         tuple(float(v) for v in affine[:3, 3]),
                         tuple(float(v) for v in direction.ravel()))
@@ -142,17 +200,18 @@ def read_case(
     labels: LabelConvention | None = None,
     organ_mask_path: str | Path | None = None,
     patient_id: str | None = None,
+    limits: VolumeLimits | None = None,
 ) -> Case:
     """Read an image with either a full label map (organ + tumour) or an organ mask only.
 
     `label_path` holds the labelled training/test map interpreted with `labels`;
     `organ_mask_path` is a mask for a new patient (any non-zero voxel is organ) and leaves the
-    tumour status unknown.
+    tumour status unknown. Both files are checked against `limits` before their data are read.
     """
     if label_path is not None and organ_mask_path is not None:
         raise InputError("give either a label map or an organ mask, not both")
     labels = labels or LabelConvention()
-    image, geometry = read_volume(image_path)
+    image, geometry = read_volume(image_path, limits=limits)
     if not np.issubdtype(image.dtype, np.number):
         raise InputError(f"{image_path}: pixel type {image.dtype} is not numeric")
     image = image.astype(np.float32, copy=False)
@@ -168,7 +227,7 @@ def read_case(
     mask_path = label_path if label_path is not None else organ_mask_path
     if mask_path is None:
         return case
-    label, label_geometry = read_volume(mask_path)
+    label, label_geometry = read_volume(mask_path, limits=limits)
     check_same_geometry(geometry, label_geometry, image_path, mask_path)
     if label_path is not None:
         label = np.rint(label).astype(np.int32)

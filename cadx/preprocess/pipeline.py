@@ -21,11 +21,15 @@ def preprocess_case(case: Case, config: PreprocessConfig) -> Case:
         raise InputError(f"{case.source or case.patient_id}: no organ mask; the patch pipeline "
                          "crops inside the organ label (give --organ-mask)")
     thickness = config.slice_thickness_mm
-    image = resample_z(case.image, case.spacing_zyx_mm, thickness, is_label=False)
-    organ = resample_z(case.organ_mask, case.spacing_zyx_mm, thickness, is_label=True)
+    source = case.source or case.patient_id
+    image = resample_z(case.image, case.spacing_zyx_mm, thickness, is_label=False,
+                       source=source)
+    organ = resample_z(case.organ_mask, case.spacing_zyx_mm, thickness, is_label=True,
+                       source=source)
     tumour = None
     if case.tumour_mask is not None:
-        tumour = resample_z(case.tumour_mask, case.spacing_zyx_mm, thickness, is_label=True)
+        tumour = resample_z(case.tumour_mask, case.spacing_zyx_mm, thickness, is_label=True,
+                            source=source)
     if not organ.any():
         raise EmptyMaskError(f"{case.source or case.patient_id}: organ mask is empty after "
                              f"resampling to {thickness} mm slices")

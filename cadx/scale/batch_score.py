@@ -104,9 +104,17 @@ def _from_folder(folder: Path) -> list[Study]:
     return studies
 
 
-def score_study(model_path: str, study: Study) -> dict[str, object]:
-    """Diagnose one study; any failure becomes an error row instead of an exception."""
+def score_study(model_path: str, study: Study, max_voxels: int | None = None
+                ) -> dict[str, object]:
+    """Diagnose one study; any failure becomes an error row instead of an exception.
+
+    `max_voxels` (cadx --max-voxels) becomes the worker process' volume limit.
+    """
+    from cadx.io.volumes import VolumeLimits, set_default_volume_limits
     from cadx.workflows import diagnose_file
+
+    if max_voxels is not None:
+        set_default_volume_limits(VolumeLimits(max_voxels=max_voxels))
 
     start = time.perf_counter()
     row = _empty_row(study)
@@ -183,11 +191,13 @@ def _client(scheduler: str, n_workers: int | None):
 def score_batch(model_path: str | Path, source: str | Path, out_path: str | Path, *,
                 scheduler: str = "local", n_workers: int | None = None,
                 checkpoint_every: int = 50, console: Console | None = None,
-                progress: bool = True) -> list[dict[str, object]]:
+                progress: bool = True, max_voxels: int | None = None
+                ) -> list[dict[str, object]]:
     """Score every study of `source` not yet `ok` in `out_path`; returns all rows written.
 
     `scheduler` is a Dask scheduler address or "local". The model file must be readable from
-    the workers (a shared path on a real cluster).
+    the workers (a shared path on a real cluster). `max_voxels` is each worker's volume limit
+    (default: cadx's whole-body-CT default).
     """
     from distributed import as_completed
 
@@ -209,6 +219,7 @@ def score_batch(model_path: str | Path, source: str | Path, out_path: str | Path
     finished = 0
     try:
         futures = client.map(score_study, [model_path] * len(todo), todo,
+                             [max_voxels] * len(todo),
                              key=[f"score-{s.study_id}" for s in todo], pure=False)
         study_of = dict(zip(futures, todo, strict=True))
         with Progress(disable=not progress, console=console) as bar:

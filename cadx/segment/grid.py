@@ -8,12 +8,15 @@ bilinear in-plane, so the returned organ mask lies on the image's own voxels lik
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cadx.io.limits import VolumeTooLargeError, default_volume_limits
 from cadx.preprocess.intensity import window_to_unit
-from cadx.preprocess.resample import resample_z
+from cadx.preprocess.resample import check_resampled_size, resample_z
 from cadx.segment.config import SegConfig
 
 
@@ -34,11 +37,24 @@ def _resize_in_plane(volume: torch.Tensor, shape_yx: tuple[int, int]) -> torch.T
 
 
 def image_to_seg_grid(image_hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float],
-                      config: SegConfig) -> np.ndarray:
-    """(z, y, x) HU volume -> windowed 0..1 float32 volume on the segmenter grid."""
-    image = resample_z(image_hu, spacing_zyx_mm, config.slice_thickness_mm, is_label=False)
+                      config: SegConfig, source: str = "") -> np.ndarray:
+    """(z, y, x) HU volume -> windowed 0..1 float32 volume on the segmenter grid.
+
+    The grid's size is checked against --max-voxels before anything is resampled (`source`
+    names the file in the error).
+    """
+    n_z = check_resampled_size(image_hu.shape, spacing_zyx_mm, config.slice_thickness_mm,
+                               source)
+    shape_yx = seg_grid_shape_yx(image_hu.shape[1:], spacing_zyx_mm[1:], config)
+    max_voxels = default_volume_limits().max_voxels
+    if n_z * math.prod(shape_yx) > max_voxels:
+        raise VolumeTooLargeError(
+            f"{source or 'volume'}: the segmenter's {config.in_plane_spacing_mm:g} mm grid "
+            f"would have {n_z} x {shape_yx[0]} x {shape_yx[1]} voxels, more than the limit of "
+            f"{max_voxels:,} voxels (--max-voxels)")
+    image = resample_z(image_hu, spacing_zyx_mm, config.slice_thickness_mm, is_label=False,
+                       source=source)
     unit = window_to_unit(np.asarray(image), config.window_level_hu, config.window_width_hu)
-    shape_yx = seg_grid_shape_yx(unit.shape[1:], spacing_zyx_mm[1:], config)
     with torch.no_grad():
         return _resize_in_plane(torch.from_numpy(unit), shape_yx).numpy()
 

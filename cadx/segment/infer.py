@@ -43,13 +43,15 @@ def predict_probability(network: torch.nn.Module, seg_image: np.ndarray,
 
 def segment_organ(segmenter: SegmenterBundle, image_hu: np.ndarray,
                   spacing_zyx_mm: tuple[float, float, float],
-                  network: torch.nn.Module | None = None) -> OrganSegmentation:
-    """Segment the organ on a (z, y, x) HU volume; the mask comes back on the same grid."""
+                  network: torch.nn.Module | None = None, source: str = ""
+                  ) -> OrganSegmentation:
+    """Segment the organ on a (z, y, x) HU volume; the mask comes back on the same grid
+    (`source` names the file in errors)."""
     config = segmenter.config
     network = network if network is not None else segmenter.build_network()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    seg_image = image_to_seg_grid(image_hu, spacing_zyx_mm, config)
+    seg_image = image_to_seg_grid(image_hu, spacing_zyx_mm, config, source)
     timings["resample"] = time.perf_counter() - start
     start = time.perf_counter()
     probability = predict_probability(network, seg_image, config)
@@ -71,5 +73,6 @@ def with_predicted_organ(segmenter: SegmenterBundle, case: Case,
                          network: torch.nn.Module | None = None
                          ) -> tuple[Case, OrganSegmentation]:
     """A copy of `case` whose organ mask is the segmenter's (empty when no organ was found)."""
-    segmentation = segment_organ(segmenter, case.image, case.spacing_zyx_mm, network=network)
+    segmentation = segment_organ(segmenter, case.image, case.spacing_zyx_mm, network=network,
+                                 source=case.source or case.patient_id)
     return replace(case, organ_mask=segmentation.mask), segmentation

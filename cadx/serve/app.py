@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cadx import __version__
 from cadx.diagnose.fna import RULE, SOURCE
 from cadx.errors import CadxError
+from cadx.io.limits import VolumeTooLargeError
 from cadx.serve.auth import token_matches
 from cadx.serve.inputs import UnsupportedFileError, Upload, UploadLimits, UploadTooLargeError
 from cadx.serve.jobs import DiagnoseRequest, parse_size_mm, run_diagnosis
@@ -58,7 +59,7 @@ class BodyLimitMiddleware:
 
 
 def _status_of(exc: CadxError) -> int:
-    if isinstance(exc, UploadTooLargeError):
+    if isinstance(exc, UploadTooLargeError | VolumeTooLargeError):
         return 413
     if isinstance(exc, UnsupportedFileError):
         return 415
@@ -127,7 +128,8 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
         return {"models": [m.info() for m in models.values()],
                 "limits": {"max_request_bytes": limits.max_request_bytes,
                            "max_file_bytes": limits.max_file_bytes,
-                           "max_files": limits.max_files},
+                           "max_files": limits.max_files,
+                           "max_voxels": limits.volume_limits().max_voxels},
                 "fna_rule": {"rule": RULE, "source": SOURCE}}
 
     @app.post(DIAGNOSE_PATH, summary="Diagnose one patient's upload with one model",

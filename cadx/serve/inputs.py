@@ -23,6 +23,7 @@ from cadx.case import Case
 from cadx.errors import CadxError, InputError
 from cadx.io.dicom import is_dicom_path, read_dicom_case
 from cadx.io.images import IMAGE_SUFFIXES, read_image
+from cadx.io.limits import VolumeLimits, default_volume_limits
 from cadx.io.volumes import read_case
 
 CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -49,6 +50,14 @@ class UploadLimits:
     max_unzipped_bytes: int = 2 << 30
     max_zip_members: int = 4096
     max_compression_ratio: float = 200.0
+    # Voxels of a CT/MR volume, checked from its header; None: the process' --max-voxels.
+    max_voxels: int | None = None
+
+    def volume_limits(self) -> VolumeLimits:
+        default = default_volume_limits()
+        if self.max_voxels is None:
+            return default
+        return VolumeLimits(self.max_voxels, default.min_spacing_mm, default.max_spacing_mm)
 
 
 @dataclass(frozen=True)
@@ -186,7 +195,8 @@ def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
     if len(masks) > 1:
         raise InputError(f"{organ_mask.name}: expected one organ mask file, got {len(masks)}")
     if any(_is_dicom(p) for p in images):
-        return _dicom_case(images, masks[0] if masks else None, mask_required)
+        return _dicom_case(images, masks[0] if masks else None, mask_required,
+                           limits.volume_limits())
     if organ_mask is None:
         masks = [p for p in images if MASK_NAME.search(p.name)]
         images = [p for p in images if p not in masks]
@@ -203,13 +213,14 @@ def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
         raise InputError(f"expected one volume and one organ mask, got {len(images)} "
                          f"volume(s) and {len(masks)} mask(s): {names}")
     return read_case(images[0], organ_mask_path=masks[0] if masks else None,
-                     patient_id=_stem(images[0]))
+                     patient_id=_stem(images[0]), limits=limits.volume_limits())
 
 
-def _dicom_case(files: list[Path], organ_mask: Path | None, mask_required: bool) -> Case:
+def _dicom_case(files: list[Path], organ_mask: Path | None, mask_required: bool,
+                volume_limits: VolumeLimits) -> Case:
     """One DICOM series from the uploaded files; the organ from `organ_mask` or a SEG."""
     folder = Path(os.path.commonpath([p.parent for p in files]))
-    case = read_dicom_case(folder, organ_mask_path=organ_mask)
+    case = read_dicom_case(folder, organ_mask_path=organ_mask, limits=volume_limits)
     if case.organ_mask is None and mask_required:
         raise InputError(f"{files[0].name}: this model needs an organ mask: add a DICOM SEG of "
                          "the organ to the zip, or upload the mask as the organ mask")
