@@ -23,6 +23,7 @@ from cadx.config import (
     TrainConfig,
 )
 from cadx.errors import CadxError, InputError
+from cadx.io.limits import DEFAULT_MAX_VOXELS, VolumeLimits, set_default_volume_limits
 from cadx.triage.commands import add_synth_categories_parser, add_triage_parsers
 
 console = Console(stderr=False)
@@ -120,6 +121,29 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d_model.seed)
 
 
+def _add_max_voxels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS, metavar="N",
+                        help="refuse CT/MR volumes (and resampled grids) of more voxels, read "
+                             "from the header before any data (default %(default)s = "
+                             "512 x 512 x 2000)")
+
+
+# Arguments that name files or folders a command writes: checked before any work is done.
+_OUTPUT_ARGS = {"out": "--out", "report": "--report", "cam": "--cam",
+                "dicom_out": "--dicom-out", "patch_store": "--patch-store"}
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    from cadx.io.outputs import check_writable
+
+    outputs = dict(_OUTPUT_ARGS)
+    if args.command == "pipeline":
+        outputs["file"] = "FILE"
+    for attr, option in outputs.items():
+        if getattr(args, attr, None):
+            check_writable(getattr(args, attr), option)
+
+
 def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=1000,
                         help="bootstrap resamples for the intervals (default %(default)s)")
@@ -185,7 +209,8 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
     from cadx.scale.batch_score import score_batch
 
     score_batch(args.model, args.input, args.out, scheduler=args.dask_scheduler,
-                n_workers=args.workers, console=console, progress=not args.quiet)
+                n_workers=args.workers, console=console, progress=not args.quiet,
+                max_voxels=args.max_voxels)
     return 0
 
 
@@ -369,6 +394,7 @@ def _add_train_seg_parser(sub: argparse._SubParsersAction) -> None:
                    help="smaller predictions mean 'organ not found', ml (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_max_voxels(p)
     p.set_defaults(func=_cmd_train_seg)
 
 
@@ -425,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="go on from the checkpoint beside --out (OUT with suffix .ckpt, "
                         "written after every epoch with --resume or --ddp)")
     _add_pipeline_options(p)
+    _add_max_voxels(p)
     p.set_defaults(func=_cmd_train)
 
     _add_train_seg_parser(sub)
@@ -453,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--push-results", action="store_true",
                    help="with --pacs: store a DICOM SR (and a SEG of the positive patches) in "
                         "the study")
+    _add_max_voxels(p)
     p.set_defaults(func=_cmd_diagnose)
 
     p = sub.add_parser("watch", help="score each new CT/MR study of a PACS, push results back")
@@ -462,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between polls (default %(default)s)")
     p.add_argument("--no-push", action="store_true", help="score only; store nothing")
     p.add_argument("--out", metavar="DIR", help="also write <StudyInstanceUID>.json here")
+    _add_max_voxels(p)
     p.set_defaults(func=_cmd_watch)
 
     p = sub.add_parser("score-batch", help="score many studies on a Dask cluster (resumable)")
@@ -477,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int,
                    help="worker processes of the local cluster (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_max_voxels(p)
     p.set_defaults(func=_cmd_score_batch)
 
     p = sub.add_parser("evaluate", help="patch- and patient-level metrics on a labelled set")
@@ -485,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_bootstrap_options(p)
+    _add_max_voxels(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="report any model's scores from a predictions CSV")
@@ -555,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a worker; more get 503 (default 4)")
     p.add_argument("--max-upload-mb", type=float, default=512,
                    help="largest upload per request, MiB (default %(default)s)")
+    _add_max_voxels(p)
     p.set_defaults(func=_cmd_serve)
     return parser
 
@@ -562,9 +594,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "max_voxels", None) is not None:
+            set_default_volume_limits(VolumeLimits(max_voxels=args.max_voxels))
+        _check_outputs(args)
         return args.func(args)
     except CadxError as exc:
         print(f"cadx: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusal is the user's to fix: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cadx: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cadx: interrupted; no partial outputs were kept", file=sys.stderr)

@@ -29,3 +29,8 @@ class SplitError(CadxError):
 
 class BundleError(CadxError):
     """A model bundle is unreadable, from an unknown format, or fails its checksum."""
+
+
+class OutputError(CadxError):
+    """An output path cannot be written (read-only, not permitted, a file where a folder is
+    needed)."""
