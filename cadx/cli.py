@@ -364,7 +364,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from cadx.serve.app import serve
 
     serve(args.models, args.host, args.port, token_file=args.token_file, workers=args.workers,
-          queue_size=args.queue, max_upload_mb=args.max_upload_mb)
+          queue_size=args.queue, max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels)
     return 0
 
 

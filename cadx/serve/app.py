@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cadx import __version__
@@ -25,7 +26,7 @@ from cadx.errors import CadxError
 from cadx.io.limits import VolumeTooLargeError
 from cadx.serve.auth import token_matches
 from cadx.serve.inputs import UnsupportedFileError, Upload, UploadLimits, UploadTooLargeError
-from cadx.serve.jobs import DiagnoseRequest, parse_size_mm, run_diagnosis
+from cadx.serve.jobs import DiagnoseRequest, clear_stale_workdirs, parse_size_mm, run_diagnosis
 from cadx.serve.pool import InferencePool, PoolFullError
 from cadx.serve.registry import ServedModel
 
@@ -83,13 +84,21 @@ def _upload(file: UploadFile | None) -> Upload | None:
 
 def create_app(models: dict[str, ServedModel], *, token: str | None = None,
                limits: UploadLimits | None = None, workers: int = 1,
-               queue_size: int = 4) -> FastAPI:
-    """The service for the loaded `models`; bearer `token` required on /v1 when given."""
+               queue_size: int = 4, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The service for the loaded `models`; bearer `token` required on /v1 when given.
+
+    With `allowed_hosts`, requests whose Host header names another host get a 400 (`serve`
+    gives this machine's names in tokenless loopback mode). At start-up, the temporary folders
+    that services killed mid-request left behind are removed.
+    """
     limits = limits or UploadLimits()
     pool = InferencePool(workers, queue_size)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        removed = clear_stale_workdirs()
+        if removed:
+            log.info("removed %d temporary folder(s) left by stopped services", removed)
         yield
         pool.shutdown()
 
@@ -99,6 +108,9 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
                               "heat map and (thyroid models) FNA advice.")
     app.state.pool = pool
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
+    if allowed_hosts is not None:  # added last: checked first, before the body limit
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts,
+                           www_redirect=False)
 
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is not None and not token_matches(authorization, token):
@@ -169,19 +181,25 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
 
 def serve(models_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
           token_file: str | Path | None = None, workers: int = 1, queue_size: int = 4,
-          max_upload_mb: float = 512) -> None:
-    """Load every bundle of `models_dir` and run the service with uvicorn until interrupted."""
+          max_upload_mb: float = 512, max_voxels: int | None = None) -> None:
+    """Load every bundle of `models_dir` and run the service with uvicorn until interrupted.
+
+    Without a token the service listens on loopback only and answers only requests addressed
+    to this machine's names (Host header), against DNS rebinding.
+    """
     import uvicorn
 
-    from cadx.serve.auth import check_bind, load_token
+    from cadx.serve.auth import check_bind, load_token, loopback_host_names
     from cadx.serve.registry import load_model_folder
 
     token = load_token(token_file)
     check_bind(host, token)
     models = load_model_folder(models_dir)
     max_bytes = int(max_upload_mb * 2**20)
-    limits = UploadLimits(max_request_bytes=max_bytes, max_file_bytes=max_bytes)
-    app = create_app(models, token=token, limits=limits, workers=workers, queue_size=queue_size)
+    limits = UploadLimits(max_request_bytes=max_bytes, max_file_bytes=max_bytes,
+                          max_voxels=max_voxels)
+    app = create_app(models, token=token, limits=limits, workers=workers, queue_size=queue_size,
+                     allowed_hosts=None if token else loopback_host_names(host))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     log.info("%d model(s) loaded from %s: %s; token %s", len(models), models_dir,
              ", ".join(models), "required" if token else "off (loopback only)")

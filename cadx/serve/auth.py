@@ -42,6 +42,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def loopback_host_names(bind_host: str = "127.0.0.1") -> list[str]:
+    """Host-header names of this machine, for tokenless loopback mode: a web page elsewhere can
+    point its own name at 127.0.0.1 (DNS rebinding) and its requests then carry that name."""
+    names = ["localhost", "127.0.0.1", "[::1]"]
+    bind = f"[{bind_host}]" if ":" in bind_host else bind_host
+    return names if bind in names else [*names, bind]
+
+
 def check_bind(host: str, token: str | None) -> None:
     """Refuse to listen beyond this machine without a token."""
     if token is None and not is_loopback(host):

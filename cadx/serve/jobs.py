@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import base64
+import logging
 import math
+import os
+import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +34,12 @@ from cadx.serve.inputs import (
 from cadx.serve.registry import CT_PATCH, ServedModel
 
 FNA_ORGANS = ("thyroid",)
+# Each request's temporary folder: cadx-serve-<pid of the service>-<random>.
+WORKDIR_PREFIX = "cadx-serve-"
+_WORKDIR_PID = re.compile(re.escape(WORKDIR_PREFIX) + r"(\d+)-")
+# Folders of an older naming (no pid) are removed once they are this old.
+_UNNAMED_STALE_S = 3600.0
+log = logging.getLogger("cadx.serve")
 
 
 @dataclass(frozen=True)
@@ -145,9 +155,45 @@ def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,
     }
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clear_stale_workdirs(tmp_root: str | Path | None = None) -> int:
+    """Remove the request folders (`cadx-serve-<pid>-*` in the temporary directory) of
+    services that no longer run, e.g. killed mid-request; returns how many were removed.
+
+    Folders of running services (this one included) and of other users are left alone.
+    """
+    root = Path(tmp_root or tempfile.gettempdir())
+    removed = 0
+    for folder in root.glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            info = folder.lstat()
+            if not folder.is_dir() or folder.is_symlink() or info.st_uid != os.geteuid():
+                continue
+            match = _WORKDIR_PID.match(folder.name)
+            if match:
+                stale = not _process_alive(int(match.group(1)))
+            else:
+                stale = time.time() - info.st_mtime > _UNNAMED_STALE_S
+            if stale:
+                shutil.rmtree(folder)
+                removed += 1
+        except OSError as exc:  # e.g. removed meanwhile by another service starting up
+            log.warning("could not remove %s: %s", folder, exc.strerror or exc)
+    return removed
+
+
 def run_diagnosis(request: DiagnoseRequest, limits: UploadLimits) -> dict[str, Any]:
     """Save the uploads in a temporary folder (removed on return), run the model, build JSON."""
-    with tempfile.TemporaryDirectory(prefix="cadx-serve-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
         workdir = Path(tmp)
         try:
             extra = [request.organ_mask] if request.organ_mask is not None else []
