@@ -12,7 +12,7 @@ import io
 import json
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cadx import __version__
-from cadx.config import PipelineConfig
+from cadx.config import DecideConfig, PipelineConfig
 from cadx.decide.roc import OperatingPoint
-from cadx.errors import BundleError
+from cadx.errors import BundleError, ConfigError
 from cadx.io.atomic import atomic_path
 from cadx.models.patch_cnn import PatchCNN
 
@@ -49,6 +49,9 @@ class PatchModelBundle:
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     # Finds the organ when `diagnose` is given no mask (optional; older bundles have none).
     segmenter: SegmenterBundle | None = None
+    # The validation operating point of every candidate patient score, keyed by
+    # `DecideConfig.score_name` (older bundles: none).
+    patient_operating_points: dict[str, OperatingPoint] = field(default_factory=dict)
 
     @property
     def patch_threshold(self) -> float:
@@ -58,9 +61,27 @@ class PatchModelBundle:
     def patient_threshold(self) -> float:
         return self.patient_operating_point.threshold
 
+    def with_patient_score(self, decide: DecideConfig) -> PatchModelBundle:
+        """This bundle deciding with another patient score, at that score's threshold chosen
+        on the same validation patients at training time; ConfigError when the bundle holds
+        none for it."""
+        if decide.score_name == self.config.decide.score_name:
+            return self
+        point = self.patient_operating_points.get(decide.score_name)
+        if point is None:
+            stored = ", ".join(sorted(self.patient_operating_points)) or "none"
+            raise ConfigError(f"bundle {self.name} ({self.created_utc}) holds no validation "
+                              f"threshold for the patient score {decide.score_name} (stored: "
+                              f"{stored}); retrain with --patient-score to use it")
+        decide = replace(self.config.decide, patient_score=decide.patient_score,
+                         top_k=decide.top_k)
+        return replace(self, config=replace(self.config, decide=decide),
+                       patient_operating_point=point)
+
     def build_model(self) -> PatchCNN:
         """The network with its trained weights, in eval mode."""
-        model = PatchCNN(self.config.patches.size_px, self.config.model.batch_norm)
+        model = PatchCNN(self.config.patches.size_px, self.config.model.batch_norm,
+                         self.config.patches.channels)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:  # weights of another network version
@@ -76,6 +97,8 @@ class PatchModelBundle:
             "patch_operating_point": self.patch_operating_point.to_dict(),
             "patient_operating_point": self.patient_operating_point.to_dict(),
             "summary": self.summary,
+            "patient_operating_points": {name: point.to_dict() for name, point
+                                         in self.patient_operating_points.items()},
         } | ({} if self.segmenter is None else {"segmenter": {
             "name": self.segmenter.name, "created_utc": self.segmenter.created_utc,
             "validation_dice_mean": self.segmenter.summary.get("validation_dice_mean")}})
@@ -161,6 +184,9 @@ def load_bundle(path: str | Path) -> PatchModelBundle:
         name=manifest["name"], cadx_version=manifest["cadx_version"],
         created_utc=manifest["created_utc"],
         segmenter=_embedded_segmenter(parts, path),
+        patient_operating_points={
+            name: OperatingPoint.from_dict(point)
+            for name, point in manifest.get("patient_operating_points", {}).items()},
     )
 
 

@@ -13,6 +13,8 @@ from rich.console import Console
 from cadx import __version__
 from cadx.config import (
     EXAM_SCORES,
+    PATIENT_SCORES,
+    DecideConfig,
     ImageModelConfig,
     ImageTrainConfig,
     LabelConvention,
@@ -69,6 +71,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="px; default = patch size (no overlap); 20-80 %% overlap allowed")
     g.add_argument("--patch-start", choices=("corner", "organ"), default=d_patch.start,
                    help="start the window grid at the image corner or the organ's bounding box")
+    g.add_argument("--context-slices", type=int, default=d_patch.context_slices, metavar="N",
+                   help="2.5D input: N neighbouring slices on each side as extra channels "
+                        "(default 0: the seed's single slice)")
     g = parser.add_argument_group("model and training")
     g.add_argument("--no-batch-norm", action="store_true",
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
@@ -85,6 +90,34 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--val-fraction", type=float, default=d_train.validation_fraction)
     g.add_argument("--test-fraction", type=float, default=d_train.test_fraction)
     g.add_argument("--seed", type=int, default=d_train.seed)
+    g.add_argument("--augment-patches", choices=tuple(_AUGMENTATIONS), default="flips",
+                   help="none (the seed), flips (random left-right / up-down flips, default) "
+                        "or dihedral (flips and 90-degree rotations)")
+    g.add_argument("--balanced-sampling", action="store_true",
+                   help="class-balanced batches (cancerous patches oversampled) instead of a "
+                        "plain shuffle")
+    g.add_argument("--batch-positive-fraction", type=float,
+                   default=d_train.batch_positive_fraction,
+                   help="share of cancerous patches per balanced batch (default %(default)s)")
+    g = parser.add_argument_group("patient decision")
+    _add_patient_score_options(g, DecideConfig())
+    g.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average each patch's probability over its "
+                        "flips (stored in the bundle, used by diagnose and evaluate)")
+
+
+# --augment-patches: (random flips, random transposes), flips and transposes giving all 8
+# symmetries of the square.
+_AUGMENTATIONS = {"none": (False, False), "flips": (True, False), "dihedral": (True, True)}
+
+
+def _add_patient_score_options(group: argparse._ArgumentGroup, default: DecideConfig) -> None:
+    group.add_argument("--patient-score", choices=PATIENT_SCORES, default=default.patient_score,
+                       help="fraction of patches above the patch threshold (the seed), topk: "
+                            "mean of the top-k patch probabilities, cluster: patches in the "
+                            "largest 3D cluster of positive patches")
+    group.add_argument("--top-k", type=int, default=default.top_k, metavar="K",
+                       help="k of --patient-score topk (default %(default)s)")
 
 
 def _names(text: str) -> list[str]:
@@ -155,14 +188,20 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         labels=LabelConvention(args.organ_labels, args.tumour_labels),
         preprocess=PreprocessConfig(args.slice_thickness, args.dilation, args.window_level,
                                     args.window_width, args.intensity),
-        patches=PatchConfig(args.patch_size, args.stride or args.patch_size, args.patch_start),
+        patches=PatchConfig(args.patch_size, args.stride or args.patch_size, args.patch_start,
+                            context_slices=args.context_slices),
         model=ModelConfig(batch_norm=not args.no_batch_norm),
         train=TrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                           learning_rate=args.lr, reduce_lr_patience=args.reduce_lr_patience,
                           early_stop_patience=args.early_stop_patience,
                           validation_fraction=args.val_fraction,
                           test_fraction=args.test_fraction, seed=args.seed,
-                          monitor=args.monitor),
+                          monitor=args.monitor,
+                          augment_flips=_AUGMENTATIONS[args.augment_patches][0],
+                          augment_rotations=_AUGMENTATIONS[args.augment_patches][1],
+                          balanced_sampling=args.balanced_sampling,
+                          batch_positive_fraction=args.batch_positive_fraction),
+        decide=DecideConfig(args.patient_score, args.top_k, test_time_flips=args.tta),
     )
 
 
@@ -332,7 +371,11 @@ def _cmd_train_features(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cadx.workflows import evaluate_dataset
 
-    evaluate_dataset(args.model, args.dataset, args.out, console=console,
+    decide = None
+    if args.patient_score is not None or args.top_k is not None:
+        decide = DecideConfig(args.patient_score or "topk",
+                              DecideConfig().top_k if args.top_k is None else args.top_k)
+    evaluate_dataset(args.model, args.dataset, args.out, console=console, decide=decide,
                      progress=not args.quiet, n_boot=args.n_boot, seed=args.seed)
     return 0
 
@@ -514,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="folder with dataset.json, or a CSV manifest")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--patient-score", choices=PATIENT_SCORES,
+                   help="decide with this patient score at its threshold chosen on the "
+                        "validation patients at training time (default: the bundle's)")
+    p.add_argument("--top-k", type=int, metavar="K", help="k of --patient-score topk")
     _add_bootstrap_options(p)
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_evaluate)

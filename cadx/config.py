@@ -10,6 +10,8 @@ from cadx.errors import ConfigError
 
 # Exam (patient) scores from per-image probabilities, see cadx.decide.exam.
 EXAM_SCORES = ("theta", "mean", "max")
+# CT patient scores from patch probabilities, see cadx.decide.aggregate.
+PATIENT_SCORES = ("fraction", "topk", "cluster")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class PreprocessConfig:
             raise ConfigError(f"window width must be > 0 HU, got {self.window_width_hu}")
 
 
+MAX_CONTEXT_SLICES = 8
+
+
 @dataclass(frozen=True)
 class PatchConfig:
     """Square sliding window; stride = size means no overlap, 20-80 % overlap is allowed."""
@@ -64,10 +69,16 @@ class PatchConfig:
     stride_px: int = 50
     start: str = "corner"  # "corner" of the image, or "organ" bounding box
     cover_edges: bool = True  # add a last window flush with the right/bottom border (seed FIG. 2C)
+    # 2.5D input: this many neighbouring slices on each side become extra input channels
+    # (0: the seed's single slice).
+    context_slices: int = 0
 
     def __post_init__(self) -> None:
         if self.size_px < 8:
             raise ConfigError(f"patch size must be >= 8 px, got {self.size_px}")
+        if not 0 <= self.context_slices <= MAX_CONTEXT_SLICES:
+            raise ConfigError(f"context slices must be 0..{MAX_CONTEXT_SLICES} per side, "
+                              f"got {self.context_slices}")
         if self.start not in ("corner", "organ"):
             raise ConfigError(f"patch start must be 'corner' or 'organ', got {self.start!r}")
         if self.stride_px != self.size_px:
@@ -81,6 +92,11 @@ class PatchConfig:
     @property
     def overlap_fraction(self) -> float:
         return 1.0 - self.stride_px / self.size_px
+
+    @property
+    def channels(self) -> int:
+        """Input channels of a patch: the slice plus `context_slices` on each side."""
+        return 2 * self.context_slices + 1
 
 
 @dataclass(frozen=True)
@@ -104,12 +120,22 @@ class TrainConfig:
     test_fraction: float = 0.2
     seed: int = 0
     augment_flips: bool = True
+    # With the flips, 90-degree rotations too: all 8 symmetries of the square.
+    augment_rotations: bool = False
     # What the callbacks watch: the seed's validation "loss", or validation patch "auc".
     monitor: str = "loss"
+    # Every batch holds this share of cancerous patches (oversampled) instead of a plain shuffle.
+    balanced_sampling: bool = False
+    batch_positive_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.monitor not in ("loss", "auc"):
             raise ConfigError(f"monitor must be 'loss' or 'auc', got {self.monitor!r}")
+        if not 0.0 < self.batch_positive_fraction < 1.0:
+            raise ConfigError("batch positive fraction must be in (0, 1), got "
+                              f"{self.batch_positive_fraction}")
+        if self.balanced_sampling and self.batch_size < 2:
+            raise ConfigError("balanced sampling needs a batch size >= 2 (one patch per class)")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.max_epochs < 1:
@@ -121,6 +147,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DecideConfig:
+    """How patch probabilities become a patient score (seed 000: the fraction of the patient's
+    patches above the patch threshold), and test-time flip averaging of the patch scores."""
+
+    patient_score: str = "fraction"
+    top_k: int = 5  # for "topk": mean of the patient's k highest patch probabilities
+    test_time_flips: bool = False
+
+    def __post_init__(self) -> None:
+        if self.patient_score not in PATIENT_SCORES:
+            raise ConfigError(f"patient score must be one of {PATIENT_SCORES}, "
+                              f"got {self.patient_score!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ConfigError(f"top-k must be an integer >= 1, got {self.top_k!r}")
+
+    @property
+    def score_name(self) -> str:
+        """`fraction`, `cluster` or `topk:K`: the key of this score's validation threshold."""
+        return f"topk:{self.top_k}" if self.patient_score == "topk" else self.patient_score
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything `diagnose` needs to treat a new patient exactly as the training patients."""
 
@@ -129,6 +177,7 @@ class PipelineConfig:
     patches: PatchConfig = field(default_factory=PatchConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,6 +191,7 @@ class PipelineConfig:
             "patches": PatchConfig,
             "model": ModelConfig,
             "train": TrainConfig,
+            "decide": DecideConfig,
         }
         kwargs = {}
         for name, part_cls in parts.items():

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from cadx.bundle import PatchModelBundle, load_bundle, save_bundle
 from cadx.case import Case
-from cadx.config import PatchConfig, PipelineConfig, TrainConfig
+from cadx.config import DecideConfig, PatchConfig, PipelineConfig, TrainConfig
 from cadx.diagnose.patient import Diagnosis, diagnose_case, organ_not_found
 from cadx.errors import InputError
 from cadx.evaluate.cohort import CohortEvaluation, evaluate_cohort
@@ -51,7 +51,8 @@ def _print_training(outcome: TrainingOutcome, console: Console) -> None:
     console.print(f"  validation: patch AUC {patch_point.auc:.3f}, patch threshold "
                   f"{patch_point.threshold:.4f} (SN {patch_point.sensitivity:.3f}, "
                   f"SP {patch_point.specificity:.3f})")
-    console.print(f"  validation: patient AUC {patient_point.auc:.3f}, patient threshold "
+    console.print(f"  validation: patient score {outcome.bundle.config.decide.score_name}, "
+                  f"patient AUC {patient_point.auc:.3f}, patient threshold "
                   f"{patient_point.threshold:.4f} (SN {patient_point.sensitivity:.3f}, "
                   f"SP {patient_point.specificity:.3f})")
 
@@ -199,11 +200,16 @@ def _evaluated_training_patients(bundle: PatchModelBundle, patient_ids: list[str
 
 def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str | Path,
                      console: Console | None = None, progress: bool = True, n_boot: int = 1000,
-                     seed: int = 0) -> CohortEvaluation:
+                     seed: int = 0, decide: DecideConfig | None = None
+                     ) -> CohortEvaluation:
     """Score a labelled dataset with a bundle and write the report folder (95 % CIs from
-    `n_boot` bootstrap resamples where needed, seeded)."""
+    `n_boot` bootstrap resamples where needed, seeded). `decide`: decide with this
+    patient score at the threshold the bundle stores for it (chosen on its validation patients)
+    instead of the bundle's own."""
     console = console or Console()
     bundle = load_bundle(model_path)
+    if decide is not None:
+        bundle = bundle.with_patient_score(decide)
     refs = load_dataset(dataset)
     overlap = _evaluated_training_patients(bundle, [r.patient_id for r in refs])
     warnings = []
@@ -212,11 +218,13 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
                         f"model (e.g. {', '.join(overlap[:3])}); metrics will be optimistic")
         console.print(f"[yellow]warning[/]: {warnings[0]}")
     cases = patch_cohort(refs, bundle.config, progress=progress)
-    evaluation = evaluate_cohort(cases, score_cases(bundle.build_model(), cases),
-                                 bundle.patch_threshold, bundle.patient_threshold)
+    scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips)
+    evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,
+                                 bundle.patient_threshold, config=bundle.config)
     title = f"Evaluation of {model_path} on {dataset}"
     levels = write_cohort_report(out_dir, evaluation, title=title, warnings=warnings,
                                  meta={"model": str(model_path), "dataset": str(dataset),
+                                       "patient_score": bundle.config.decide.score_name,
                                        "training_patients_evaluated": overlap},
                                  source=str(dataset), n_boot=n_boot, seed=seed)
     print_levels(levels, console, title)

@@ -136,7 +136,7 @@ def test_cohort_report_patch_and_patient_levels(tmp_path):
     for i in range(16):
         tumour = i % 2 == 0
         labels = [1, 1, 0, 0, 0] if tumour else [0] * 5
-        cases.append(_case(f"c{i}", labels, 10.0 + 3 * i if tumour else None, "AB"[i % 4 // 2]))
+        cases.append(_case(f"c{i}", labels, 6.0 + 3 * i if tumour else None, "AB"[i % 4 // 2]))
         scores.append(np.clip(0.5 * np.array(labels) + rng.uniform(0, 0.5, 5), 0, 1))
     evaluation = evaluate_cohort(cases, scores, 0.45, 0.3)
     levels = write_cohort_report(tmp_path / "rep", evaluation, title="cohort", meta={},
@@ -145,9 +145,17 @@ def test_cohort_report_patch_and_patient_levels(tmp_path):
     assert patch.metrics["auc"].method.startswith("cluster-bootstrap")
     assert patient.metrics["auc"].method == "delong"
     sizes = [r["group"] for r in patient.subgroups["size_bin"]]
-    assert sizes == ["< 2 cm", "2-4 cm", "> 4 cm", "no tumour"]
+    assert sizes == ["< 1 cm", "1-2 cm", "2-4 cm", "> 4 cm", "no tumour"]
+    assert [r["n"] for r in patient.subgroups["size_bin"]] == [1, 2, 3, 2, 8]
     no_tumour = patient.subgroups["size_bin"][-1]
     assert no_tumour["n"] == no_tumour["negatives"] == 8
+    # The seed's split (< 2 cm) beside the four bins, each with its interval.
+    seed_split = patient.subgroups["size_2cm"]
+    assert [(r["group"], r["n"]) for r in seed_split] == [("< 2 cm", 3), (">= 2 cm", 5),
+                                                           ("no tumour", 8)]
+    assert "sensitivity" in seed_split[0]
+    assert [r["size_bin"] for r in evaluation.by_tumour_size] == [
+        "< 1 cm", "1-2 cm", "2-4 cm", "> 4 cm", "< 2 cm"]
     assert [r["group"] for r in patient.subgroups["site"]] == ["A", "B"]
     assert patient.score_kind == "score"
     page = (tmp_path / "rep" / "report.html").read_text()

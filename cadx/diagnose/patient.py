@@ -10,7 +10,7 @@ import torch
 
 from cadx.bundle import PatchModelBundle
 from cadx.case import Case
-from cadx.decide.aggregate import patient_scores
+from cadx.decide.aggregate import score_patients
 from cadx.patches.grid import PatchSet, extract_patches
 from cadx.preprocess.pipeline import preprocess_case
 from cadx.train.fit import predict_patch_probabilities
@@ -54,9 +54,10 @@ class Diagnosis:
         return asdict(self)
 
 
-def score_patches(model: torch.nn.Module, patches: PatchSet) -> np.ndarray:
-    """Cancer probability of every patch, batched."""
-    return predict_patch_probabilities(model, patches.patches)
+def score_patches(model: torch.nn.Module, patches: PatchSet,
+                  flip_average: bool = False) -> np.ndarray:
+    """Cancer probability of every patch, batched (averaged over flips with `flip_average`)."""
+    return predict_patch_probabilities(model, patches.patches, flip_average=flip_average)
 
 
 def organ_not_found(bundle: PatchModelBundle, case: Case) -> Diagnosis:
@@ -85,10 +86,12 @@ def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: st
     timings["patches"] = time.perf_counter() - start
     start = time.perf_counter()
     model = model if model is not None else bundle.build_model()
-    scores = score_patches(model, patches)
+    scores = score_patches(model, patches, bundle.config.decide.test_time_flips)
     timings["score"] = time.perf_counter() - start
     start = time.perf_counter()
-    score = patient_scores(patches.patient_ids, scores, bundle.patch_threshold)[case.patient_id]
+    score = score_patients(bundle.config.decide, patches.patient_ids, scores,
+                           bundle.patch_threshold, patches.coords,
+                           bundle.config.patches.stride_px)[case.patient_id]
     positive = np.flatnonzero(scores > bundle.patch_threshold)
     thickness = processed.spacing_zyx_mm[0]
     positive_patches = [

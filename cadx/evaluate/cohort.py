@@ -8,13 +8,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from cadx.decide.aggregate import patient_scores
-from cadx.evaluate.lesion_size import SIZE_BINS_MM, size_bin
+from cadx.config import PipelineConfig
+from cadx.decide.aggregate import score_patients
+from cadx.evaluate.lesion_size import (
+    LARGER_TUMOUR_GROUP,
+    SIZE_BINS_MM,
+    SMALL_TUMOUR_GROUP,
+    SMALL_TUMOUR_MM,
+    size_bin,
+)
 from cadx.evaluate.levels import MISSING_GROUP, LevelResult, evaluate_level
 from cadx.evaluate.metrics import binary_metrics
 from cadx.patches.cohort import PatchedCase
 
 NO_TUMOUR_GROUP = "no tumour"
+_UNDER_2CM = {name for low, _, name in SIZE_BINS_MM if low < SMALL_TUMOUR_MM}
 
 
 @dataclass
@@ -55,17 +63,29 @@ def _roc(y_true: np.ndarray, scores: np.ndarray) -> dict[str, list[float]]:
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 
+def cohort_patient_scores(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndarray],
+                          patch_threshold: float, config: PipelineConfig) -> np.ndarray:
+    """The patient score `config.decide` of each case (in `cases` order)."""
+    ids = np.concatenate([c.patches.patient_ids for c in cases])
+    coords = np.concatenate([np.asarray(c.patches.coords).reshape(-1, 3) for c in cases])
+    score_of = score_patients(config.decide, ids, np.concatenate(patch_scores), patch_threshold,
+                              coords, config.patches.stride_px)
+    return np.array([score_of[c.patient_id] for c in cases])
+
+
 def evaluate_cohort(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndarray],
-                    patch_threshold: float, patient_threshold: float) -> CohortEvaluation:
-    """Evaluate `cases` whose patches scored `patch_scores` (one array per case)."""
+                    patch_threshold: float, patient_threshold: float,
+                    config: PipelineConfig | None = None) -> CohortEvaluation:
+    """Evaluate `cases` whose patches scored `patch_scores` (one array per case), with the
+    patient score of `config.decide` (default: the seed's fraction of positive patches)."""
     all_scores = np.concatenate(patch_scores)
     all_labels = np.concatenate([c.patches.labels for c in cases]).astype(bool)
     all_ids = np.concatenate([c.patches.patient_ids for c in cases])
     patch = binary_metrics(all_labels, all_scores > patch_threshold, all_scores)
 
-    score_of = patient_scores(all_ids, all_scores, patch_threshold)
     truth = np.array([c.has_tumour for c in cases])
-    p_scores = np.array([score_of[c.patient_id] for c in cases])
+    p_scores = cohort_patient_scores(cases, patch_scores, patch_threshold,
+                                     config or PipelineConfig())
     predicted = p_scores > patient_threshold
     patient = binary_metrics(truth, predicted, p_scores)
 
@@ -85,8 +105,9 @@ def evaluate_cohort(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndar
     for row, case in zip(rows, cases, strict=True):
         row.update({column: case.meta.get(column) for column in metadata_columns})
     size_table = []
-    for _, _, name in SIZE_BINS_MM:
-        members = [r for r in rows if r["size_bin"] == name]
+    small = [r for r in rows if _seed_size_group(r) == SMALL_TUMOUR_GROUP]
+    groups = [(name, [r for r in rows if r["size_bin"] == name]) for _, _, name in SIZE_BINS_MM]
+    for name, members in [*groups, (SMALL_TUMOUR_GROUP, small)]:
         detected = sum(r["predicted_cancer"] for r in members)
         size_table.append({"size_bin": name, "n": len(members), "detected": detected,
                            "sensitivity": detected / len(members) if members else None})
@@ -97,6 +118,15 @@ def evaluate_cohort(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndar
         metadata_columns=metadata_columns, patch_scores=all_scores,
         patch_labels=all_labels.astype(int), patch_patient_ids=all_ids.astype(str),
     )
+
+
+def _seed_size_group(row: dict[str, object]) -> str:
+    """The seed's split: tumours under 2 cm, the larger ones, no tumour."""
+    if not row["has_tumour"]:
+        return NO_TUMOUR_GROUP
+    if row["size_bin"] is None:
+        return MISSING_GROUP
+    return SMALL_TUMOUR_GROUP if row["size_bin"] in _UNDER_2CM else LARGER_TUMOUR_GROUP
 
 
 def cohort_levels(evaluation: CohortEvaluation, *, source: str = "", n_boot: int = 1000,
@@ -115,13 +145,16 @@ def cohort_levels(evaluation: CohortEvaluation, *, source: str = "", n_boot: int
     rows = evaluation.patients
     subgroups: dict[str, list[object]] = {
         "size_bin": [(r["size_bin"] or MISSING_GROUP) if r["has_tumour"] else NO_TUMOUR_GROUP
-                     for r in rows]}
+                     for r in rows],
+        "size_2cm": [_seed_size_group(r) for r in rows]}
     subgroups.update({column: [r[column] for r in rows]
                       for column in evaluation.metadata_columns})
     patient = evaluate_level(
         "patient", [r["has_tumour"] for r in rows], [r["patient_score"] for r in rows],
         evaluation.patient_threshold, unit="patients", subgroups=subgroups,
-        subgroup_order={"size_bin": [name for _, _, name in SIZE_BINS_MM] + [NO_TUMOUR_GROUP]},
+        subgroup_order={"size_bin": [name for _, _, name in SIZE_BINS_MM] + [NO_TUMOUR_GROUP],
+                        "size_2cm": [SMALL_TUMOUR_GROUP, LARGER_TUMOUR_GROUP,
+                                     NO_TUMOUR_GROUP]},
         score_kind="score",
         threshold_note="stored in the model bundle (max Youden on the validation patients)",
         source=f"{prefix}patient level", n_boot=n_boot, seed=seed)

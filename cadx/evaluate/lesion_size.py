@@ -6,7 +6,13 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import regionprops
 
-SIZE_BINS_MM = ((0.0, 20.0, "< 2 cm"), (20.0, 40.0, "2-4 cm"), (40.0, float("inf"), "> 4 cm"))
+SIZE_BINS_MM = ((0.0, 10.0, "< 1 cm"), (10.0, 20.0, "1-2 cm"), (20.0, 40.0, "2-4 cm"),
+                (40.0, float("inf"), "> 4 cm"))
+# The seed reports sensitivity for tumours under 2 cm (its two smallest bins here together).
+SMALL_TUMOUR_MM, SMALL_TUMOUR_GROUP, LARGER_TUMOUR_GROUP = 20.0, "< 2 cm", ">= 2 cm"
+# Every size group a report may show, smallest first.
+SIZE_GROUP_ORDER = ("< 1 cm", "1-2 cm", SMALL_TUMOUR_GROUP, "2-4 cm", LARGER_TUMOUR_GROUP,
+                    "> 4 cm")
 
 
 def largest_tumour_diameter_mm(tumour_mask: np.ndarray | None,
@@ -30,7 +36,7 @@ def largest_tumour_diameter_mm(tumour_mask: np.ndarray | None,
 
 
 def size_bin(diameter_mm: float | None) -> str | None:
-    """The seed's size bin (< 2 cm, 2-4 cm, > 4 cm) of a diameter; None without a tumour."""
+    """The size bin (< 1 cm, 1-2 cm, 2-4 cm, > 4 cm) of a diameter; None without a tumour."""
     if diameter_mm is None:
         return None
     for low, high, name in SIZE_BINS_MM:

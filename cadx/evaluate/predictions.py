@@ -23,7 +23,7 @@ from rich.markup import escape
 from cadx.decide.roc import youden_operating_point
 from cadx.errors import ConfigError, InputError
 from cadx.evaluate.cohort import NO_TUMOUR_GROUP
-from cadx.evaluate.lesion_size import SIZE_BINS_MM
+from cadx.evaluate.lesion_size import SIZE_GROUP_ORDER
 from cadx.evaluate.levels import LevelResult, evaluate_level
 from cadx.evaluate.report import comparisons_table, print_levels, write_report
 from cadx.evaluate.stats import delong_test, validate_scores
@@ -32,7 +32,7 @@ from cadx.io.atomic import write_json_atomic
 REQUIRED_COLUMNS = ("patient_id", "y_true", "score")
 MODEL_COLUMN = "model"
 # Known columns whose groups have a natural order (the rest are listed sorted).
-SUBGROUP_ORDER = {"size_bin": [name for _, _, name in SIZE_BINS_MM] + [NO_TUMOUR_GROUP]}
+SUBGROUP_ORDER = {"size_bin": [*SIZE_GROUP_ORDER, NO_TUMOUR_GROUP]}
 _MAX_LISTED = 5
 
 

@@ -17,8 +17,10 @@ def _conv_block(in_channels: int, out_channels: int, kernel: int,
 class PatchCNN(nn.Module):
     """conv 5x5x16, 5x5x32, pool; 3x3x64 x2, pool; 3x3x128 x2, pool; FC 32, 32, 1.
 
-    Input (N, 1, P, P) with values 0..1; output (N,) logits (apply a sigmoid for probabilities).
-    For P = 50 the flattened feature is 6 x 6 x 128 = 4608, as in Table 1.
+    Input (N, C, P, P) with values 0..1; output (N,) logits (apply a sigmoid for probabilities).
+    For P = 50 the flattened feature is 6 x 6 x 128 = 4608, as in Table 1. C is 1 in the seed;
+    2.5D input (`in_channels` > 1: the slice and its neighbours) changes only the first
+    convolution.
 
     `batch_norm` adds a BatchNorm after each convolution. Table 1 lists none; the seed does not
     limit the layers used. Trained from scratch for a few CPU epochs on the synthetic cohort, the
@@ -27,12 +29,14 @@ class PatchCNN(nn.Module):
     exactly.
     """
 
-    def __init__(self, patch_size_px: int = 50, batch_norm: bool = True) -> None:
+    def __init__(self, patch_size_px: int = 50, batch_norm: bool = True,
+                 in_channels: int = 1) -> None:
         super().__init__()
         self.patch_size_px = patch_size_px
+        self.in_channels = in_channels
         bn = batch_norm
         self.features = nn.Sequential(
-            *_conv_block(1, 16, 5, bn), *_conv_block(16, 32, 5, bn), nn.MaxPool2d(2),
+            *_conv_block(in_channels, 16, 5, bn), *_conv_block(16, 32, 5, bn), nn.MaxPool2d(2),
             *_conv_block(32, 64, 3, bn), *_conv_block(64, 64, 3, bn), nn.MaxPool2d(2),
             *_conv_block(64, 128, 3, bn), *_conv_block(128, 128, 3, bn), nn.MaxPool2d(2),
         )

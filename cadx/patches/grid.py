@@ -22,8 +22,10 @@ from cadx.errors import ConfigError, EmptyMaskError
 class PatchSet:
     """Patches of one or more patients with their (patient, slice, y, x) coordinates.
 
-    `coords` holds (slice, y, x) of each patch's top-left corner on the preprocessed grid;
-    `labels` is 1 for cancerous patches, 0 otherwise, or None when the truth is unknown.
+    `patches` is (N, P, P), or (N, C, P, P) for 2.5D patches whose C channels are the slice and
+    its neighbours (centre slice in the middle channel). `coords` holds (slice, y, x) of each
+    patch's top-left corner on the preprocessed grid; `labels` is 1 for cancerous patches, 0
+    otherwise, or None when the truth is unknown.
     """
 
     patches: np.ndarray
@@ -37,6 +39,11 @@ class PatchSet:
     @property
     def patch_size_px(self) -> int:
         return int(self.patches.shape[-1])
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the network: 1, or C of (N, C, P, P) 2.5D patches."""
+        return int(self.patches.shape[1]) if len(self.patches.shape) == 4 else 1
 
     def subset(self, keep: np.ndarray) -> PatchSet:
         """The patches selected by a boolean mask or an index array."""
@@ -135,7 +142,13 @@ def extract_patches(case: Case, config: PatchConfig) -> PatchSet:
     slice_pos, iy, ix = np.nonzero(keep)
     slice_idx = slices[slice_pos]
     windows = sliding_window_view(image, (size, size), axis=(1, 2))
-    patches = np.ascontiguousarray(windows[slice_idx, ys[iy], xs[ix]], dtype=np.float32)
+    if config.context_slices:
+        offsets = np.arange(-config.context_slices, config.context_slices + 1)
+        neighbours = np.clip(slice_idx[:, None] + offsets[None, :], 0, image.shape[0] - 1)
+        patches = np.ascontiguousarray(
+            windows[neighbours, ys[iy][:, None], xs[ix][:, None]], dtype=np.float32)
+    else:
+        patches = np.ascontiguousarray(windows[slice_idx, ys[iy], xs[ix]], dtype=np.float32)
     coords = np.stack([slice_idx, ys[iy], xs[ix]], axis=1).astype(np.int32)
     labels = None
     if tumour_counts is not None:

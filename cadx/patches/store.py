@@ -27,7 +27,8 @@ PATCHES_FILE, INDEX_FILE, MANIFEST_FILE = "patches.f32", "index.npz", "store.jso
 
 
 class StoredRows:
-    """Rows of a memory-mapped (N, P, P) array picked by an index, read only when indexed."""
+    """Rows of a memory-mapped (N, P, P) or (N, C, P, P) array picked by an index, read only
+    when indexed."""
 
     def __init__(self, mapped: np.ndarray, rows: np.ndarray) -> None:
         self.mapped, self.rows = mapped, rows
@@ -76,6 +77,7 @@ def write_patch_store(refs: Sequence[CaseRef], config: PipelineConfig, folder: s
         np.savez(out, labels=np.concatenate(labels), coords=np.concatenate(coords))
     write_json_atomic(folder / MANIFEST_FILE, {
         "format": STORE_FORMAT, "n_patches": rows, "patch_size_px": config.patches.size_px,
+        "channels": config.patches.channels,
         "config": config.to_dict(), "cases": cases})
     return folder
 
@@ -92,10 +94,12 @@ def open_patch_store(folder: str | Path) -> list[PatchedCase]:
     if manifest.get("format") != STORE_FORMAT:
         raise InputError(f"{folder}: unsupported patch store format {manifest.get('format')!r}")
     size, n = manifest["patch_size_px"], manifest["n_patches"]
-    expected = n * size * size * 4
+    channels = int(manifest.get("channels", 1))
+    row_shape = (size, size) if channels == 1 else (channels, size, size)
+    expected = n * channels * size * size * 4
     if (folder / PATCHES_FILE).stat().st_size != expected or len(labels) != n:
         raise InputError(f"{folder / PATCHES_FILE}: size does not match the store's manifest")
-    mapped = np.memmap(folder / PATCHES_FILE, dtype=np.float32, mode="r", shape=(n, size, size))
+    mapped = np.memmap(folder / PATCHES_FILE, dtype=np.float32, mode="r", shape=(n, *row_shape))
     cases = []
     for case in manifest["cases"]:
         part = slice(case["start"], case["stop"])

@@ -21,6 +21,7 @@ from cadx.io.atomic import atomic_path
 from cadx.models.patch_cnn import PatchCNN
 from cadx.patches.grid import PatchSet
 from cadx.train.loss import WeightedBCELoss
+from cadx.train.sampling import BalancedBatchSampler
 
 
 @dataclass
@@ -72,49 +73,88 @@ def epoch_progress(progress: bool) -> Progress:
 
 
 def _batch_tensor(patches: np.ndarray, index: np.ndarray | slice) -> torch.Tensor:
-    """(n, 1, P, P) float32 channels_last tensor of the indexed patches.
+    """(n, C, P, P) float32 channels_last tensor of the indexed (n, P, P) or (n, C, P, P) patches.
 
     Only these rows are read, so `patches` may be a memory-mapped store larger than RAM.
     """
-    rows = np.asarray(patches[index], dtype=np.float32)
-    return torch.from_numpy(rows).unsqueeze(1).contiguous(memory_format=torch.channels_last)
+    batch = torch.from_numpy(np.asarray(patches[index], dtype=np.float32))
+    if batch.dim() == 3:
+        batch = batch.unsqueeze(1)
+    return batch.contiguous(memory_format=torch.channels_last)
 
 
-def _flip(batch: torch.Tensor, flip_x: torch.Tensor, flip_y: torch.Tensor) -> torch.Tensor:
-    """Flip the patches marked in `flip_x` left-right and in `flip_y` up-down (label-preserving)."""
-    batch = torch.where(flip_x[:, None, None, None], batch.flip(-1), batch)
-    return torch.where(flip_y[:, None, None, None], batch.flip(-2), batch)
+# Which of a patch's symmetries to apply: flip left-right, flip up-down, transpose. With all
+# three drawn at random every one of the square's 8 symmetries (flips and 90-degree rotations)
+# is equally likely.
+Augmentation = torch.Tensor  # (3, n) bool
 
 
-def _single_process_batches(n: int, batch_size: int, generator: torch.Generator, flips: bool
-                            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """One epoch of (index, flip_x, flip_y): a fresh permutation, flips drawn per batch."""
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        index = order[start:start + batch_size]
-        if not flips:
-            yield index, None, None
-            continue
-        flip_x = torch.rand(len(index), generator=generator) < 0.5
-        flip_y = torch.rand(len(index), generator=generator) < 0.5
-        yield index, flip_x, flip_y
+def augment_patches(batch: torch.Tensor, augmentation: Augmentation | None) -> torch.Tensor:
+    """Apply the per-patch flips / transposes of `augmentation` to (n, C, P, P) `batch` at once
+    (label-preserving: a tumour is a tumour in any orientation)."""
+    if augmentation is None:
+        return batch
+    flip_x, flip_y, transpose = (row[:, None, None, None] for row in augmentation)
+    batch = torch.where(flip_x, batch.flip(-1), batch)
+    batch = torch.where(flip_y, batch.flip(-2), batch)
+    if bool(transpose.any()):
+        batch = torch.where(transpose, batch.transpose(-1, -2), batch)
+    return batch.contiguous(memory_format=torch.channels_last)
 
 
-def _distributed_batches(sampler: DistributedSampler, epoch: int, local_batch: int, seed: int
-                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _draw_augmentation(n: int, config: TrainConfig, generator: torch.Generator
+                       ) -> Augmentation | None:
+    """Per-patch flips (and transposes with rotations) for `n` patches, or None for none."""
+    if not config.augment_flips and not config.augment_rotations:
+        return None
+    draws = torch.zeros(3, n, dtype=torch.bool)
+    if config.augment_flips:  # drawn first and alone as before, so seeded runs stay the same
+        draws[0] = torch.rand(n, generator=generator) < 0.5
+        draws[1] = torch.rand(n, generator=generator) < 0.5
+    if config.augment_rotations:
+        draws[2] = torch.rand(n, generator=generator) < 0.5
+    return draws
+
+
+def _single_process_batches(labels: np.ndarray, config: TrainConfig, generator: torch.Generator
+                            ) -> Iterator[tuple[torch.Tensor, Augmentation | None]]:
+    """One epoch of (index, augmentation): a fresh permutation (or class-balanced batches),
+    augmentations drawn per batch."""
+    if config.balanced_sampling:
+        batches = iter(BalancedBatchSampler(labels, config.batch_size,
+                                            config.batch_positive_fraction, generator))
+    else:
+        order = torch.randperm(len(labels), generator=generator)
+        batches = (order[start:start + config.batch_size]
+                   for start in range(0, len(labels), config.batch_size))
+    for index in batches:
+        yield index, _draw_augmentation(len(index), config, generator)
+
+
+def _distributed_batches(sampler: DistributedSampler, epoch: int, local_batch: int,
+                         config: TrainConfig
+                         ) -> Iterator[tuple[torch.Tensor, Augmentation | None]]:
     """This rank's share of one epoch: DistributedSampler's slice of a seeded permutation.
 
-    Flips are drawn per patch from a generator seeded by (seed, epoch), identical on every rank,
-    so rank r's k-th batch plus the other ranks' k-th batches are exactly the k-th batch of the
-    same run on one rank with N times the batch size: N ranks train as one process would.
+    Augmentations are drawn per patch from a generator seeded by (seed, epoch), identical on
+    every rank, so rank r's k-th batch plus the other ranks' k-th batches are exactly the k-th
+    batch of the same run on one rank with N times the batch size: N ranks train as one
+    process would.
     """
     sampler.set_epoch(epoch)
     local = torch.tensor(list(sampler), dtype=torch.int64)
-    flips = torch.rand(2, len(sampler.dataset),
-                       generator=torch.Generator().manual_seed(seed * 100_003 + epoch)) < 0.5
+    draws = None
+    if config.augment_flips or config.augment_rotations:
+        draws = torch.rand(3 if config.augment_rotations else 2, len(sampler.dataset),
+                           generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+                           ) < 0.5
+        if not config.augment_flips:
+            draws[:2] = False
+        if not config.augment_rotations:
+            draws = torch.cat([draws, torch.zeros_like(draws[:1])])
     for start in range(0, len(local), local_batch):
         index = local[start:start + local_batch]
-        yield index, flips[0, index], flips[1, index]
+        yield index, None if draws is None else draws[:, index]
 
 
 def _check_labelled(patch_set: PatchSet, name: str) -> None:
@@ -148,6 +188,9 @@ def fit_patch_cnn(
     if config.batch_size % world:
         raise ConfigError(f"batch size {config.batch_size} does not split over {world} "
                           "processes; use a multiple of the process count")
+    if distributed and config.balanced_sampling:
+        raise ConfigError("balanced sampling is not available with --ddp; train on one "
+                          "process or without --balanced-sampling")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     # channels_last is ~1.3x faster for training and ~1.5x for inference on CPU (benchmarks/).
@@ -155,7 +198,7 @@ def fit_patch_cnn(
     # One GPU per rank under nccl (torchrun sets the device); the CPU otherwise.
     on_gpu = distributed and dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    model = PatchCNN(train.patch_size_px, model_config.batch_norm)
+    model = PatchCNN(train.patch_size_px, model_config.batch_norm, train.channels)
     saved = _read_checkpoint(checkpoint_path) if resume and checkpoint_path else None
     if saved is not None:
         _load_state(model, saved["model"], checkpoint_path)
@@ -166,7 +209,15 @@ def fit_patch_cnn(
     sampler = (DistributedSampler(train.labels, num_replicas=world, rank=rank, shuffle=True,
                                   seed=config.seed) if distributed else None)
     n_pos = int(train.labels.sum())
+    # Validation loss weighs the classes by the training counts (the seed's w1 : w2); balanced
+    # batches already hold the classes in the requested share, so their loss weighs the
+    # patches by that share instead of correcting a second time.
     loss_fn = WeightedBCELoss(n_positive=n_pos, n_negative=len(train) - n_pos)
+    train_loss_fn = loss_fn
+    if config.balanced_sampling:
+        k = BalancedBatchSampler(train.labels, config.batch_size,
+                                 config.batch_positive_fraction).n_positive
+        train_loss_fn = WeightedBCELoss(n_positive=k, n_negative=config.batch_size - k)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     mode = "min" if config.monitor == "loss" else "max"
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -189,17 +240,16 @@ def fit_patch_cnn(
         task = bar.add_task("epochs", total=config.max_epochs, completed=first_epoch, status="")
         for epoch in range(first_epoch, config.max_epochs):
             network.train()
-            batches = (_distributed_batches(sampler, epoch, config.batch_size // world,
-                                            config.seed) if distributed else
-                       _single_process_batches(len(train), config.batch_size, generator,
-                                               config.augment_flips))
+            batches = (_distributed_batches(sampler, epoch, config.batch_size // world, config)
+                       if distributed else
+                       _single_process_batches(train.labels, config, generator))
             loss_sum = torch.zeros(2, dtype=torch.float64)  # summed loss, patches seen
-            for index, flip_x, flip_y in batches:
+            for index, augmentation in batches:
                 batch = _batch_tensor(train.patches, index.numpy()).to(device)
-                if config.augment_flips:
-                    batch = _flip(batch, flip_x.to(device), flip_y.to(device))
+                batch = augment_patches(
+                    batch, None if augmentation is None else augmentation.to(device))
                 optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(network(batch), y_train[index].to(device))
+                loss = train_loss_fn(network(batch), y_train[index].to(device))
                 loss.backward()
                 optimiser.step()
                 loss_sum += torch.tensor([float(loss.detach()) * len(index), len(index)],
@@ -272,15 +322,22 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: st
 INFERENCE_BATCH = 32
 
 
+def _flip_views(batch: torch.Tensor) -> torch.Tensor:
+    """The batch, flipped left-right, up-down and both, stacked: (4n, C, P, P)."""
+    return torch.cat([batch, batch.flip(-1), batch.flip(-2), batch.flip(-2, -1)]).contiguous(
+        memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, patches: np.ndarray | torch.Tensor,
                    batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
-    """Logits for (N, P, P) patches (array, memory map or tensor), batch by batch, in eval mode."""
+    """Logits for (N, P, P) or (N, C, P, P) patches (array, memory map or tensor), batch by
+    batch, in eval mode."""
     was_training = model.training
     model.eval().to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     if isinstance(patches, torch.Tensor):
-        patches = patches.reshape(len(patches), *patches.shape[-2:]).numpy()
+        patches = patches.cpu().numpy()
     outputs = [model(_batch_tensor(patches, slice(i, i + batch_size)).to(device)).cpu()
                for i in range(0, len(patches), batch_size)]
     model.train(was_training)
@@ -289,7 +346,32 @@ def predict_logits(model: torch.nn.Module, patches: np.ndarray | torch.Tensor,
     return torch.cat(outputs)
 
 
+@torch.inference_mode()
+def _flip_averaged_probabilities(model: torch.nn.Module, patches: np.ndarray,
+                                 batch_size: int) -> torch.Tensor:
+    """Mean probability over each patch and its three flips, the four views in one forward
+    pass per batch."""
+    was_training = model.training
+    model.eval().to(memory_format=torch.channels_last)
+    device = next(model.parameters()).device
+    outputs = []
+    for i in range(0, len(patches), batch_size):
+        batch = _batch_tensor(patches, slice(i, i + batch_size)).to(device)
+        views = torch.sigmoid(model(_flip_views(batch))).cpu()
+        outputs.append(views.view(4, len(batch)).mean(dim=0))
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
 def predict_patch_probabilities(model: torch.nn.Module, patches: np.ndarray,
-                                batch_size: int = INFERENCE_BATCH) -> np.ndarray:
-    """Cancer probability of each (N, P, P) patch."""
-    return torch.sigmoid(predict_logits(model, patches, batch_size)).numpy().astype(np.float64)
+                                batch_size: int = INFERENCE_BATCH,
+                                flip_average: bool = False) -> np.ndarray:
+    """Cancer probability of each (N, P, P) or (N, C, P, P) patch; with `flip_average` the mean
+    over the patch and its left-right, up-down and double flips (test-time augmentation)."""
+    if flip_average:
+        if isinstance(patches, torch.Tensor):
+            patches = patches.cpu().numpy()
+        probabilities = _flip_averaged_probabilities(model, patches, batch_size)
+    else:
+        probabilities = torch.sigmoid(predict_logits(model, patches, batch_size))
+    return probabilities.numpy().astype(np.float64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +11,10 @@ import torch
 import torch.distributed as dist
 
 from cadx.bundle import PatchModelBundle
-from cadx.config import PipelineConfig
-from cadx.decide.aggregate import patient_scores
+from cadx.config import PATIENT_SCORES, DecideConfig, PipelineConfig
 from cadx.decide.roc import OperatingPoint, youden_operating_point
 from cadx.errors import SplitError
-from cadx.evaluate.cohort import CohortEvaluation, evaluate_cohort
+from cadx.evaluate.cohort import CohortEvaluation, cohort_patient_scores, evaluate_cohort
 from cadx.patches.cohort import PatchedCase
 from cadx.patches.store import join_patches
 from cadx.train.fit import TrainingHistory, fit_patch_cnn, predict_patch_probabilities
@@ -33,11 +32,19 @@ class TrainingOutcome:
     test_evaluation: CohortEvaluation | None
 
 
-def score_cases(model: torch.nn.Module, cases: Sequence[PatchedCase]) -> list[np.ndarray]:
-    """Score all cases' patches in one batched pass; one score array per case."""
+# Top-k patient scores whose validation thresholds every bundle stores, so that `evaluate
+# --patient-score topk --top-k K` can use any of them without choosing on the evaluated data.
+STORED_TOP_K = (1, 3, 5, 10, 20)
+
+
+def score_cases(model: torch.nn.Module, cases: Sequence[PatchedCase],
+                flip_average: bool = False) -> list[np.ndarray]:
+    """Score all cases' patches in one batched pass (averaged over flips with `flip_average`);
+    one score array per case."""
     if not cases:
         return []
-    scores = predict_patch_probabilities(model, join_patches(cases).patches)
+    scores = predict_patch_probabilities(model, join_patches(cases).patches,
+                                         flip_average=flip_average)
     bounds = np.cumsum([len(c.patches) for c in cases])[:-1]
     return np.split(scores, bounds)
 
@@ -53,19 +60,36 @@ def _patch_counts(cases: Sequence[PatchedCase]) -> dict[str, int]:
             "patches": int(labels.size), "cancerous_patches": int(labels.sum())}
 
 
-def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase]
-                      ) -> tuple[OperatingPoint, OperatingPoint]:
+def _candidate_scores(config: PipelineConfig) -> list[DecideConfig]:
+    tops = sorted({*STORED_TOP_K, config.decide.top_k})
+    return ([replace(config.decide, patient_score=name) for name in PATIENT_SCORES
+             if name != "topk"]
+            + [replace(config.decide, patient_score="topk", top_k=k) for k in tops])
+
+
+def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase],
+                      config: PipelineConfig | None = None
+                      ) -> tuple[OperatingPoint, OperatingPoint, dict[str, OperatingPoint]]:
     """Patch threshold by max Youden on validation patches, then the patient threshold by max
-    Youden on validation patients' scores (fraction of patches above the patch threshold)."""
-    scores = np.concatenate(score_cases(model, validation))
+    Youden on validation patients' scores (`config.decide`, default the seed's fraction of
+    patches above the patch threshold).
+
+    Also returns the validation operating point of every candidate patient score (fraction,
+    cluster, top-k for k in STORED_TOP_K), keyed by `DecideConfig.score_name`.
+    """
+    config = config or PipelineConfig()
+    per_case = score_cases(model, validation, config.decide.test_time_flips)
+    scores = np.concatenate(per_case)
     labels = np.concatenate([c.patches.labels for c in validation])
     patch_point = youden_operating_point(labels, scores, "validation patches")
-    ids = np.concatenate([c.patches.patient_ids for c in validation])
-    score_of = patient_scores(ids, scores, patch_point.threshold)
     truth = np.array([c.has_tumour for c in validation])
-    p_scores = np.array([score_of[c.patient_id] for c in validation])
-    patient_point = youden_operating_point(truth, p_scores, "validation patients")
-    return patch_point, patient_point
+    points = {}
+    for decide in _candidate_scores(config):
+        p_scores = cohort_patient_scores(validation, per_case, patch_point.threshold,
+                                         replace(config, decide=decide))
+        points[decide.score_name] = youden_operating_point(
+            truth, p_scores, f"validation patients ({decide.score_name})")
+    return patch_point, points[config.decide.score_name], points
 
 
 def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
@@ -93,23 +117,29 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
                                    checkpoint_path=checkpoint_path, resume=resume)
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return None
-    patch_point, patient_point = choose_thresholds(model, parts["validation"])
+    patch_point, patient_point, all_points = choose_thresholds(model, parts["validation"],
+                                                               config)
 
     test_evaluation = None
     if parts["test"]:
-        test_evaluation = evaluate_cohort(parts["test"], score_cases(model, parts["test"]),
-                                          patch_point.threshold, patient_point.threshold)
+        test_evaluation = evaluate_cohort(
+            parts["test"], score_cases(model, parts["test"], config.decide.test_time_flips),
+            patch_point.threshold, patient_point.threshold, config=config)
     summary = {
         "split": {"train": list(split.train), "validation": list(split.validation),
                   "test": list(split.test)},
         "counts": {name: _patch_counts(part) for name, part in parts.items()},
         "training": history.to_dict(),
-        "validation": {"patch_auc": patch_point.auc, "patient_auc": patient_point.auc},
+        "validation": {"patch_auc": patch_point.auc, "patient_auc": patient_point.auc,
+                       "patient_score": config.decide.score_name,
+                       "patient_auc_by_score": {name: point.auc
+                                                for name, point in all_points.items()}},
         "test": None if test_evaluation is None else {
             "patch": test_evaluation.patch, "patient": test_evaluation.patient,
             "by_tumour_size": test_evaluation.by_tumour_size},
     }
     bundle = PatchModelBundle(config=config, state_dict=model.state_dict(),
                               patch_operating_point=patch_point,
-                              patient_operating_point=patient_point, summary=summary)
+                              patient_operating_point=patient_point, summary=summary,
+                              patient_operating_points=all_points)
     return TrainingOutcome(bundle, split, history, parts["test"], test_evaluation)
