@@ -25,7 +25,12 @@ from cadx.config import (
     TrainConfig,
 )
 from cadx.errors import CadxError, InputError
-from cadx.io.limits import DEFAULT_MAX_VOXELS, VolumeLimits, set_default_volume_limits
+from cadx.io.limits import (
+    DEFAULT_MAX_VOXELS,
+    VolumeLimits,
+    default_volume_limits,
+    set_default_volume_limits,
+)
 from cadx.triage.commands import add_synth_categories_parser, add_triage_parsers
 
 console = Console(stderr=False)
@@ -640,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous_limits = default_volume_limits()
     try:
         if getattr(args, "max_voxels", None) is not None:
             set_default_volume_limits(VolumeLimits(max_voxels=args.max_voxels))
@@ -655,6 +661,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cadx: interrupted; no partial outputs were kept", file=sys.stderr)
         return 130
+    finally:  # main() called in-process (tests, notebooks) leaves the limits as they were
+        set_default_volume_limits(previous_limits)
 
 
 if __name__ == "__main__":

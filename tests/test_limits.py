@@ -21,6 +21,7 @@ from cadx.io.volumes import (
     DEFAULT_MAX_VOXELS,
     VolumeLimits,
     VolumeTooLargeError,
+    default_volume_limits,
     read_case,
     read_volume,
 )
@@ -215,3 +216,30 @@ def test_service_answers_422_for_absurd_spacing(tmp_path, ct_model, zoom_z):
     error = response.json()["error"]
     assert error.startswith("ct.nii.gz: voxel spacing") and "plausible range" in error
     assert str(tmp_path) not in error and "Traceback" not in error
+
+
+def test_cli_leaves_the_process_limits_as_they_were(tmp_path, ct_model, capsys):
+    image, mask = write_ct_upload(tmp_path / "upload")
+    main(["diagnose", str(ct_model), str(image), "--organ-mask", str(mask),
+          "--max-voxels", "1000"])
+    assert default_volume_limits().max_voxels == DEFAULT_MAX_VOXELS
+
+
+def test_score_batch_workers_apply_the_limit(tmp_path, ct_model, monkeypatch):
+    import distributed
+
+    from cadx.io import limits as limits_module
+    from cadx.scale.batch_score import read_results, score_batch
+
+    # in-process workers set this process' default: restored after the test
+    monkeypatch.setattr(limits_module, "_default_limits", VolumeLimits())
+    image, mask = write_ct_upload(tmp_path / "data")
+    (tmp_path / "data" / "masks").mkdir()
+    mask.rename(tmp_path / "data" / "masks" / image.name)
+    out = tmp_path / "scores.parquet"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster:
+        score_batch(ct_model, tmp_path / "data", out, scheduler=cluster.scheduler_address,
+                    progress=False, max_voxels=1000)
+    (row,) = read_results(out)
+    assert row["status"] == "error" and "limit of 1,000 voxels" in row["error"]

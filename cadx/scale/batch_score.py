@@ -218,8 +218,8 @@ def score_batch(model_path: str | Path, source: str | Path, out_path: str | Path
     client, cluster = _client(scheduler, n_workers)
     finished = 0
     try:
-        futures = client.map(score_study, [model_path] * len(todo), todo,
-                             [max_voxels] * len(todo),
+        limit = [] if max_voxels is None else [[max_voxels] * len(todo)]
+        futures = client.map(score_study, [model_path] * len(todo), todo, *limit,
                              key=[f"score-{s.study_id}" for s in todo], pure=False)
         study_of = dict(zip(futures, todo, strict=True))
         with Progress(disable=not progress, console=console) as bar:
