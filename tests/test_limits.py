@@ -243,3 +243,22 @@ def test_score_batch_workers_apply_the_limit(tmp_path, ct_model, monkeypatch):
                     progress=False, max_voxels=1000)
     (row,) = read_results(out)
     assert row["status"] == "error" and "limit of 1,000 voxels" in row["error"]
+
+
+def test_dicom_seg_frames_are_counted_before_decoding(tmp_path):
+    import pydicom
+
+    from cadx.io.dicom import read_dicom_case
+    from cadx.synth.dicom_series import write_dicom_study
+
+    image = np.zeros((4, 16, 16), np.int16)
+    organ = np.zeros((4, 16, 16), bool)
+    organ[1:3, 4:12, 4:12] = True
+    study = write_dicom_study(image, organ, (2.5, 0.8, 0.8), tmp_path / "study",
+                              patient_id="p1", localizer=False)
+    seg = pydicom.dcmread(study.seg_file)
+    seg.NumberOfFrames = 3_000_000  # 3e6 frames of 16 x 16: over the default limit
+    seg.save_as(study.seg_file)
+    with pytest.raises(VolumeTooLargeError, match="3000000 x 16 x 16") as caught:
+        read_dicom_case(study.folder)
+    assert str(study.seg_file) in str(caught.value)

@@ -383,11 +383,14 @@ def references_series(seg: Dataset, series_uid: str) -> bool:
                for item in seg.get("ReferencedSeriesSequence", []))
 
 
-def organ_mask_from_seg(seg: Dataset, case: Case, source: str) -> np.ndarray:
-    """The organ segment of a DICOM SEG on the case's slices (it must reference them)."""
+def organ_mask_from_seg(seg: Dataset, case: Case, source: str,
+                        limits: VolumeLimits | None = None) -> np.ndarray:
+    """The organ segment of a DICOM SEG on the case's slices (it must reference them); its
+    frames x Rows x Columns are checked against `limits` before they are decoded."""
     if str(seg.get("Modality", "")) != "SEG":
         raise InputError(f"{source}: not a DICOM Segmentation (modality "
                          f"{seg.get('Modality', '?')})")
+    check_series_size([seg], source, limits)
     uids = case.meta["dicom"]["sop_instance_uids"]
     series_uid = case.meta["dicom"]["series_uid"]
     if not references_series(seg, series_uid):
@@ -424,7 +427,7 @@ def organ_mask_from_file(path: str | Path, case: Case,
         except Exception as exc:  # pydicom raises many types for damaged files
             raise InputError(f"{path}: neither a volume file nor readable DICOM "
                              f"({type(exc).__name__})") from None
-        return organ_mask_from_seg(seg, case, str(path))
+        return organ_mask_from_seg(seg, case, str(path), limits)
     mask, geometry = read_volume(path, limits=limits)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         geometry = _ras_to_lps(geometry)
@@ -479,6 +482,7 @@ def read_dicom_case(path: str | Path, *, series_uid: str | None = None,
     seg_info = find_organ_seg(scan.series, info.series_uid)
     if seg_info is not None:
         seg_path = seg_info.datasets[0].filename
-        case.organ_mask = organ_mask_from_seg(pydicom.dcmread(seg_path), case, str(seg_path))
+        case.organ_mask = organ_mask_from_seg(pydicom.dcmread(seg_path), case, str(seg_path),
+                                              limits)
         case.meta["organ_mask_source"] = f"DICOM SEG {seg_info.series_uid}"
     return case
