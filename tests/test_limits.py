@@ -262,3 +262,12 @@ def test_dicom_seg_frames_are_counted_before_decoding(tmp_path):
     with pytest.raises(VolumeTooLargeError, match="3000000 x 16 x 16") as caught:
         read_dicom_case(study.folder)
     assert str(study.seg_file) in str(caught.value)
+
+
+def test_a_high_dpi_scan_is_not_refused_for_its_pixel_size(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "scan.tif"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path, dpi=(1200, 1200))
+    _, geometry = read_volume(path)  # 0.02 mm pixels: below the CT range, fine for a photo
+    assert geometry.spacing_zyx_mm[1] == pytest.approx(0.0212, abs=1e-4)

@@ -73,9 +73,12 @@ def read_volume(path: str | Path, *, limits: VolumeLimits | None = None
     components = reader.GetNumberOfComponents()
     check_voxel_count(tuple(size_xyz[::-1]), components * _sitk_component_bytes(reader), path,
                       limits)
-    header_spacing = tuple(float(v) for v in reader.GetSpacing()[::-1])
-    check_spacing(header_spacing if len(size_xyz) == 3 else (1.0, *header_spacing), path,
-                  limits)
+    # A photo's pixel size comes from its DPI (0.02 mm at 1200 dpi): no range applies, and a
+    # single slice is never resampled along z.
+    if path.suffix.lower() not in IMAGE_2D_SUFFIXES:
+        header_spacing = tuple(float(v) for v in reader.GetSpacing()[::-1])
+        check_spacing(header_spacing if len(size_xyz) == 3 else (1.0, *header_spacing), path,
+                      limits)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
