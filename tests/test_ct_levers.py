@@ -290,3 +290,19 @@ def test_out_of_range_lever_flags_are_one_line_errors(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "m.cadx"), str(dataset), "--out",
                  str(tmp_path / "r"), "--top-k", "0"]) == 2
     assert "top-k must be an integer >= 1, got 0" in _error_line(capsys)
+
+
+def test_defaults_are_unchanged_and_the_seed_is_reachable_by_flags():
+    from cadx.cli import _pipeline_config, build_parser
+
+    def config(*flags):
+        return _pipeline_config(build_parser().parse_args(["train", "d", "--out", "m", *flags]))
+
+    default = config()
+    assert default.decide == DecideConfig() and default.decide.patient_score == "fraction"
+    assert default.train.augment_flips and not default.train.augment_rotations
+    assert not default.train.balanced_sampling and default.patches.context_slices == 0
+    seed = config("--augment-patches", "none", "--no-batch-norm", "--batch-size", "2560")
+    assert not seed.train.augment_flips and not seed.train.augment_rotations
+    assert not seed.model.batch_norm and seed.patches.channels == 1
+    assert config("--augment-patches", "dihedral").train.augment_rotations
