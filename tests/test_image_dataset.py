@@ -149,7 +149,37 @@ def test_truncated_jpeg_is_caught(tmp_path: Path) -> None:
 def test_missing_file_listed_in_csv(tmp_path: Path) -> None:
     path = _csv_dataset(tmp_path)
     (tmp_path / "img" / "p2.png").unlink()
-    with pytest.raises(InputError, match=r"1 of 4 .*img/p2\.png: missing"):
+    with pytest.raises(InputError, match=r"1 of 4 .*manifest\.csv line 4: img/p2\.png: missing"):
+        load_image_dataset(path, progress=False)
+
+
+def test_mask_files_beside_images_are_not_images(tmp_path: Path) -> None:
+    root = _class_folders(tmp_path / "ds")
+    _png(root / "benign" / "B01_1_mask.png", 50)
+    _png(root / "malignant" / "mask_M01_1.png", 51)
+    _png(root / "malignant" / "masks" / "M01_1.png", 52)
+    dataset = load_image_dataset(root, progress=False)
+    assert not [r for r in dataset.records if "mask" in r.path.name.lower()]
+    assert len(dataset) == 6
+
+
+def test_manifest_keeps_mask_fold_and_extra_columns(tmp_path: Path) -> None:
+    for i in range(4):
+        _png(tmp_path / "img" / f"p{i}.png", i)
+        _png(tmp_path / "img" / f"p{i}_mask.png", 20 + i)
+    path = _csv(tmp_path, [f"img/p{i}.png,P{i},{i % 2},{i % 2 + 1},img/p{i}_mask.png,GE"
+                           for i in range(4)], header="path,patient_id,label,fold,mask,Device")
+    record = load_image_dataset(path, progress=False).records[1]
+    assert record.fold == "2" and record.mask == tmp_path / "img" / "p1_mask.png"
+    assert record.attribute("device") == "GE" and record.attribute("histology") is None
+
+
+def test_patient_spanning_two_folds_is_refused(tmp_path: Path) -> None:
+    for i in range(3):
+        _png(tmp_path / "img" / f"p{i}.png", i)
+    path = _csv(tmp_path, ["img/p0.png,P0,0,1", "img/p1.png,P0,0,2", "img/p2.png,P1,1,1"],
+                header="path,patient_id,label,fold")
+    with pytest.raises(SplitError, match="P0: folds 1, 2"):
         load_image_dataset(path, progress=False)
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from cadx.config import ImageModelConfig
 from cadx.errors import InputError
 from cadx.io.images import load_image_dataset
-from cadx.io.public_datasets import ddti_manifest, mmotu_manifest
+from cadx.io.public_datasets import busbra_manifest, ddti_manifest, mmotu_manifest
 from cadx.train.image_pipeline import train_feature_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -79,3 +79,46 @@ def test_mmotu_manifest_reads_every_image(tmp_path):
     dataset = load_image_dataset(mmotu_manifest(SHARED / "mmotu-otu2d", tmp_path / "m.csv"),
                                  progress=False)
     assert len(dataset) == 1469 and sum(r.label for r in dataset.records) == 53
+
+
+def _fake_busbra(root: Path) -> Path:
+    rows = ["ID,Case,Histology,Pathology,BIRADS,Device,Width,Height,Side,BBOX",
+            'bus_0001-l,1,invasive ductal carcinoma,malignant,5,GE Logiq 7,8,8,left,"[1,1,2,2]"',
+            'bus_0001-r,1,invasive ductal carcinoma,malignant,4,GE Logiq 7,8,8,right,"[1,1,2,2]"',
+            'bus_0002-s,2,fibroadenoma,benign,3,Toshiba,8,8,left,"[1,1,2,2]"']
+    (root / "Masks").mkdir(parents=True)
+    (root / "bus_data.csv").write_text("\n".join(rows) + "\n")
+    (root / "5-fold-cv.csv").write_text("ID,Pathology,kFold\nbus_0001-l,malignant,3\n"
+                                        "bus_0001-r,malignant,3\nbus_0002-s,benign,5\n")
+    (root / "Images").mkdir()
+    for image_id in ("bus_0001-l", "bus_0001-r", "bus_0002-s"):
+        Image.fromarray(np.full((8, 8), 9, np.uint8)).save(root / "Images" / f"{image_id}.jpg")
+        _png(root / "Masks" / f"mask_{image_id.removeprefix('bus_')}.png")
+    return root
+
+
+def test_busbra_patient_is_case_with_folds_masks_and_subgroup_columns(tmp_path):
+    root = _fake_busbra(tmp_path / "busbra")
+    rows = _rows(busbra_manifest(root, tmp_path / "m.csv"))
+    assert [(r["patient_id"], r["label"], r["fold"], r["device"]) for r in rows] == [
+        ("BUSBRA-1", "1", "3", "GE Logiq 7"), ("BUSBRA-1", "1", "3", "GE Logiq 7"),
+        ("BUSBRA-2", "0", "5", "Toshiba")]
+    assert Path(rows[2]["mask"]).name == "mask_0002-s.png"
+    dataset = load_image_dataset(tmp_path / "m.csv", progress=False)
+    assert dataset.records[0].attribute("histology") == "invasive ductal carcinoma"
+    (root / "Images" / "bus_0002-s.jpg").unlink()
+    with pytest.raises(InputError, match="bus_data.csv line 4: no image bus_0002-s"):
+        busbra_manifest(root, tmp_path / "m.csv")
+    (root / "5-fold-cv.csv").unlink()
+    with pytest.raises(InputError, match="5-fold-cv.csv is missing"):
+        busbra_manifest(root, tmp_path / "m.csv")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "busbra").is_dir(), reason="BUS-BRA not in ../shared/data")
+def test_busbra_manifest_reads_every_image_and_patient(tmp_path):
+    dataset = load_image_dataset(busbra_manifest(SHARED / "busbra", tmp_path / "b.csv"),
+                                 progress=False)
+    assert len(dataset) == 1875 and len(dataset.patient_ids) == 1064
+    assert sum(r.label for r in dataset.records) == 607
+    assert all(r.mask is not None and r.mask.exists() for r in dataset.records)

@@ -13,6 +13,9 @@ Two layouts are accepted by :func:`load_image_dataset`:
 * a CSV manifest with columns ``path, patient_id, label`` and optionally ``split`` (``train``,
   ``validation`` or ``test``; blank = not given). Paths are relative to the CSV's folder
   (absolute paths are kept); labels are class indices 0..K-1 (1 = malignant for binary data).
+  Optional columns: ``mask`` (a lesion mask file, for Grad-CAM checks), ``fold`` (a
+  cross-validation fold, e.g. the dataset authors'), and any others (``device``,
+  ``histology``...), kept per image for subgroup reports.
 
 Every file is checked up front (present, non-empty, decodable by PIL); all unreadable files are
 reported in one error. A patient whose images carry different labels, or different explicit
@@ -54,13 +57,23 @@ _SHOW = 5  # problems quoted in one error message
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image: its file, patient, class index, optional split and file-content hash."""
+    """One image: its file, patient, class index, optional split and file-content hash; from a
+    manifest also its lesion mask file, its cross-validation fold and any other columns
+    (`attributes`, e.g. device or histology, for subgroup reports)."""
 
     path: Path
     patient_id: str
     label: int
     split: str | None = None
     sha256: str = ""
+    mask: Path | None = None
+    fold: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
+    line: int | None = None
+
+    def attribute(self, name: str) -> str | None:
+        """The value of manifest column `name` for this image, or None."""
+        return dict(self.attributes).get(name)
 
 
 @dataclass(frozen=True)
@@ -111,11 +124,26 @@ def load_image_dataset(source: str | Path, progress: bool = True) -> ImageDatase
     else:
         raise InputError(f"{source}: expected a folder with one sub-folder per class "
                          "or a .csv manifest (path, patient_id, label[, split])")
-    hashes = _validate_files([r.path for r in records], root, progress)
+    where = {r.path: f"{source.name} line {r.line}: " for r in records if r.line is not None}
+    hashes = _validate_files([r.path for r in records], root, progress, where)
     records = [replace(r, sha256=hashes[r.path]) for r in records]
     _check_patient_labels(records, class_names, root, source)
     check_patient_splits(records)
+    _check_patient_folds(records, source)
     return ImageDataset(tuple(records), class_names, source)
+
+
+def _check_patient_folds(records: Sequence[ImageRecord], source: Path) -> None:
+    """SplitError if one patient's images sit in different cross-validation folds."""
+    folds: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        if record.fold is not None:
+            folds[record.patient_id].add(record.fold)
+    spanning = sorted(pid for pid, names in folds.items() if len(names) > 1)
+    if spanning:
+        raise SplitError(f"{source}: {len(spanning)} patient(s) have images in different folds "
+                         f"(e.g. {spanning[0]}: folds {', '.join(sorted(folds[spanning[0]]))}); "
+                         "folds must be patient-level")
 
 
 def _class_order(names: list[str]) -> tuple[str, ...]:
@@ -129,7 +157,11 @@ def _class_order(names: list[str]) -> tuple[str, ...]:
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and \
+    """An image of the dataset: not hidden, an image suffix, and not a lesion mask saved
+    beside it (``*_mask*``, ``mask_*``)."""
+    name = path.name.lower()
+    is_mask = "_mask" in name or name.startswith("mask_") or name.startswith("mask.")
+    return path.is_file() and not name.startswith(".") and not is_mask and \
         path.suffix.lower() in IMAGE_SUFFIXES
 
 
@@ -174,7 +206,7 @@ def _from_csv(csv_path: Path) -> tuple[list[ImageRecord], tuple[str, ...]]:
             problems.append(f"line {line_no}: {problem}")
             continue
         first_line[record.path] = line_no
-        records.append(record)
+        records.append(replace(record, line=line_no))
     if problems:
         raise InputError(f"{csv_path}: {len(problems)} bad row(s): {_summary(problems)}")
     labels = sorted({r.label for r in records})
@@ -201,7 +233,11 @@ def _csv_record(row: dict[str, str], folder: Path) -> tuple[ImageRecord | None, 
     split = _SPLIT_ALIASES.get(split, split) or None
     if split is not None and split not in SPLITS:
         return None, f"split {row['split']!r} is not one of {', '.join(SPLITS)} (or blank)"
-    return ImageRecord(folder / row["path"], row["patient_id"], int(label), split), ""
+    mask = folder / row["mask"] if row.get("mask") else None
+    attributes = tuple((k, v) for k, v in row.items()
+                       if k not in _CSV_COLUMNS + ("split", "mask", "fold") and k)
+    return ImageRecord(folder / row["path"], row["patient_id"], int(label), split,
+                       mask=mask, fold=row.get("fold") or None, attributes=attributes), ""
 
 
 def _inspect_file(path: Path) -> tuple[str, str]:
@@ -249,14 +285,17 @@ def _shown(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _validate_files(paths: Sequence[Path], root: Path, progress: bool) -> dict[Path, str]:
-    """SHA-256 per path; InputError listing every missing, empty or undecodable file."""
+def _validate_files(paths: Sequence[Path], root: Path, progress: bool,
+                    where: dict[Path, str] | None = None) -> dict[Path, str]:
+    """SHA-256 per path; InputError listing every missing, empty or undecodable file (each
+    prefixed by `where[path]`, e.g. the manifest line that lists it)."""
     hashes, problems = {}, []
+    where = where or {}
     for path in track(paths, description="checking images",
                       disable=not progress or len(paths) < 200):
         digest, problem = _inspect_file(path)
         if problem:
-            problems.append(f"{_shown(path, root)}: {problem}")
+            problems.append(f"{where.get(path, '')}{_shown(path, root)}: {problem}")
         hashes[path] = digest
     if problems:
         raise InputError(f"{root}: {len(problems)} of {len(paths)} image file(s) unreadable: "

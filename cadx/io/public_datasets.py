@@ -9,6 +9,10 @@ track reads them like any cadx image dataset.
   class benign/normal. No patient ids are published, so each image is its own case. The published
   split's "validation" images are the test set; the published "train" images are split into
   train/validation (stratified, seeded).
+- BUS-BRA breast ultrasound (Gomez-Flores et al. 2023): biopsy-proven benign/malignant, `Case`
+  is the patient; the authors' patient-grouped 5-fold assignment becomes the `fold` column, the
+  lesion mask the `mask` column, and device, histology, BI-RADS and side are kept for subgroup
+  reports (BI-RADS is the radiologist's call: a subgroup column, never a model input).
 """
 
 from __future__ import annotations
@@ -89,3 +93,38 @@ def mmotu_manifest(root: str | Path, out_csv: str | Path, validation_fraction: f
         part = inner.part_of(pid) if split == "train" else "test"
         rows.append((str(path.resolve()), pid, str(label), part))
     return _write_manifest(rows, ("path", "patient_id", "label", "split"), Path(out_csv))
+
+
+def busbra_manifest(root: str | Path, out_csv: str | Path) -> Path:
+    """Write BUS-BRA under `root` (bus_data.csv, 5-fold-cv.csv, Images/, Masks/) as a manifest
+    at `out_csv`: path, patient_id (BUSBRA-<Case>), label (1 = malignant), fold, mask, device,
+    histology, birads, side."""
+    root = Path(root)
+    data_csv, folds_csv = root / "bus_data.csv", root / "5-fold-cv.csv"
+    for needed in (data_csv, folds_csv, root / "Images", root / "Masks"):
+        if not needed.exists():
+            raise InputError(f"{root}: expected bus_data.csv, 5-fold-cv.csv, Images/ and Masks/ "
+                             f"(BUS-BRA); {needed.name} is missing")
+    with folds_csv.open(newline="", encoding="utf-8-sig") as handle:
+        fold_of = {row["ID"]: row["kFold"] for row in csv.DictReader(handle)}
+    rows = []
+    with data_csv.open(newline="", encoding="utf-8-sig") as handle:
+        for line_no, row in enumerate(csv.DictReader(handle), start=2):
+            image_id = row["ID"]
+            pathology = row["Pathology"].strip().lower()
+            if pathology not in ("benign", "malignant"):
+                raise InputError(f"{data_csv} line {line_no}: pathology {pathology!r} is "
+                                 "neither benign nor malignant")
+            matches = sorted((root / "Images").glob(f"{image_id}.*"))
+            if not matches:
+                raise InputError(f"{data_csv} line {line_no}: no image {image_id}.* in Images/")
+            mask = root / "Masks" / f"mask_{image_id.removeprefix('bus_')}.png"
+            if image_id not in fold_of:
+                raise InputError(f"{folds_csv}: no fold for {image_id} ({data_csv.name} line "
+                                 f"{line_no})")
+            rows.append((str(matches[0].resolve()), f"BUSBRA-{row['Case']}",
+                         str(int(pathology == "malignant")), fold_of[image_id],
+                         str(mask.resolve()) if mask.exists() else "", row["Device"],
+                         row["Histology"], row["BIRADS"], row["Side"]))
+    return _write_manifest(rows, ("path", "patient_id", "label", "fold", "mask", "device",
+                                  "histology", "birads", "side"), Path(out_csv))

