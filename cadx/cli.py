@@ -411,8 +411,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from cadx.serve.app import serve
 
+    from cadx.serve.connections import ConnectionLimits
+
+    connections = ConnectionLimits(args.max_connections, args.header_timeout,
+                                   args.body_timeout)
     serve(args.models, args.host, args.port, token_file=args.token_file, workers=args.workers,
-          queue_size=args.queue, max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels)
+          queue_size=args.queue, max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels,
+          connections=connections)
     return 0
 
 
@@ -638,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a worker; more get 503 (default 4)")
     p.add_argument("--max-upload-mb", type=float, default=512,
                    help="largest upload per request, MiB (default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=64, metavar="N",
+                   help="open connections at once; more are answered 503 (default %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a request's headers may take to arrive; then 408 "
+                        "(default %(default)s)")
+    p.add_argument("--body-timeout", type=float, default=15.0, metavar="S",
+                   help="seconds an upload may stall (no data); then 408 (default %(default)s)")
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_serve)
     return parser

@@ -13,18 +13,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
 
 from cadx import __version__
 from cadx.diagnose.fna import RULE, SOURCE
 from cadx.errors import CadxError
 from cadx.io.limits import VolumeTooLargeError
-from cadx.serve.auth import token_matches
+from cadx.serve.connections import ConnectionLimits
+from cadx.serve.guards import SLOT_KEY, AdmissionMiddleware, ErrorMiddleware, HostMiddleware
 from cadx.serve.inputs import UnsupportedFileError, Upload, UploadLimits, UploadTooLargeError
 from cadx.serve.jobs import DiagnoseRequest, clear_stale_workdirs, parse_size_mm, run_diagnosis
 from cadx.serve.pool import InferencePool, PoolFullError
@@ -37,26 +37,6 @@ log = logging.getLogger("cadx.serve")
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-class BodyLimitMiddleware:
-    """Refuse an upload before reading it when its Content-Length exceeds the limit (413) or
-    is missing (411); uvicorn enforces that the body matches the declared length."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is None or not length.isdigit():
-                response = _error(411, "the request needs a Content-Length header")
-                return await response(scope, receive, send)
-            if int(length) > self.max_bytes:
-                response = _error(413, f"upload of {int(length) / 2**20:.1f} MiB exceeds the "
-                                       f"limit of {self.max_bytes / 2**20:.0f} MiB")
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
 
 
 def _status_of(exc: CadxError) -> int:
@@ -84,12 +64,16 @@ def _upload(file: UploadFile | None) -> Upload | None:
 
 def create_app(models: dict[str, ServedModel], *, token: str | None = None,
                limits: UploadLimits | None = None, workers: int = 1,
-               queue_size: int = 4, allowed_hosts: list[str] | None = None) -> FastAPI:
+               queue_size: int = 4, allowed_hosts: list[str] | None = None,
+               body_timeout_s: float = ConnectionLimits.body_timeout_s) -> FastAPI:
     """The service for the loaded `models`; bearer `token` required on /v1 when given.
 
-    With `allowed_hosts`, requests whose Host header names another host get a 400 (`serve`
-    gives this machine's names in tokenless loopback mode). At start-up, the temporary folders
-    that services killed mid-request left behind are removed.
+    The token, the `?model=` of a diagnosis and a free pool slot are checked on the request's
+    headers, before its upload is read (`guards.AdmissionMiddleware`); an upload silent for
+    `body_timeout_s` is answered 408. With `allowed_hosts`, requests whose Host header names
+    another host get a 400 (`serve` gives this machine's names in tokenless loopback mode).
+    Every error is `{"error": ...}`; an unexpected one is a 500 naming a request id. At
+    start-up, the temporary folders that services killed mid-request left behind are removed.
     """
     limits = limits or UploadLimits()
     pool = InferencePool(workers, queue_size)
@@ -107,15 +91,13 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
                   description="Upload a patient's images, get the model's score, decision, "
                               "heat map and (thyroid models) FNA advice.")
     app.state.pool = pool
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
-    if allowed_hosts is not None:  # added last: checked first, before the body limit
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts,
-                           www_redirect=False)
-
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is not None and not token_matches(authorization, token):
-            raise HTTPException(401, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
+    # The last added runs first: errors -> host -> token, size, model, slot -> the routes.
+    app.add_middleware(AdmissionMiddleware, token=token, max_bytes=limits.max_request_bytes,
+                       diagnose_path=DIAGNOSE_PATH, model_ids=lambda: list(models), pool=pool,
+                       body_timeout_s=body_timeout_s)
+    if allowed_hosts is not None:
+        app.add_middleware(HostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(ErrorMiddleware)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -129,13 +111,12 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
-    @app.get("/healthz", summary="Liveness: models loaded and jobs in the pool")
+    @app.get("/healthz", summary="Liveness: models loaded and requests in the pool")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "models": len(models), "jobs": pool.admitted,
                 "capacity": pool.workers + pool.queue_size}
 
-    @app.get("/v1/models", summary="The loaded models, upload limits and the FNA rule",
-             dependencies=[Depends(require_token)])
+    @app.get("/v1/models", summary="The loaded models, upload limits and the FNA rule")
     async def list_models() -> dict[str, Any]:
         return {"models": [m.info() for m in models.values()],
                 "limits": {"max_request_bytes": limits.max_request_bytes,
@@ -144,26 +125,37 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
                            "max_voxels": limits.volume_limits().max_voxels},
                 "fna_rule": {"rule": RULE, "source": SOURCE}}
 
-    @app.post(DIAGNOSE_PATH, summary="Diagnose one patient's upload with one model",
-              dependencies=[Depends(require_token)])
+    @app.post(DIAGNOSE_PATH, summary="Diagnose one patient's upload with one model")
     async def diagnose(
-        model: Annotated[str, Form(description="model id from GET /v1/models")],
+        http_request: Request,
         files: Annotated[list[UploadFile], File(
             description="CT: a NIfTI volume (+ organ_mask) or one zip holding both; "
                         "image models: one or more PNG/JPEG images")],
+        model_query: Annotated[str | None, Query(
+            alias="model", description="model id from GET /v1/models; given here it is "
+                                       "checked before the upload is read")] = None,
+        model_form: Annotated[str | None, Form(
+            alias="model", description="model id, if not given as ?model=")] = None,
         organ_mask: Annotated[UploadFile | None, File(
             description="organ mask on the volume's grid (CT models)")] = None,
         lesion_size_mm: Annotated[str | None, Form(
             description="largest nodule diameter in mm (thyroid FNA advice)")] = None,
     ) -> JSONResponse:
         started = time.perf_counter()
+        if model_query and model_form and model_query != model_form:
+            return _error(422, f"model: ?model={model_query[:80]!r} and the form's "
+                               f"{model_form[:80]!r} differ")
+        model = model_query or model_form
+        if not model:
+            return _error(422, "model: give the model id as ?model=ID (or a form field)")
         served = models.get(model)
         if served is None:
             return _error(404, f"unknown model {model[:80]!r}; loaded: {', '.join(models)}")
         try:
             request = DiagnoseRequest(served, [u for f in files if (u := _upload(f))],
                                       _upload(organ_mask), parse_size_mm(lesion_size_mm))
-            result = await pool.run(run_diagnosis, request, limits)
+            result = await pool.run(run_diagnosis, request, limits,
+                                    slot=http_request.scope.get("state", {}).get(SLOT_KEY))
         except PoolFullError as exc:
             log.warning("diagnose model=%s refused: pool full", served.model_id)
             return _error(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
@@ -181,17 +173,20 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
 
 def serve(models_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
           token_file: str | Path | None = None, workers: int = 1, queue_size: int = 4,
-          max_upload_mb: float = 512, max_voxels: int | None = None) -> None:
+          max_upload_mb: float = 512, max_voxels: int | None = None,
+          connections: ConnectionLimits | None = None) -> None:
     """Load every bundle of `models_dir` and run the service with uvicorn until interrupted.
 
     Without a token the service listens on loopback only and answers only requests addressed
-    to this machine's names (Host header), against DNS rebinding.
+    to this machine's names (Host header), against DNS rebinding. `connections` bounds the
+    open connections and how long a request's headers and upload may take.
     """
     import uvicorn
 
     from cadx.serve.auth import check_bind, load_token, loopback_host_names
     from cadx.serve.registry import load_model_folder
 
+    connections = connections or ConnectionLimits()
     token = load_token(token_file)
     check_bind(host, token)
     models = load_model_folder(models_dir)
@@ -199,8 +194,9 @@ def serve(models_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
     limits = UploadLimits(max_request_bytes=max_bytes, max_file_bytes=max_bytes,
                           max_voxels=max_voxels)
     app = create_app(models, token=token, limits=limits, workers=workers, queue_size=queue_size,
-                     allowed_hosts=None if token else loopback_host_names(host))
+                     allowed_hosts=None if token else loopback_host_names(host),
+                     body_timeout_s=connections.body_timeout_s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     log.info("%d model(s) loaded from %s: %s; token %s", len(models), models_dir,
              ", ".join(models), "required" if token else "off (loopback only)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", **connections.uvicorn_options())

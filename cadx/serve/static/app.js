@@ -127,14 +127,15 @@ async function submit(event) {
   const token = $("token").value.trim();
   if (token) sessionStorage.setItem("cadx-token", token);
   const form = new FormData();
-  form.append("model", $("model").value);
   for (const file of files) form.append("files", file, file.name);
   if (mask && !$("mask-row").hidden) form.append("organ_mask", mask, mask.name);
   form.append("lesion_size_mm", $("size").value);
   $("submit").disabled = true;
   $("status").textContent = "Running the model...";
   try {
-    const response = await fetch("/v1/diagnose", {
+    // The model in the URL: the service checks it before receiving the upload.
+    const url = "/v1/diagnose?model=" + encodeURIComponent($("model").value);
+    const response = await fetch(url, {
       method: "POST", body: form, headers: authHeaders(),
     });
     if (!response.ok) {
