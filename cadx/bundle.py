@@ -78,6 +78,35 @@ class PatchModelBundle:
         return replace(self, config=replace(self.config, decide=decide),
                        patient_operating_point=point)
 
+    @property
+    def training_in_plane_range_mm(self) -> tuple[float, float] | None:
+        """(smallest, largest) in-plane pixel size of the training patients; None for a
+        bundle from before cadx recorded it."""
+        recorded = self.summary.get("in_plane_spacing_mm")
+        if not recorded:
+            return None
+        return (float(recorded["training_min"]), float(recorded["training_max"]))
+
+    def with_native_in_plane_spacing(self) -> PatchModelBundle:
+        """This bundle keeping each scan's own pixels (z alone resampled, as the seed does)
+        instead of resampling them to the training pixel size (`--keep-in-plane-spacing`)."""
+        if self.config.preprocess.in_plane_spacing_mm is None:
+            return self
+        preprocess = replace(self.config.preprocess, in_plane_spacing_mm=None)
+        return replace(self, config=replace(self.config, preprocess=preprocess))
+
+    def in_plane_spacing_warning(self, spacing_zyx_mm: tuple[float, float, float],
+                                 source: str = "") -> str | None:
+        """One line when a scan's pixel size is outside the training range (see
+        `cadx.preprocess.pipeline.in_plane_spacing_warning`), else None."""
+        from cadx.preprocess.pipeline import in_plane_spacing_warning
+
+        recorded = self.summary.get("in_plane_spacing_mm") or {}
+        return in_plane_spacing_warning(
+            spacing_zyx_mm, self.training_in_plane_range_mm, recorded.get("grid", 0.0),
+            self.config.preprocess.in_plane_spacing_mm is not None,
+            self.config.patches.size_px, source)
+
     def build_model(self) -> PatchCNN:
         """The network with its trained weights, in eval mode."""
         model = PatchCNN(self.config.patches.size_px, self.config.model.batch_norm,

@@ -70,6 +70,10 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="HU (default %(default)s)")
     g.add_argument("--intensity", choices=("window", "percentile"), default=d_pre.intensity,
                    help="'window' for CT, 'percentile' (organ 1-99 %%) for MR")
+    g.add_argument("--in-plane-spacing", type=float, default=None, metavar="MM",
+                   help="resample every scan to pixels this wide before cropping (default: "
+                        "train on each scan's own pixels; the bundle records their median, "
+                        "to which diagnose and evaluate resample new scans)")
     g = parser.add_argument_group("patches")
     g.add_argument("--patch-size", type=int, default=d_patch.size_px, help="px (default 50)")
     g.add_argument("--stride", type=int, default=None,
@@ -159,6 +163,12 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d_model.seed)
 
 
+def _add_keep_in_plane_spacing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-in-plane-spacing", action="store_true",
+                        help="CT/MR patch models: score each scan's own pixels (the seed) "
+                             "instead of resampling them to the model's training pixel size")
+
+
 def _add_max_voxels(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-voxels", type=int, default=DEFAULT_MAX_VOXELS, metavar="N",
                         help="refuse CT/MR volumes (and resampled grids) of more voxels, read "
@@ -192,7 +202,8 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
         labels=LabelConvention(args.organ_labels, args.tumour_labels),
         preprocess=PreprocessConfig(args.slice_thickness, args.dilation, args.window_level,
-                                    args.window_width, args.intensity),
+                                    args.window_width, args.intensity,
+                                    in_plane_spacing_mm=args.in_plane_spacing),
         patches=PatchConfig(args.patch_size, args.stride or args.patch_size, args.patch_start,
                             context_slices=args.context_slices),
         model=ModelConfig(batch_norm=not args.no_batch_norm),
@@ -254,7 +265,7 @@ def _cmd_score_batch(args: argparse.Namespace) -> int:
 
     score_batch(args.model, args.input, args.out, scheduler=args.dask_scheduler,
                 n_workers=args.workers, console=console, progress=not args.quiet,
-                max_voxels=args.max_voxels)
+                max_voxels=args.max_voxels, keep_in_plane_spacing=args.keep_in_plane_spacing)
     return 0
 
 
@@ -291,7 +302,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         if args.images or not args.study:
             raise InputError("--pacs takes --study STUDY_UID instead of image files")
         diagnose_from_pacs(args.model, args.pacs, args.study, series_uid=args.series,
-                           push=args.push_results, out_path=args.out, console=console)
+                           push=args.push_results, out_path=args.out, console=console,
+                           keep_in_plane_spacing=args.keep_in_plane_spacing)
         return 0
     if args.push_results or args.study:
         raise InputError("--study and --push-results need --pacs URL")
@@ -299,7 +311,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         raise InputError(f"{args.model} is a CT/MR patch model: give one volume, "
                          f"not {len(args.images)} files")
     diagnose_file(args.model, args.images[0], args.organ_mask, args.out, console=console,
-                  series_uid=args.series, dicom_out=args.dicom_out)
+                  series_uid=args.series, dicom_out=args.dicom_out,
+                  keep_in_plane_spacing=args.keep_in_plane_spacing)
     return 0
 
 
@@ -381,7 +394,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         decide = DecideConfig(args.patient_score or "topk",
                               DecideConfig().top_k if args.top_k is None else args.top_k)
     evaluate_dataset(args.model, args.dataset, args.out, console=console, decide=decide,
-                     progress=not args.quiet, n_boot=args.n_boot, seed=args.seed)
+                     progress=not args.quiet, n_boot=args.n_boot, seed=args.seed,
+                     keep_in_plane_spacing=args.keep_in_plane_spacing)
     return 0
 
 
@@ -533,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--push-results", action="store_true",
                    help="with --pacs: store a DICOM SR (and a SEG of the positive patches) in "
                         "the study")
+    _add_keep_in_plane_spacing(p)
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_diagnose)
 
@@ -559,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int,
                    help="worker processes of the local cluster (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_keep_in_plane_spacing(p)
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_score_batch)
 
@@ -571,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decide with this patient score at its threshold chosen on the "
                         "validation patients at training time (default: the bundle's)")
     p.add_argument("--top-k", type=int, metavar="K", help="k of --patient-score topk")
+    _add_keep_in_plane_spacing(p)
     _add_bootstrap_options(p)
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -33,6 +33,10 @@ class LabelConvention:
             raise ConfigError(f"label values {sorted(overlap)} are both organ and tumour")
 
 
+# The pixel sizes a CT/MR volume may have (cadx.io.limits.VolumeLimits), as a target grid.
+MIN_IN_PLANE_SPACING_MM, MAX_IN_PLANE_SPACING_MM = 0.05, 50.0
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Resampling, dilation, windowing (seed 000: 5 mm slices, 3x3 dilation, WL 75 / WW 250 HU)."""
@@ -44,6 +48,10 @@ class PreprocessConfig:
     # "window" for CT (HU); "percentile" maps the organ's 1st..99th intensity percentiles to
     # 0..1, for MR whose units are arbitrary.
     intensity: str = "window"
+    # Resample y and x to pixels this wide (mm) before cropping, so that a patch covers the
+    # same millimetres on every scan; None keeps each scan's own pixels (the seed resamples z
+    # only). A trained bundle holds its training patients' spacing here (cadx.train.pipeline).
+    in_plane_spacing_mm: float | None = None
 
     def __post_init__(self) -> None:
         if self.intensity not in ("window", "percentile"):
@@ -56,6 +64,10 @@ class PreprocessConfig:
             )
         if self.window_width_hu <= 0:
             raise ConfigError(f"window width must be > 0 HU, got {self.window_width_hu}")
+        if self.in_plane_spacing_mm is not None and not (
+                MIN_IN_PLANE_SPACING_MM <= self.in_plane_spacing_mm <= MAX_IN_PLANE_SPACING_MM):
+            raise ConfigError(f"in-plane spacing must be {MIN_IN_PLANE_SPACING_MM:g} to "
+                              f"{MAX_IN_PLANE_SPACING_MM:g} mm, got {self.in_plane_spacing_mm}")
 
 
 MAX_CONTEXT_SLICES = 8

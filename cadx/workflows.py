@@ -20,7 +20,7 @@ from cadx.io.dataset import load_dataset
 from cadx.io.dicom import is_dicom_path, read_dicom_case
 from cadx.io.dicom_results import write_dicom_results
 from cadx.io.volumes import read_case
-from cadx.patches.cohort import patch_cohort
+from cadx.patches.cohort import PatchedCase, patch_cohort
 from cadx.train.pipeline import TrainingOutcome, score_cases, train_patch_model
 
 if TYPE_CHECKING:
@@ -122,15 +122,21 @@ def train_segmenter_from_dataset(dataset: str | Path, out_path: str | Path, conf
 def diagnose_file(model_path: str | Path, image_path: str | Path,
                   organ_mask_path: str | Path | None, out_path: str | Path | None,
                   console: Console | None = None, series_uid: str | None = None,
-                  dicom_out: str | Path | None = None) -> Diagnosis:
+                  dicom_out: str | Path | None = None,
+                  keep_in_plane_spacing: bool = False) -> Diagnosis:
     """Diagnose one patient from files; write JSON atomically when `out_path` is given.
 
     `image_path` is a volume file or a DICOM folder/file (`series_uid` picks the series; an
     organ SEG in the folder that references it is used when no `organ_mask_path` is given);
     for DICOM input, `dicom_out` receives the result as an SR (+ SEG) file.
+    `keep_in_plane_spacing`: score the scan's own pixels instead of resampling them to the
+    bundle's training pixel size (the seed's behaviour; bundles from before cadx recorded that
+    size always do).
     """
     console = console or Console()
     bundle = load_bundle(model_path)
+    if keep_in_plane_spacing:
+        bundle = bundle.with_native_in_plane_spacing()
     dicom = is_dicom_path(image_path)
     if dicom_out is not None and not dicom:
         raise InputError(f"{image_path}: --dicom-out needs DICOM input (the results reference "
@@ -152,6 +158,8 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
     read_s = time.perf_counter() - start
     diagnosis = _diagnose_given_or_predicted_organ(bundle, case, console)
     diagnosis.timings_s = {"read": round(read_s, 4), **diagnosis.timings_s}
+    for warning in diagnosis.warnings:
+        console.print(f"[yellow]warning[/]: {image_path}: {warning}")
     if out_path is not None:
         write_json_atomic(out_path, diagnosis.to_dict())
     if dicom_out is not None:
@@ -198,18 +206,33 @@ def _evaluated_training_patients(bundle: PatchModelBundle, patient_ids: list[str
     return sorted(seen & set(patient_ids))
 
 
+def cohort_spacing_warning(bundle: PatchModelBundle, cases: list[PatchedCase]) -> str | None:
+    """One line for all the cases whose in-plane pixel size lies outside the bundle's training
+    range (the first one's warning, and how many), else None."""
+    outside = [(case.patient_id, line) for case in cases if case.spacing_zyx_mm is not None
+               and (line := bundle.in_plane_spacing_warning(case.spacing_zyx_mm)) is not None]
+    if not outside:
+        return None
+    first_id, first = outside[0]
+    more = f" (and {len(outside) - 1} more of {len(cases)} patients)" if len(outside) > 1 else ""
+    return f"{first_id}: {first}{more}"
+
+
 def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str | Path,
                      console: Console | None = None, progress: bool = True, n_boot: int = 1000,
-                     seed: int = 0, decide: DecideConfig | None = None
-                     ) -> CohortEvaluation:
+                     seed: int = 0, decide: DecideConfig | None = None,
+                     keep_in_plane_spacing: bool = False) -> CohortEvaluation:
     """Score a labelled dataset with a bundle and write the report folder (95 % CIs from
     `n_boot` bootstrap resamples where needed, seeded). `decide`: decide with this
     patient score at the threshold the bundle stores for it (chosen on its validation patients)
-    instead of the bundle's own."""
+    instead of the bundle's own. The scans are resampled in-plane to the bundle's training
+    pixel size unless `keep_in_plane_spacing` (see `diagnose_file`)."""
     console = console or Console()
     bundle = load_bundle(model_path)
     if decide is not None:
         bundle = bundle.with_patient_score(decide)
+    if keep_in_plane_spacing:
+        bundle = bundle.with_native_in_plane_spacing()
     refs = load_dataset(dataset)
     overlap = _evaluated_training_patients(bundle, [r.patient_id for r in refs])
     warnings = []
@@ -218,6 +241,10 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
                         f"model (e.g. {', '.join(overlap[:3])}); metrics will be optimistic")
         console.print(f"[yellow]warning[/]: {warnings[0]}")
     cases = patch_cohort(refs, bundle.config, progress=progress)
+    spacing_warning = cohort_spacing_warning(bundle, cases)
+    if spacing_warning is not None:
+        warnings.append(spacing_warning)
+        console.print(f"[yellow]warning[/]: {spacing_warning}")
     scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips)
     evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,
                                  bundle.patient_threshold, config=bundle.config)
@@ -225,7 +252,9 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
     levels = write_cohort_report(out_dir, evaluation, title=title, warnings=warnings,
                                  meta={"model": str(model_path), "dataset": str(dataset),
                                        "patient_score": bundle.config.decide.score_name,
-                                       "training_patients_evaluated": overlap},
+                                       "training_patients_evaluated": overlap,
+                                       "in_plane_spacing_mm":
+                                           bundle.config.preprocess.in_plane_spacing_mm},
                                  source=str(dataset), n_boot=n_boot, seed=seed)
     print_levels(levels, console, title)
     console.print(f"report written to {out_dir}")

@@ -22,7 +22,8 @@ ORGAN_NOT_FOUND = "organ not found"
 
 @dataclass
 class PositivePatch:
-    """A patch scored above the patch threshold, on the preprocessed grid."""
+    """A patch scored above the patch threshold, on the preprocessed grid (pixels of
+    `Diagnosis.in_plane_spacing_mm` when the scan was resampled in-plane)."""
 
     slice_index: int
     slice_offset_mm: float
@@ -49,6 +50,9 @@ class Diagnosis:
     model: dict[str, str]
     positive_patches: list[PositivePatch] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    # The (y, x) pixel size of the grid the patches lie on; None: the scan's own pixels.
+    in_plane_spacing_mm: tuple[float, float] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -74,9 +78,15 @@ def organ_not_found(bundle: PatchModelBundle, case: Case) -> Diagnosis:
 
 def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: str = "given",
                   model: torch.nn.Module | None = None) -> Diagnosis:
-    """Run the trained pipeline on a patient `case` (image in HU + organ mask)."""
+    """Run the trained pipeline on a patient `case` (image in HU + organ mask).
+
+    The scan is resampled in-plane to the bundle's training pixel size when the bundle holds
+    one (see `PatchModelBundle.with_native_in_plane_spacing`); a pixel size outside the
+    training range is one line in `Diagnosis.warnings`.
+    """
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    warning = bundle.in_plane_spacing_warning(case.spacing_zyx_mm)
     processed = preprocess_case(case, bundle.config.preprocess)
     timings["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -109,4 +119,7 @@ def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: st
                "created_utc": bundle.created_utc},
         positive_patches=positive_patches,
         timings_s={k: round(v, 4) for k, v in timings.items()},
+        in_plane_spacing_mm=(None if bundle.config.preprocess.in_plane_spacing_mm is None
+                             else tuple(processed.spacing_zyx_mm[1:])),
+        warnings=[] if warning is None else [warning],
     )

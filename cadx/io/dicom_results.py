@@ -134,20 +134,23 @@ def positive_patches_seg(diagnosis: Diagnosis, case: Case, thickness_mm: float, 
                          series_number: int = 902) -> Dataset | None:
     """A binary SEG marking the positive patches on the source slices (None if none).
 
-    Patches live on the preprocessed grid: same pixels in-plane, slices every `thickness_mm`
-    from the first slice; each patch is drawn on the source slices within half a
-    preprocessed slice of its centre.
+    Patches live on the preprocessed grid: slices every `thickness_mm` from the first slice,
+    and the source pixels in-plane, or pixels of `diagnosis.in_plane_spacing_mm` from the
+    first pixel when the scan was resampled (mapped back by scaling); each patch is drawn on
+    the source slices within half a preprocessed slice of its centre.
     """
     if not diagnosis.positive_patches:
         return None
     headers = _headers(case)
     n_slices, rows, cols = case.image.shape
     source_offsets = np.arange(n_slices) * case.spacing_zyx_mm[0]
+    grid_yx = diagnosis.in_plane_spacing_mm or case.spacing_zyx_mm[1:]
+    scale_y, scale_x = (g / s for g, s in zip(grid_yx, case.spacing_zyx_mm[1:], strict=True))
     mask = np.zeros((n_slices, rows, cols), dtype=bool)
     for patch in diagnosis.positive_patches:
         near = np.abs(source_offsets - patch.slice_offset_mm) <= thickness_mm / 2
-        mask[near, patch.y_px:patch.y_px + patch.size_px,
-             patch.x_px:patch.x_px + patch.size_px] = True
+        mask[near, round(patch.y_px * scale_y):round((patch.y_px + patch.size_px) * scale_y),
+             round(patch.x_px * scale_x):round((patch.x_px + patch.size_px) * scale_x)] = True
     algorithm = hd.AlgorithmIdentificationSequence(
         name=diagnosis.model["name"], version=diagnosis.model["cadx_version"],
         family=codes.cid7162.ArtificialIntelligence)

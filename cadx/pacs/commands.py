@@ -17,11 +17,15 @@ from cadx.pacs.watch import WatchSummary, watch
 def diagnose_from_pacs(model_path: str | Path, pacs_url: str, study_uid: str, *,
                        series_uid: str | None = None, push: bool = False,
                        out_path: str | Path | None = None,
-                       console: Console | None = None) -> Diagnosis:
+                       console: Console | None = None,
+                       keep_in_plane_spacing: bool = False) -> Diagnosis:
     """Pull a study over DICOMweb, score it, optionally push the SR (+ SEG) back; JSON to
-    `out_path` (written after a successful push, so it never claims a result the PACS lacks)."""
+    `out_path` (written after a successful push, so it never claims a result the PACS lacks).
+    `keep_in_plane_spacing`: score the scan's own pixels (see `cadx.workflows.diagnose_file`)."""
     console = console or Console()
     bundle = load_bundle(model_path)
+    if keep_in_plane_spacing:
+        bundle = bundle.with_native_in_plane_spacing()
     result = diagnose_study(PacsClient(pacs_url), bundle, study_uid, series_uid=series_uid,
                             push=push)
     diagnosis = result.diagnosis
@@ -29,6 +33,8 @@ def diagnose_from_pacs(model_path: str | Path, pacs_url: str, study_uid: str, *,
         write_json_atomic(out_path, {"study_uid": study_uid,
                                      "series_uid": result.case.meta["dicom"]["series_uid"],
                                      **diagnosis.to_dict()})
+    for warning in diagnosis.warnings:
+        console.print(f"[yellow]warning[/]: study {study_uid}: {warning}")
     console.print(f"{diagnosis.patient_id} (study {study_uid}): {summary_line(diagnosis)}")
     for dataset in result.pushed:
         console.print(f"stored {dataset.Modality} {dataset.SOPInstanceUID} in {pacs_url}")

@@ -24,6 +24,8 @@ class PatchedCase:
     has_tumour: bool
     tumour_diameter_mm: float | None
     meta: dict[str, str]
+    # The scan's own voxel spacing before preprocessing (None: unknown, e.g. an older store).
+    spacing_zyx_mm: tuple[float, float, float] | None = None
 
 
 def patch_case(ref: CaseRef, config: PipelineConfig) -> PatchedCase:
@@ -34,7 +36,7 @@ def patch_case(ref: CaseRef, config: PipelineConfig) -> PatchedCase:
     processed = preprocess_case(case, config.preprocess)
     patches = extract_patches(processed, config.patches)
     return PatchedCase(ref.patient_id, patches, bool(case.tumour_mask.any()), diameter,
-                       dict(ref.meta))
+                       dict(ref.meta), tuple(float(s) for s in case.spacing_zyx_mm))
 
 
 def patch_cohort(refs: Sequence[CaseRef], config: PipelineConfig,

@@ -71,7 +71,7 @@ def write_patch_store(refs: Sequence[CaseRef], config: PipelineConfig, folder: s
             cases.append({"patient_id": patched.patient_id, "start": rows,
                           "stop": rows + len(patches), "has_tumour": patched.has_tumour,
                           "tumour_diameter_mm": patched.tumour_diameter_mm,
-                          "meta": patched.meta})
+                          "meta": patched.meta, "spacing_zyx_mm": patched.spacing_zyx_mm})
             rows += len(patches)
     with atomic_path(folder / INDEX_FILE) as tmp, tmp.open("wb") as out:
         np.savez(out, labels=np.concatenate(labels), coords=np.concatenate(coords))
@@ -106,8 +106,10 @@ def open_patch_store(folder: str | Path) -> list[PatchedCase]:
         ids = np.full(case["stop"] - case["start"], case["patient_id"], dtype=object)
         rows = StoredRows(mapped, np.arange(case["start"], case["stop"]))
         patches = PatchSet(rows, ids, coords[part], labels[part])
+        spacing = case.get("spacing_zyx_mm")  # stores written before cadx kept it: None
         cases.append(PatchedCase(case["patient_id"], patches, case["has_tumour"],
-                                 case["tumour_diameter_mm"], case["meta"]))
+                                 case["tumour_diameter_mm"], case["meta"],
+                                 None if spacing is None else tuple(spacing)))
     return cases
 
 

@@ -104,11 +104,12 @@ def _from_folder(folder: Path) -> list[Study]:
     return studies
 
 
-def score_study(model_path: str, study: Study, max_voxels: int | None = None
-                ) -> dict[str, object]:
+def score_study(model_path: str, study: Study, max_voxels: int | None = None,
+                keep_in_plane_spacing: bool = False) -> dict[str, object]:
     """Diagnose one study; any failure becomes an error row instead of an exception.
 
-    `max_voxels` (cadx --max-voxels) becomes the worker process' volume limit.
+    `max_voxels` (cadx --max-voxels) becomes the worker process' volume limit;
+    `keep_in_plane_spacing` scores the scan's own pixels (see `diagnose_file`).
     """
     from cadx.io.volumes import VolumeLimits, set_default_volume_limits
     from cadx.workflows import diagnose_file
@@ -121,7 +122,8 @@ def score_study(model_path: str, study: Study, max_voxels: int | None = None
     row["worker"] = f"{socket.gethostname()}:{os.getpid()}"
     try:
         diagnosis = diagnose_file(model_path, study.image_path, study.organ_mask_path, None,
-                                  console=Console(quiet=True))
+                                  console=Console(quiet=True),
+                                  keep_in_plane_spacing=keep_in_plane_spacing)
     except CadxError as exc:
         row.update(status="error", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug on one study must not stop the batch
@@ -191,13 +193,14 @@ def _client(scheduler: str, n_workers: int | None):
 def score_batch(model_path: str | Path, source: str | Path, out_path: str | Path, *,
                 scheduler: str = "local", n_workers: int | None = None,
                 checkpoint_every: int = 50, console: Console | None = None,
-                progress: bool = True, max_voxels: int | None = None
-                ) -> list[dict[str, object]]:
+                progress: bool = True, max_voxels: int | None = None,
+                keep_in_plane_spacing: bool = False) -> list[dict[str, object]]:
     """Score every study of `source` not yet `ok` in `out_path`; returns all rows written.
 
     `scheduler` is a Dask scheduler address or "local". The model file must be readable from
     the workers (a shared path on a real cluster). `max_voxels` is each worker's volume limit
-    (default: cadx's whole-body-CT default).
+    (default: cadx's whole-body-CT default); `keep_in_plane_spacing` scores each scan's own
+    pixels instead of resampling them to the bundle's training pixel size.
     """
     from distributed import as_completed
 
@@ -218,8 +221,12 @@ def score_batch(model_path: str | Path, source: str | Path, out_path: str | Path
     client, cluster = _client(scheduler, n_workers)
     finished = 0
     try:
-        limit = [] if max_voxels is None else [[max_voxels] * len(todo)]
-        futures = client.map(score_study, [model_path] * len(todo), todo, *limit,
+        # Optional task arguments travel only when given (the task signature stays as it was).
+        extra = [] if max_voxels is None and not keep_in_plane_spacing else [
+            [max_voxels] * len(todo)]
+        if keep_in_plane_spacing:
+            extra.append([True] * len(todo))
+        futures = client.map(score_study, [model_path] * len(todo), todo, *extra,
                              key=[f"score-{s.study_id}" for s in todo], pure=False)
         study_of = dict(zip(futures, todo, strict=True))
         with Progress(disable=not progress, console=console) as bar:

@@ -89,9 +89,13 @@ def _store_matches(folder: str | Path, refs: Sequence[CaseRef], config: Pipeline
     """Whether the store at `folder` was cropped from these patients with these settings."""
     if not (Path(folder) / MANIFEST_FILE).exists():
         return False
-    stored = store_config(folder)
-    wanted = config.to_dict()
-    same_settings = all(stored.get(part) == _jsonable(wanted[part])
+    try:  # through the config class, so settings added since the store was cropped (at
+        # their defaults) do not make it stale
+        stored = _jsonable(PipelineConfig.from_dict(store_config(folder)).to_dict())
+    except ConfigError:  # settings this version does not know
+        return False
+    wanted = _jsonable(config.to_dict())
+    same_settings = all(stored[part] == wanted[part]
                         for part in ("labels", "preprocess", "patches"))
     stored_ids = [case.patient_id for case in open_patch_store(folder)]
     return same_settings and stored_ids == [ref.patient_id for ref in refs]

@@ -67,6 +67,25 @@ def _candidate_scores(config: PipelineConfig) -> list[DecideConfig]:
             + [replace(config.decide, patient_score="topk", top_k=k) for k in tops])
 
 
+def training_in_plane_spacing(cases: Sequence[PatchedCase], config: PipelineConfig
+                              ) -> dict[str, float | bool] | None:
+    """The in-plane pixel size the model learnt on and the training patients' range:
+    {"grid": mm, "training_min": mm, "training_max": mm, "training_resampled": bool}.
+
+    The grid is `config.preprocess.in_plane_spacing_mm` when training resampled to it, else
+    the median pixel size of the training patients (all of them, when they share one). None
+    when a case's spacing is unknown (patches from a store written before cadx kept it).
+    """
+    spacings = [c.spacing_zyx_mm for c in cases]
+    if not spacings or any(s is None for s in spacings):
+        return None
+    pixels = np.array([s[1:] for s in spacings], dtype=float)
+    grid = config.preprocess.in_plane_spacing_mm
+    return {"grid": float(np.median(pixels)) if grid is None else float(grid),
+            "training_min": float(pixels.min()), "training_max": float(pixels.max()),
+            "training_resampled": grid is not None}
+
+
 def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase],
                       config: PipelineConfig | None = None
                       ) -> tuple[OperatingPoint, OperatingPoint, dict[str, OperatingPoint]]:
@@ -138,6 +157,13 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
             "patch": test_evaluation.patch, "patient": test_evaluation.patient,
             "by_tumour_size": test_evaluation.by_tumour_size},
     }
+    in_plane = training_in_plane_spacing(parts["train"], config)
+    if in_plane is not None:
+        summary["in_plane_spacing_mm"] = in_plane
+        # New patients are resampled to the training pixels by default (diagnose, evaluate,
+        # the service, score-batch); `--keep-in-plane-spacing` keeps their own.
+        config = replace(config, preprocess=replace(config.preprocess,
+                                                    in_plane_spacing_mm=in_plane["grid"]))
     bundle = PatchModelBundle(config=config, state_dict=model.state_dict(),
                               patch_operating_point=patch_point,
                               patient_operating_point=patient_point, summary=summary,
