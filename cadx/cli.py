@@ -13,7 +13,9 @@ from rich.console import Console
 from cadx import __version__
 from cadx.config import (
     EXAM_SCORES,
+    LR_SCHEDULES,
     PATIENT_SCORES,
+    PRETRAINED_SIZE_PX,
     DecideConfig,
     ImageModelConfig,
     ImageTrainConfig,
@@ -142,14 +144,20 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
                         help="start ARCH from a local state dict (repeatable); nothing is "
                              "downloaded, without it networks train from scratch")
     g = parser.add_argument_group("images and networks")
-    g.add_argument("--size", type=int, default=d_model.size_px,
-                   help="images are resized to size x size px (default %(default)s)")
+    g.add_argument("--size", type=int, default=None,
+                   help=f"images are resized to size x size px (default {PRETRAINED_SIZE_PX} "
+                        f"with a pretrained network, else {d_model.size_px})")
     g.add_argument("--channels", type=int, choices=(1, 3), default=d_model.channels,
                    help="1 = grey (colour converted), 3 = RGB (default %(default)s)")
     g.add_argument("--width", type=float, default=d_model.width,
                    help="network width multiplier (default %(default)s)")
     g.add_argument("--exam-score", choices=EXAM_SCORES, default=d_model.aggregation,
                    help="exam score over a patient's images (default theta)")
+    g.add_argument("--from-scratch", action="store_true",
+                   help="EfficientNet-Lite: random initialisation instead of ImageNet weights")
+    g.add_argument("--frozen-blocks", type=int, default=d_model.frozen_blocks,
+                   help="EfficientNet-Lite: the stem and this many early blocks stay frozen "
+                        "while fine-tuning (0 = train all; default %(default)s of 16)")
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=d_train.max_epochs)
     g.add_argument("--batch-size", type=int, default=d_train.batch_size)
@@ -158,8 +166,17 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stop-patience", type=int, default=d_train.early_stop_patience,
                    help="epochs without validation-AUC improvement before stopping")
     g.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    g.add_argument("--vertical-flip", action="store_true",
+                   help="also flip images upside down when augmenting (off: ultrasound has a "
+                        "top and a bottom)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d_train.schedule,
+                   help="constant, or onecycle: warm-up then cosine decay (default "
+                        "%(default)s)")
     g.add_argument("--val-fraction", type=float, default=d_model.validation_fraction)
     g.add_argument("--test-fraction", type=float, default=d_model.test_fraction)
+    g.add_argument("--test-fold", metavar="K",
+                   help="the manifest's fold K is the test set (one round of the dataset's "
+                        "own cross-validation); the other folds give train and validation")
     g.add_argument("--seed", type=int, default=d_model.seed)
 
 
@@ -324,14 +341,21 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_model_config(args: argparse.Namespace) -> ImageModelConfig:
+def _image_model_config(args: argparse.Namespace, archs: list[str]) -> ImageModelConfig:
+    from cadx.models.backbones import is_pretrained_arch
+
     train = ImageTrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                              learning_rate=args.lr, weight_decay=args.weight_decay,
                              early_stop_patience=args.early_stop_patience,
-                             augment=not args.no_augment, seed=args.seed)
-    return ImageModelConfig(size_px=args.size, channels=args.channels, width=args.width,
+                             augment=not args.no_augment, vertical_flip=args.vertical_flip,
+                             schedule=args.lr_schedule, seed=args.seed)
+    size = args.size or (PRETRAINED_SIZE_PX if any(map(is_pretrained_arch, archs))
+                         else ImageModelConfig().size_px)
+    return ImageModelConfig(size_px=size, channels=args.channels, width=args.width,
                             aggregation=args.exam_score, validation_fraction=args.val_fraction,
-                            test_fraction=args.test_fraction, seed=args.seed, train=train)
+                            test_fraction=args.test_fraction, seed=args.seed, train=train,
+                            pretrained=not args.from_scratch, frozen_blocks=args.frozen_blocks,
+                            test_fold=args.test_fold)
 
 
 def _init_weights(items: list[str]) -> dict[str, str]:
@@ -358,9 +382,10 @@ def _cmd_synth_us(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
-    from cadx.io.public_datasets import ddti_manifest, mmotu_manifest
+    from cadx.io.public_datasets import busbra_manifest, ddti_manifest, mmotu_manifest
 
-    write = ddti_manifest if args.dataset == "ddti" else mmotu_manifest
+    write = {"ddti": ddti_manifest, "mmotu": mmotu_manifest,
+             "busbra": busbra_manifest}[args.dataset]
     out = write(args.root, args.out)
     console.print(f"{args.dataset} manifest written to {out}")
     return 0
@@ -369,9 +394,20 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
 def _cmd_train_images(args: argparse.Namespace) -> int:
     from cadx.image_workflows import train_images
 
-    train_images(args.dataset, args.out, args.arch, _image_model_config(args),
+    train_images(args.dataset, args.out, args.arch, _image_model_config(args, args.arch),
                  init_weights=_init_weights(args.init_weights), report_dir=args.report,
                  console=console, progress=not args.quiet)
+    return 0
+
+
+def _cmd_evaluate_images(args: argparse.Namespace) -> int:
+    from cadx.image_workflows import evaluate_images_command
+
+    evaluate_images_command(args.model, args.dataset, args.out, split=args.split,
+                            subgroup_columns=args.subgroups or [],
+                            each_image_a_patient=args.each_image_a_patient,
+                            with_cam=not args.no_cam, n_boot=args.n_boot, seed=args.seed,
+                            console=console, progress=not args.quiet)
     return 0
 
 
@@ -380,7 +416,8 @@ def _cmd_train_features(args: argparse.Namespace) -> int:
 
     backbones = [] if args.backbones == ["none"] else args.backbones
     train_features(args.dataset, args.out, backbones, args.layers, args.classifier,
-                   args.texture, _image_model_config(args), backbones_from=args.backbones_from,
+                   args.texture, _image_model_config(args, backbones),
+                   backbones_from=args.backbones_from,
                    init_weights=_init_weights(args.init_weights), report_dir=args.report,
                    console=console, progress=not args.quiet)
     return 0
@@ -610,8 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("manifest", help="image manifest CSV for a public ultrasound dataset")
-    p.add_argument("dataset", choices=("ddti", "mmotu"),
-                   help="ddti: DDTI thyroid crops (patient = case N); mmotu: MMOTU OTU_2D "
+    p.add_argument("dataset", choices=("busbra", "ddti", "mmotu"),
+                   help="busbra: BUS-BRA breast ultrasound (patient = Case; the authors' "
+                        "5 folds as the fold column; masks, device, histology kept); "
+                        "ddti: DDTI thyroid crops (patient = case N); mmotu: MMOTU OTU_2D "
                         "(each image its own case; published validation split = test)")
     p.add_argument("root", help="the dataset's folder")
     p.add_argument("--out", required=True, help="manifest CSV to write")
@@ -643,6 +682,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "--init-weights files, or random initialisation)")
     _add_image_options(p)
     p.set_defaults(func=_cmd_train_features)
+
+    p = sub.add_parser("evaluate-images",
+                       help="2D model on a labelled image set, thresholds as stored "
+                            "(external validation): CIs, subgroups, Grad-CAM vs masks")
+    p.add_argument("model", help="a train-images or train-features bundle (.cadx)")
+    p.add_argument("dataset", help="class folders, or a CSV (path, patient_id, label[, split, "
+                                   "fold, mask, other columns])")
+    p.add_argument("--out", metavar="DIR", help="write the report folder here")
+    p.add_argument("--split", choices=("train", "validation", "test"),
+                   help="only the images of this split of the manifest (default all)")
+    p.add_argument("--subgroups", type=_names, metavar="COLS",
+                   help="manifest columns to tabulate by, e.g. device,histology")
+    p.add_argument("--each-image-a-patient", action="store_true",
+                   help="ignore patient ids: each image is its own exam (said in the report)")
+    p.add_argument("--no-cam", action="store_true",
+                   help="skip the Grad-CAM check against the manifest's mask column")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate_images)
 
     add_triage_parsers(sub, console)
 

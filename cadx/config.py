@@ -219,6 +219,11 @@ class PipelineConfig:
         return cls(**kwargs)
 
 
+LR_SCHEDULES = ("constant", "onecycle")
+# Default input size of the ImageNet-pretrained 2D networks (their last map is then 7 x 7).
+PRETRAINED_SIZE_PX = 224
+
+
 @dataclass(frozen=True)
 class ImageTrainConfig:
     """Optimiser and stopping settings (seed 002: weight decay 5e-4)."""
@@ -229,6 +234,10 @@ class ImageTrainConfig:
     weight_decay: float = 5e-4
     early_stop_patience: int = 6
     augment: bool = True
+    # Ultrasound has a top (skin) and a bottom: no up-down flips unless asked for.
+    vertical_flip: bool = False
+    # "constant" learning rate, or "onecycle" (warm-up then cosine decay over max_epochs).
+    schedule: str = "constant"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -236,6 +245,9 @@ class ImageTrainConfig:
             raise ConfigError("batch size, epochs and patience must be >= 1")
         if self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError("learning rate must be > 0 and weight decay >= 0")
+        if self.schedule not in LR_SCHEDULES:
+            raise ConfigError(f"learning-rate schedule must be one of {LR_SCHEDULES}, "
+                              f"got {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,12 @@ class ImageModelConfig:
     test_fraction: float = 0.2
     seed: int = 0
     train: ImageTrainConfig = field(default_factory=ImageTrainConfig)
+    # EfficientNet-Lite: start from the ImageNet weights (else random init), and keep the stem
+    # and this many early MBConv blocks frozen while fine-tuning.
+    pretrained: bool = True
+    frozen_blocks: int = 8
+    # Manifest `fold` value whose patients are the test set (the others: train/validation).
+    test_fold: str | None = None
 
     def __post_init__(self) -> None:
         if self.aggregation not in EXAM_SCORES:
@@ -262,3 +280,5 @@ class ImageModelConfig:
             raise ConfigError(f"image size must be >= 32 px, got {self.size_px}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.frozen_blocks < 0:
+            raise ConfigError(f"frozen blocks must be >= 0, got {self.frozen_blocks}")

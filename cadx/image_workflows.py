@@ -1,5 +1,5 @@
-"""What the 2D-track commands do, as functions: synth us, train-images, train-features and
-diagnose of image bundles (the CLI calls these)."""
+"""What the 2D-track commands do, as functions: synth us, train-images, train-features,
+evaluate-images and diagnose of image bundles (the CLI calls these)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from cadx.diagnose.images import ImageDiagnosis, diagnose_image_files
 from cadx.errors import InputError
+from cadx.evaluate.images import ImageEvaluation, evaluate_image_model
 from cadx.evaluate.report import print_levels, write_report
 from cadx.image_bundle import load_image_bundle, save_image_bundle
 from cadx.io.atomic import write_json_atomic
@@ -146,3 +147,43 @@ def diagnose_images_command(model_path: str | Path, image_paths: Sequence[str | 
     if out_path is not None:
         console.print(f"result written to {out_path}")
     return diagnosis
+
+
+def evaluate_images_command(model_path: str | Path, dataset_path: str | Path,
+                            out_dir: str | Path | None, *, split: str | None = None,
+                            subgroup_columns: Sequence[str] = (),
+                            each_image_a_patient: bool = False, with_cam: bool = True,
+                            n_boot: int = 1000, seed: int = 0, console: Console | None = None,
+                            progress: bool = True) -> ImageEvaluation:
+    """Apply an image bundle with its stored thresholds to a labelled dataset (an external
+    validation); print the levels and write the report folder to `out_dir`."""
+    console = console or Console()
+    bundle = load_image_bundle(model_path)
+    data = load_image_dataset(dataset_path, progress=progress)
+    console.print(f"[bold]cadx evaluate-images[/]: {Path(model_path).name} on "
+                  f"{len(data)} images of {len(data.patient_ids)} patients from {dataset_path}"
+                  + (f" (split {split})" if split else "") + "; thresholds as stored")
+    result = evaluate_image_model(bundle, data, split=split, subgroup_columns=subgroup_columns,
+                                  each_image_a_patient=each_image_a_patient, with_cam=with_cam,
+                                  n_boot=n_boot, seed=seed, progress=progress)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
+    for note in result.notes:
+        console.print(f"  note: {escape(note)}")
+    title = f"{Path(model_path).name} on {Path(dataset_path).name}"
+    print_levels(result.levels, console, title)
+    for name, cam in result.cam.items():
+        ci = cam.pointing_game_ci
+        console.print(f"  Grad-CAM on {cam.n} {name} images: pointing game "
+                      f"{cam.pointing_game:.3f} [{ci.low:.3f}, {ci.high:.3f}] "
+                      f"({cam.pointing_hits}/{cam.n}), CAM mass in lesion "
+                      f"{cam.mass_in_mask:.3f}; chance (lesion area share) {cam.chance:.3f}")
+    if out_dir is not None:
+        meta = {"model": str(model_path), "dataset": str(dataset_path),
+                "split": split or "all images", "thresholds": "as stored in the model "
+                "(Youden on its validation patients)",
+                "grad_cam": {name: cam.to_dict() for name, cam in result.cam.items()},
+                "notes": result.notes}
+        write_report(out_dir, result.levels, title=title, meta=meta, warnings=result.warnings)
+        console.print(f"report written to {out_dir}")
+    return result

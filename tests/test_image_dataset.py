@@ -158,6 +158,7 @@ def test_mask_files_beside_images_are_not_images(tmp_path: Path) -> None:
     _png(root / "benign" / "B01_1_mask.png", 50)
     _png(root / "malignant" / "mask_M01_1.png", 51)
     _png(root / "malignant" / "masks" / "M01_1.png", 52)
+    _png(root / "masks" / "M01_1_mask.png", 53)
     dataset = load_image_dataset(root, progress=False)
     assert not [r for r in dataset.records if "mask" in r.path.name.lower()]
     assert len(dataset) == 6

@@ -54,6 +54,7 @@ def _argv(bad: str) -> list[list[str]]:
         ["watch", "m.cadx", "--pacs", "http://127.0.0.1:1", "--out", bad],
         ["score-batch", "m.cadx", "data", "--out", bad],
         ["evaluate", "m.cadx", "data", "--out", bad],
+        ["evaluate-images", "m.cadx", "data.csv", "--out", bad],
         ["report", "p.csv", "--out", bad],
         ["compare", "p.csv", "--models", "a,b", "--out", bad],
         ["manifest", "ddti", "root", "--out", bad],

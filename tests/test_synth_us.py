@@ -38,9 +38,13 @@ def _auc(positive: list[float], negative: list[float]) -> float:
 
 def test_layout_counts_and_class_balance(cohort: Path) -> None:
     rows = _manifest(cohort)
-    assert list(rows[0]) == ["path", "patient_id", "label"]
+    assert list(rows[0]) == ["path", "patient_id", "label", "mask"]
     on_disk = sorted(p.relative_to(cohort).as_posix() for p in cohort.glob("*/*.png"))
-    assert sorted(r["path"] for r in rows) == on_disk
+    assert sorted(r["path"] for r in rows) + sorted(r["mask"] for r in rows) == on_disk
+    for row in rows[:4]:  # each mask marks a lesion inside its image's frame
+        mask = np.asarray(Image.open(cohort / row["mask"]))
+        assert mask.shape == np.asarray(Image.open(cohort / row["path"])).shape[:2]
+        assert set(np.unique(mask).tolist()) == {0, 255}
     assert not list(cohort.rglob("*.part"))
     per_patient = Counter(r["patient_id"] for r in rows)
     assert sorted(per_patient) == [f"US{i:04d}" for i in range(1, 13)]

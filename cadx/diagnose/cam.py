@@ -15,8 +15,10 @@ from torch import nn
 
 from cadx.io.atomic import atomic_path
 
-# The last convolutional stage of each backbone: its output is what Grad-CAM weights.
-CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features"}
+# The last convolutional stage of each backbone: its output is what Grad-CAM weights. For
+# EfficientNet-Lite it is the 1x1 head convolution's map, H/32: 7 x 7 at the default 224 px.
+CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features",
+              **{f"efficientnet_lite{k}": "features" for k in range(3)}}
 OVERLAY_ALPHA = 0.45
 
 
@@ -63,4 +65,14 @@ def write_overlay_png(path: str | Path, image: np.ndarray, cam: np.ndarray) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         Image.fromarray(cam_overlay(image, cam)).save(tmp, format="PNG")
+    return path
+
+
+def write_cam_npy(path: str | Path, cam: np.ndarray) -> Path:
+    """Write the raw 0..1 `cam` (the model's input size) as float32 .npy, atomically, so that
+    it can be measured against a lesion mask."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.asarray(cam, dtype=np.float32))
     return path

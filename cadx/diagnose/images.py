@@ -1,6 +1,6 @@
 """Diagnose one patient's exam from its 2D images (seed 002): a probability per image, the exam
 score (theta = -mean ln(1 - p_i) by default), the decision against the validation-Youden exam
-threshold, and optionally Grad-CAM overlays."""
+threshold, and optionally Grad-CAM overlays (PNG) with the raw maps (.npy, model input size)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from torch import nn
 
 from cadx.decide.exam import exam_scores
-from cadx.diagnose.cam import grad_cam, write_overlay_png
+from cadx.diagnose.cam import grad_cam, write_cam_npy, write_overlay_png
 from cadx.errors import InputError
 from cadx.image_bundle import ImageModelBundle
 from cadx.io.images import fit_image, read_image
@@ -30,6 +30,7 @@ class ImageResult:
     probability: float
     above_image_threshold: bool
     cam_png: str | None = None
+    cam_npy: str | None = None
 
 
 @dataclass
@@ -93,6 +94,7 @@ def diagnose_images(bundle: ImageModelBundle, images: Sequence[np.ndarray],
                 source = image if np.issubdtype(np.asarray(image).dtype, np.floating) else \
                     np.asarray(image, dtype=np.float32) / 255.0
                 result.cam_png = str(write_overlay_png(path, source, cam))
+                result.cam_npy = str(write_cam_npy(path.with_suffix(".npy"), cam))
             timings["cam"] = time.perf_counter() - start
     return ImageDiagnosis(
         patient_id=patient_id, exam_score=round(float(score), 6),

@@ -9,7 +9,8 @@ Two layouts are accepted by :func:`load_image_dataset`:
   puts the negative class first, so label 1 is always the disease (``cancer`` vs ``normal``
   sorted would otherwise make ``normal`` the positive class). The patient id of a file is its
   name up to the last ``_`` (``US0001_2.png`` -> ``US0001``); a name without ``_`` is a patient
-  of its own. Only image files directly inside a class folder count; other files are ignored.
+  of its own. Only image files directly inside a class folder count; other files, lesion
+  masks (``*_mask*``, ``mask_*``) and ``mask/`` or ``masks/`` folders are ignored.
 * a CSV manifest with columns ``path, patient_id, label`` and optionally ``split`` (``train``,
   ``validation`` or ``test``; blank = not given). Paths are relative to the CSV's folder
   (absolute paths are kept); labels are class indices 0..K-1 (1 = malignant for binary data).
@@ -41,8 +42,8 @@ from cadx.train.splits import assert_disjoint, split_patients
 
 __all__ = [
     "IMAGE_SUFFIXES", "ImageDataset", "ImageRecord", "assign_splits", "check_patient_splits",
-    "find_duplicate_images", "load_image_dataset", "patient_id_from_filename", "read_image",
-    "read_images",
+    "find_duplicate_images", "fold_splits", "load_image_dataset", "patient_id_from_filename",
+    "read_image", "read_images",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -52,6 +53,8 @@ _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "training": "train
 _NEGATIVE_NAMES = {"benign", "normal", "negative", "healthy", "control"}
 _POSITIVE_NAMES = {"malignant", "cancer", "positive", "tumour", "tumor", "abnormal"}
 _CSV_COLUMNS = ("path", "patient_id", "label")
+# Folders of lesion masks beside the class folders: never a class.
+_MASK_FOLDERS = {"mask", "masks"}
 _SHOW = 5  # problems quoted in one error message
 
 
@@ -166,7 +169,8 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _from_class_folders(root: Path) -> tuple[list[ImageRecord], tuple[str, ...]]:
-    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+               and p.name.lower() not in _MASK_FOLDERS]
     if len(folders) < 2:
         found = ", ".join(p.name for p in folders) or "none"
         raise InputError(f"{root}: found {len(folders)} class folder(s) ({found}); need at "
@@ -365,6 +369,26 @@ def assign_splits(records: Sequence[ImageRecord], validation_fraction: float,
     split = split_patients(patients, [label_of[p] != 0 for p in patients],
                            validation_fraction, test_fraction, seed)
     return tuple(replace(r, split=split.part_of(r.patient_id)) for r in records)
+
+
+def fold_splits(records: Sequence[ImageRecord], test_fold: str, validation_fraction: float,
+                seed: int) -> tuple[ImageRecord, ...]:
+    """Records split for one round of cross-validation on the manifest's `fold` column: the
+    patients of `test_fold` are the test set, the others are split (patient level, stratified,
+    seeded) into train and validation. Explicit `split` values are ignored."""
+    folds = sorted({r.fold for r in records if r.fold is not None})
+    if not folds:
+        raise ConfigError("--test-fold needs a manifest with a fold column")
+    if test_fold not in folds:
+        raise ConfigError(f"test fold {test_fold!r} is not in the manifest (folds: "
+                          f"{', '.join(folds)})")
+    missing = [r for r in records if r.fold is None]
+    if missing:
+        raise ConfigError(f"{len(missing)} image(s) have no fold, e.g. {missing[0].path}")
+    rest = [replace(r, split=None) for r in records if r.fold != test_fold]
+    inner = assign_splits(rest, validation_fraction / (1.0 - 1.0 / len(folds)), 0.0, seed)
+    test = [replace(r, split="test") for r in records if r.fold == test_fold]
+    return (*inner, *test)
 
 
 def find_duplicate_images(records: Iterable[ImageRecord]) -> list[tuple[ImageRecord,

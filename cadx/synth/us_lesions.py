@@ -493,8 +493,9 @@ def write_us_cohort(out_dir: str | Path, spec: UltrasoundCohortSpec,
     """Write a synthetic ultrasound cohort as one folder per class plus a manifest.
 
     Creates ``benign/USnnnn_k.png`` and ``malignant/USnnnn_k.png`` (k = 1, 2, ...; 8-bit
-    grayscale, ~15 % RGB) and, last, ``manifest.csv`` with columns ``path,patient_id,label``
-    (path relative to ``out_dir``, label 1 = malignant). Files are written atomically and an
+    grayscale, ~15 % RGB), each lesion's mask as ``masks/USnnnn_k_mask.png`` (0/255) and,
+    last, ``manifest.csv`` with columns ``path,patient_id,label,mask`` (paths relative to
+    ``out_dir``, label 1 = malignant). Files are written atomically and an
     existing manifest is removed first, so a folder with ``manifest.csv`` holds a complete
     cohort; images left by an earlier, larger cohort in the same folder are not removed (only
     the manifest lists exactly this cohort). Patient ``i`` uses its own child seed of
@@ -519,11 +520,13 @@ def write_us_cohort(out_dir: str | Path, spec: UltrasoundCohortSpec,
             if rng.random() < _RGB_FRACTION:
                 image = _with_calipers(rng, image, mask)
             rel = f"{folder}/{pid}_{k}.png"
+            mask_rel = f"masks/{pid}_{k}_mask.png"
             _write_png(image, out / rel)
-            rows.append((rel, pid, int(malignant)))
+            _write_png(mask * np.uint8(255), out / mask_rel)
+            rows.append((rel, pid, int(malignant), mask_rel))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("path", "patient_id", "label"))
+    writer.writerow(("path", "patient_id", "label", "mask"))
     writer.writerows(rows)
     write_text_atomic(out / "manifest.csv", buf.getvalue())
     return out

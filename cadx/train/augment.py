@@ -18,16 +18,22 @@ from monai.transforms import (
 )
 
 
-def image_augmentation(size_px: int, seed: int = 0) -> Compose:
-    """A seeded MONAI pipeline for one (C, H, W) image in 0..1, returning the same shape."""
+def image_augmentation(size_px: int, seed: int = 0, vertical_flip: bool = False) -> Compose:
+    """A seeded MONAI pipeline for one (C, H, W) image in 0..1, returning the same shape.
+
+    Left-right flips always; up-down flips only with `vertical_flip` (an ultrasound image has
+    the probe and skin at the top and depth below: an upside-down image is not a plausible one).
+    """
     crop_px = max(int(round(0.875 * size_px)), 8)
+    flips = [RandFlip(prob=0.5, spatial_axis=1)]
+    if vertical_flip:
+        flips.append(RandFlip(prob=0.5, spatial_axis=0))
     pipeline = Compose([
         RandSpatialCrop(roi_size=(crop_px, crop_px), random_size=False),
         Resize((size_px, size_px), mode="bilinear"),
         RandAffine(prob=0.8, rotate_range=np.deg2rad(15.0), scale_range=(0.15, 0.15),
                    translate_range=(0.08 * size_px, 0.08 * size_px), padding_mode="zeros"),
-        RandFlip(prob=0.5, spatial_axis=1),
-        RandFlip(prob=0.5, spatial_axis=0),
+        *flips,
         RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
         RandScaleIntensity(factors=0.2, prob=0.5),
         RandShiftIntensity(offsets=0.1, prob=0.5),

@@ -150,10 +150,17 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
     _check_labels(validation_labels, task, "validation", n_classes)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    pipeline = image_augmentation(train_images.shape[-1], config.seed)
+    pipeline = image_augmentation(train_images.shape[-1], config.seed, config.vertical_flip)
     loss_of = _loss(task, train_labels, n_classes)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    # Frozen parameters (early blocks of a pretrained network) are left out.
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = sum(len(range(start, min(start + config.batch_size, len(train_images))))
+                          >= 2 for start in range(0, len(train_images), config.batch_size))
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.learning_rate, pct_start=0.15,
+        total_steps=max(config.max_epochs * steps_per_epoch, 1))
+        if config.schedule == "onecycle" else None)
     x_train = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
     y_train = torch.from_numpy(train_labels if task == "multiclass"
                                else train_labels.astype(np.float32))
@@ -176,6 +183,8 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
                 loss = loss_of(model(batch), y_train[index])
                 loss.backward()
                 optimiser.step()
+                if scheduler is not None:
+                    scheduler.step()
                 total += float(loss.detach()) * len(index)
             scores = predict_image_probabilities(model, validation_images, task=task)
             auc = validation_auc(validation_labels, scores, task)

@@ -25,9 +25,11 @@ from cadx.io.images import (
     ImageRecord,
     assign_splits,
     find_duplicate_images,
+    fold_splits,
     read_images,
 )
-from cadx.models.backbones import build_backbone, load_init_weights
+from cadx.models.backbones import build_backbone, is_pretrained_arch, load_init_weights
+from cadx.models.pretrained import weights_provenance
 from cadx.train.image_fit import (
     ImageTrainingHistory,
     fit_image_model,
@@ -79,8 +81,10 @@ def split_image_dataset(dataset: ImageDataset, config: ImageModelConfig,
     if len(dataset.class_names) != 2:
         raise ConfigError(f"{dataset.source}: the 2D track is binary; found classes "
                           f"{list(dataset.class_names)}")
-    records = assign_splits(dataset.records, config.validation_fraction, config.test_fraction,
-                            config.seed)
+    records = (fold_splits(dataset.records, config.test_fold, config.validation_fraction,
+                           config.seed) if config.test_fold is not None else
+               assign_splits(dataset.records, config.validation_fraction, config.test_fraction,
+                             config.seed))
     by_split = {split: tuple(r for r in records if r.split == split) for split in SPLITS}
     assert_disjoint({split: sorted({r.patient_id for r in rs}) for split, rs in by_split.items()})
     for split in ("train", "validation"):
@@ -121,23 +125,29 @@ def operating_points(labels: np.ndarray, probabilities: np.ndarray, patient_ids:
 
 
 def evaluate_images(bundle: ImageModelBundle, labels: np.ndarray, probabilities: np.ndarray,
-                    patient_ids: np.ndarray, *, n_boot: int = 1000,
-                    seed: int = 0) -> list[LevelResult]:
+                    patient_ids: np.ndarray, *,
+                    subgroups: Mapping[str, Sequence[object]] | None = None,
+                    n_boot: int = 1000, seed: int = 0) -> list[LevelResult]:
     """Image level (patient cluster-bootstrap CIs) and exam level (Wilson/DeLong CIs) at the
     bundle's validation thresholds. Exam scores are reported as 1 - exp(-theta) for theta
-    (same order, so the same ROC), to keep every level's scores in [0, 1]."""
+    (same order, so the same ROC), to keep every level's scores in [0, 1]. `subgroups` (a
+    value per image for each column) give subgroup tables; an exam takes its first image's."""
     note = "Youden on validation patients"
+    subgroups = dict(subgroups or {})
     image_level = evaluate_level("images", labels, probabilities, bundle.image_threshold,
                                  unit="images", clusters=patient_ids, threshold_note=note,
-                                 n_boot=n_boot, seed=seed)
+                                 subgroups=subgroups, n_boot=n_boot, seed=seed)
     scores = exam_scores(patient_ids.tolist(), probabilities, bundle.aggregation)
     truth = _patient_labels(patient_ids, labels)
     ids = sorted(scores)
+    first = {pid: k for k, pid in reversed(list(enumerate(patient_ids.tolist())))}
     exam_values = exam_probability([scores[p] for p in ids], bundle.aggregation)
     exam_level = evaluate_level(
         f"exams ({bundle.aggregation})", [truth[p] for p in ids], exam_values,
         float(exam_probability([bundle.exam_threshold], bundle.aggregation)[0]),
-        unit="patients", score_kind="score", threshold_note=note, n_boot=n_boot, seed=seed)
+        unit="patients", score_kind="score", threshold_note=note,
+        subgroups={c: [values[first[p]] for p in ids] for c, values in subgroups.items()},
+        n_boot=n_boot, seed=seed)
     return [image_level, exam_level]
 
 
@@ -165,14 +175,30 @@ def _finish(bundle: ImageModelBundle, data: SplitImages, histories: dict,
     return outcome
 
 
+def network_width(arch: str, config: ImageModelConfig) -> float:
+    """The width a network of `arch` is built at: the pretrained ones exist at width 1 only."""
+    return 1.0 if is_pretrained_arch(arch) else config.width
+
+
 def _fresh_network(arch: str, config: ImageModelConfig, init_weights: Mapping[str, str | Path],
                    index: int) -> tuple[torch.nn.Module, str | None]:
+    """A network to train: ImageNet weights for a pretrained arch (unless `config.pretrained`
+    is off or a weights file is given), else a seeded random initialisation, then the file."""
     torch.manual_seed(config.seed + index)
-    model = build_backbone(arch, config.channels, 1, config.width)
-    if arch not in init_weights:
-        return model, None
-    report = load_init_weights(model, init_weights[arch])
-    return model, f"{init_weights[arch]} ({len(report.loaded)} tensors loaded)"
+    pretrained = is_pretrained_arch(arch) and config.pretrained and arch not in init_weights
+    model = build_backbone(arch, config.channels, 1, network_width(arch, config), pretrained)
+    source = None
+    if pretrained:
+        packages = weights_provenance(arch)
+        source = (f"ImageNet weights from {packages['weights_package']} "
+                  f"({packages['model_package']})")
+    if arch in init_weights:
+        report = load_init_weights(model, init_weights[arch])
+        source = f"{init_weights[arch]} ({len(report.loaded)} tensors loaded)"
+    if is_pretrained_arch(arch) and (pretrained or arch in init_weights):
+        model.freeze_early_blocks(min(config.frozen_blocks, len(model.blocks)))
+        source += f"; stem and first {model.frozen_blocks} blocks frozen"
+    return model, source
 
 
 def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: ImageModelConfig,
@@ -201,7 +227,8 @@ def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: Im
         val_aucs.append(history.best_validation_auc)
         val_probabilities[str(index)] = predict_image_probabilities(model,
                                                                     data.images["validation"])
-    specs = ensemble_specs(list(archs), [config.width] * len(archs), val_aucs)
+    specs = ensemble_specs(list(archs), [network_width(arch, config) for arch in archs],
+                           val_aucs)
     val_probabilities = np.clip(weighted_ensemble(
         val_probabilities, {str(k): spec.weight for k, spec in enumerate(specs)}), 0.0, 1.0)
     image_point, exam_point = operating_points(y_val, val_probabilities,
@@ -253,7 +280,7 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
             model.load_state_dict(state)
         else:
             model, source = _fresh_network(arch, config, init_weights, index)
-            width = config.width
+            width = network_width(arch, config)
             sources[arch] = source or "random initialisation (no trained weights)"
         specs.append(NetworkSpec(arch, width, layers=tuple(layers)))
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
