@@ -719,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a worker; more get 503 (default 4)")
     p.add_argument("--max-upload-mb", type=float, default=512,
                    help="largest upload per request, MiB (default %(default)s)")
-    p.add_argument("--max-connections", type=int, default=64, metavar="N",
+    p.add_argument("--max-connections", type=int, default=256, metavar="N",
                    help="open connections at once; more are answered 503 (default %(default)s)")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="seconds a request's headers may take to arrive; then 408 "

@@ -140,3 +140,27 @@ def test_uvicorn_level_errors_are_json(server):
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         status, body = _read_response(sock)
     assert status == 400 and body == {"error": "malformed HTTP request"}
+
+
+def test_lingering_close_falls_back_when_the_client_is_gone():
+    from cadx.serve.connections import LingeringTransport
+
+    class GoneTransport:
+        closed = False
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def can_write_eof(self) -> bool:
+            return True
+
+        def write_eof(self) -> None:
+            raise OSError(107, "Transport endpoint is not connected")
+
+        def close(self) -> None:
+            self.closed = True
+
+    inner = GoneTransport()
+    transport = LingeringTransport(inner, loop=None)  # type: ignore[arg-type]
+    transport.close()
+    assert inner.closed and transport.is_closing()

@@ -28,7 +28,7 @@ class ConnectionLimits:
     for a request's headers to arrive (408); `body_timeout_s` of silence while an upload is
     read (408); `keep_alive_s` an idle connection stays open between requests."""
 
-    max_connections: int = 64
+    max_connections: int = 256
     header_timeout_s: float = 10.0
     body_timeout_s: float = 15.0
     keep_alive_s: int = 5
@@ -76,8 +76,12 @@ class LingeringTransport:
         if self._transport.is_closing() or not self._transport.can_write_eof():
             self._transport.close()
             return
-        self._transport.write_eof()
-        self._transport.resume_reading()  # to discard input: the client's FIN ends the linger
+        try:
+            self._transport.write_eof()
+            self._transport.resume_reading()  # to discard input: the client's FIN ends it
+        except OSError:  # the client is gone already
+            self._transport.close()
+            return
         self._loop.call_later(self._linger_s, self._transport.close)
 
     def is_closing(self) -> bool:
