@@ -2,14 +2,18 @@
 
 The file is a zip holding `manifest.json`, `weights.pt` and `checksum.sha256` (SHA-256 of the
 two others). Loading refuses a bundle whose checksum does not match, so a truncated copy or a
-hand-edited threshold is never used silently.
+hand-edited threshold is never used silently. `cadx sign` adds `signature.hmac-sha256`, an
+HMAC-SHA256 of every part with a key the site holds; `cadx serve --require-signed` loads only
+bundles that carry it, so an edit whose author recomputed the checksum is refused too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -179,6 +183,96 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path}: model bundle not found") from None
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, zlib.error) as exc:
         raise BundleError(f"{path}: not a cadx model bundle ({exc})") from None
+
+
+# Optional signature: HMAC-SHA256, with a key the site holds, over every part of the archive
+# (names and bytes). The checksum catches corruption; only the signature catches an edit
+# whose author recomputed the checksum.
+SIGNATURE_NAME = "signature.hmac-sha256"
+SIGNING_KEY_ENV = "CADX_SIGNING_KEY"
+MIN_SIGNING_KEY_BYTES = 32
+
+
+def load_signing_key(key_file: str | Path | None = None) -> bytes:
+    """The site's signing key from `key_file`, else from $CADX_SIGNING_KEY (surrounding
+    whitespace removed); ConfigError if there is none or it is shorter than 32 bytes."""
+    if key_file is not None:
+        try:
+            key = Path(key_file).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"{key_file}: cannot read the signing key ({exc.strerror})") from None
+        source = str(key_file)
+    else:
+        key = os.environ.get(SIGNING_KEY_ENV, "").strip().encode()
+        source = f"${SIGNING_KEY_ENV}"
+        if not key:
+            raise ConfigError(f"no signing key: give --signing-key-file or set ${SIGNING_KEY_ENV}")
+    if len(key) < MIN_SIGNING_KEY_BYTES:
+        raise ConfigError(f"{source}: the signing key must have at least "
+                          f"{MIN_SIGNING_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)")
+    return key
+
+
+def signing_key_id(key: bytes) -> str:
+    """A short public name of a key (not the key): which key signed a bundle."""
+    return hashlib.sha256(b"cadx-signing-key-id:" + key).hexdigest()[:12]
+
+
+def _archive_mac(archive: zipfile.ZipFile, path: Path, key: bytes) -> str:
+    names = [name for name in archive.namelist() if name != SIGNATURE_NAME]
+    if len(set(names)) != len(names) or "checksum.sha256" not in names:
+        raise BundleError(f"{path}: not a cadx model bundle (duplicate or missing parts)")
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for name in sorted(names):
+        for part in (name.encode(), archive.read(name)):
+            mac.update(len(part).to_bytes(8, "little"))
+            mac.update(part)
+    return mac.hexdigest()
+
+
+def sign_bundle(path: str | Path, key: bytes) -> Path:
+    """Add (or replace) the bundle's signature with `key`, atomically; any bundle kind."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            digest = _archive_mac(archive, path, key)
+            members = [(info, archive.read(info)) for info in archive.infolist()
+                       if info.filename != SIGNATURE_NAME]
+    except FileNotFoundError:
+        raise BundleError(f"{path}: model bundle not found") from None
+    except (zipfile.BadZipFile, OSError, zlib.error) as exc:
+        raise BundleError(f"{path}: not a cadx model bundle ({exc})") from None
+    signature = {"algorithm": "hmac-sha256", "key_id": signing_key_id(key), "digest": digest}
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as out:
+            for info, data in members:
+                out.writestr(info, data)
+            out.writestr(SIGNATURE_NAME, json.dumps(signature) + "\n")
+    return path
+
+
+def verify_bundle_signature(path: str | Path, key: bytes) -> None:
+    """BundleError naming the file unless the bundle carries a valid signature by `key`."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if SIGNATURE_NAME not in archive.namelist():
+                raise BundleError(f"{path}: the bundle is not signed; sign it with "
+                                  "`cadx sign` (signatures are required here)")
+            signature = json.loads(archive.read(SIGNATURE_NAME))
+            digest = _archive_mac(archive, path, key)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: model bundle not found") from None
+    except (zipfile.BadZipFile, OSError, zlib.error, ValueError) as exc:
+        raise BundleError(f"{path}: not a cadx model bundle ({exc})") from None
+    ours = signing_key_id(key)
+    if not isinstance(signature, dict) or signature.get("key_id") != ours:
+        theirs = signature.get("key_id") if isinstance(signature, dict) else None
+        raise BundleError(f"{path}: signed with another key (key id {theirs}, this site's "
+                          f"{ours})")
+    if not hmac.compare_digest(str(signature.get("digest", "")), digest):
+        raise BundleError(f"{path}: the signature does not match: the bundle was changed "
+                          "after it was signed")
 
 
 def save_bundle(bundle: PatchModelBundle, path: str | Path) -> Path:

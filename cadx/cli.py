@@ -461,14 +461,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from cadx.serve.app import serve
-
     from cadx.serve.connections import ConnectionLimits
 
     connections = ConnectionLimits(args.max_connections, args.header_timeout,
                                    args.body_timeout)
     serve(args.models, args.host, args.port, token_file=args.token_file, workers=args.workers,
           queue_size=args.queue, max_upload_mb=args.max_upload_mb, max_voxels=args.max_voxels,
-          connections=connections)
+          connections=connections, require_signed=args.require_signed,
+          signing_key_file=args.signing_key_file)
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from cadx.bundle import (
+        load_signing_key,
+        sign_bundle,
+        signing_key_id,
+        verify_bundle_signature,
+    )
+
+    key = load_signing_key(args.signing_key_file)
+    for bundle in args.bundles:
+        if args.check:
+            verify_bundle_signature(bundle, key)
+            console.print(f"{bundle}: signature valid (key id {signing_key_id(key)})")
+        else:
+            sign_bundle(bundle, key)
+            console.print(f"{bundle}: signed (key id {signing_key_id(key)})")
     return 0
 
 
@@ -726,9 +745,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--body-timeout", type=float, default=15.0, metavar="S",
                    help="seconds an upload may stall (no data); then 408 (default %(default)s)")
+    p.add_argument("--require-signed", action="store_true",
+                   help="load only bundles signed with the site key (cadx sign); else refuse "
+                        "to start")
+    _add_signing_key(p)
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("sign", help="sign model bundles with the site key (HMAC-SHA256), or "
+                                    "check their signatures")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="model bundle(s) (*.cadx)")
+    p.add_argument("--check", action="store_true",
+                   help="check the signatures instead of signing (exit 2 if one fails)")
+    _add_signing_key(p)
+    p.set_defaults(func=_cmd_sign)
     return parser
+
+
+def _add_signing_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--signing-key-file", metavar="FILE",
+                        help="file holding the site's signing key, at least 32 bytes (default: "
+                             "$CADX_SIGNING_KEY)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -174,22 +174,27 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
 def serve(models_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
           token_file: str | Path | None = None, workers: int = 1, queue_size: int = 4,
           max_upload_mb: float = 512, max_voxels: int | None = None,
-          connections: ConnectionLimits | None = None) -> None:
+          connections: ConnectionLimits | None = None, require_signed: bool = False,
+          signing_key_file: str | Path | None = None) -> None:
     """Load every bundle of `models_dir` and run the service with uvicorn until interrupted.
 
     Without a token the service listens on loopback only and answers only requests addressed
     to this machine's names (Host header), against DNS rebinding. `connections` bounds the
-    open connections and how long a request's headers and upload may take.
+    open connections and how long a request's headers and upload may take. With
+    `require_signed`, every bundle must be signed (`cadx sign`) with the key of
+    `signing_key_file` or $CADX_SIGNING_KEY, or the service does not start.
     """
     import uvicorn
 
+    from cadx.bundle import load_signing_key, signing_key_id
     from cadx.serve.auth import check_bind, load_token, loopback_host_names
     from cadx.serve.registry import load_model_folder
 
     connections = connections or ConnectionLimits()
     token = load_token(token_file)
     check_bind(host, token)
-    models = load_model_folder(models_dir)
+    signing_key = load_signing_key(signing_key_file) if require_signed else None
+    models = load_model_folder(models_dir, signing_key)
     max_bytes = int(max_upload_mb * 2**20)
     limits = UploadLimits(max_request_bytes=max_bytes, max_file_bytes=max_bytes,
                           max_voxels=max_voxels)
@@ -197,6 +202,7 @@ def serve(models_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
                      allowed_hosts=None if token else loopback_host_names(host),
                      body_timeout_s=connections.body_timeout_s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    log.info("%d model(s) loaded from %s: %s; token %s", len(models), models_dir,
-             ", ".join(models), "required" if token else "off (loopback only)")
+    log.info("%d model(s) loaded from %s: %s; token %s; signatures %s", len(models),
+             models_dir, ", ".join(models), "required" if token else "off (loopback only)",
+             f"required (key id {signing_key_id(signing_key)})" if signing_key else "not checked")
     uvicorn.run(app, host=host, port=port, log_level="info", **connections.uvicorn_options())

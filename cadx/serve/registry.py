@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cadx.bundle import PatchModelBundle
+from cadx.bundle import PatchModelBundle, verify_bundle_signature
 from cadx.errors import ConfigError
 from cadx.image_bundle import ImageModelBundle, load_any_bundle
 
@@ -62,8 +62,12 @@ class ServedModel:
         }
 
 
-def load_model_folder(folder: str | Path) -> dict[str, ServedModel]:
-    """Every `*.cadx` bundle of `folder` by id; ConfigError/BundleError naming a bad file."""
+def load_model_folder(folder: str | Path, signing_key: bytes | None = None
+                      ) -> dict[str, ServedModel]:
+    """Every `*.cadx` bundle of `folder` by id; ConfigError/BundleError naming a bad file.
+
+    With `signing_key`, every bundle must carry a valid signature by that key, checked before
+    anything in it is unpickled or used."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder}: model folder not found")
@@ -72,6 +76,8 @@ def load_model_folder(folder: str | Path) -> dict[str, ServedModel]:
         raise ConfigError(f"{folder}: no model bundles (*{BUNDLE_SUFFIX}) in this folder")
     models = {}
     for path in paths:
+        if signing_key is not None:
+            verify_bundle_signature(path, signing_key)
         bundle = load_any_bundle(path)
         model = ServedModel(path.stem, bundle)
         if isinstance(bundle, PatchModelBundle):
