@@ -169,11 +169,18 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vertical-flip", action="store_true",
                    help="also flip images upside down when augmenting (off: ultrasound has a "
                         "top and a bottom)")
+    g.add_argument("--precision", choices=("fp32", "bf16"), default=d_train.precision,
+                   help="bf16: autocast training to bfloat16 on CPUs with bf16 instructions "
+                        "(fp32 with a warning elsewhere); validation and inference stay fp32 "
+                        "(default %(default)s)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d_train.schedule,
                    help="constant, or onecycle: warm-up then cosine decay (default "
                         "%(default)s)")
     g.add_argument("--val-fraction", type=float, default=d_model.validation_fraction)
     g.add_argument("--test-fraction", type=float, default=d_model.test_fraction)
+    g.add_argument("--group-near-duplicates", action="store_true",
+                   help="merge near-duplicate images (16x16 thumbnail correlation >= 0.95) "
+                        "into one patient before splitting; for data without patient ids")
     g.add_argument("--test-fold", metavar="K",
                    help="the manifest's fold K is the test set (one round of the dataset's "
                         "own cross-validation); the other folds give train and validation")
@@ -348,14 +355,16 @@ def _image_model_config(args: argparse.Namespace, archs: list[str]) -> ImageMode
                              learning_rate=args.lr, weight_decay=args.weight_decay,
                              early_stop_patience=args.early_stop_patience,
                              augment=not args.no_augment, vertical_flip=args.vertical_flip,
-                             schedule=args.lr_schedule, seed=args.seed)
+                             schedule=args.lr_schedule, precision=args.precision,
+                             seed=args.seed)
     size = args.size or (PRETRAINED_SIZE_PX if any(map(is_pretrained_arch, archs))
                          else ImageModelConfig().size_px)
     return ImageModelConfig(size_px=size, channels=args.channels, width=args.width,
                             aggregation=args.exam_score, validation_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, seed=args.seed, train=train,
                             pretrained=not args.from_scratch, frozen_blocks=args.frozen_blocks,
-                            test_fold=args.test_fold)
+                            test_fold=args.test_fold,
+                            group_near_duplicates=args.group_near_duplicates)
 
 
 def _init_weights(items: list[str]) -> dict[str, str]:

@@ -238,6 +238,9 @@ class ImageTrainConfig:
     vertical_flip: bool = False
     # "constant" learning rate, or "onecycle" (warm-up then cosine decay over max_epochs).
     schedule: str = "constant"
+    # "bf16": autocast the training forward pass to bfloat16 (CPUs with bf16 instructions);
+    # validation and inference stay fp32.
+    precision: str = "fp32"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -245,6 +248,8 @@ class ImageTrainConfig:
             raise ConfigError("batch size, epochs and patience must be >= 1")
         if self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError("learning rate must be > 0 and weight decay >= 0")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.schedule not in LR_SCHEDULES:
             raise ConfigError(f"learning-rate schedule must be one of {LR_SCHEDULES}, "
                               f"got {self.schedule!r}")
@@ -272,6 +277,9 @@ class ImageModelConfig:
     frozen_blocks: int = 8
     # Manifest `fold` value whose patients are the test set (the others: train/validation).
     test_fold: str | None = None
+    # Merge near-duplicate images (thumbnail correlation) into one patient before splitting:
+    # for datasets without real patient ids.
+    group_near_duplicates: bool = False
 
     def __post_init__(self) -> None:
         if self.aggregation not in EXAM_SCORES:

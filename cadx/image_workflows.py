@@ -16,6 +16,7 @@ from cadx.evaluate.report import print_levels, write_report
 from cadx.image_bundle import load_image_bundle, save_image_bundle
 from cadx.io.atomic import write_json_atomic
 from cadx.io.images import load_image_dataset, patient_id_from_filename
+from cadx.models.backbones import is_pretrained_arch
 from cadx.synth.us_lesions import UltrasoundCohortSpec, write_us_cohort
 from cadx.train.image_pipeline import (
     ImageModelConfig,
@@ -82,7 +83,8 @@ def train_images(dataset: str | Path, out_path: str | Path, archs: Sequence[str]
     data = load_image_dataset(dataset, progress=progress)
     console.print(f"[bold]cadx train-images[/]: {len(data)} images of "
                   f"{len(data.patient_ids)} patients from {dataset}; {', '.join(archs)} at "
-                  f"{config.size_px} px, width x{config.width}")
+                  f"{config.size_px} px"
+                  + ("" if all(map(is_pretrained_arch, archs)) else f", width x{config.width}"))
     outcome = train_image_ensemble(data, archs, config, init_weights=init_weights,
                                    progress=progress)
     save_image_bundle(outcome.bundle, out_path)

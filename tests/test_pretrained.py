@@ -95,3 +95,18 @@ def test_width_and_pretrained_flags_are_checked() -> None:
         build_backbone("efficientnet_lite0", 1, 1, width=0.5)
     with pytest.raises(ConfigError, match="no pretrained weights"):
         build_backbone("resnet18", 1, 1, pretrained=True)
+
+
+def test_grad_cam_layer_is_at_least_7x7_at_the_default_size() -> None:
+    from cadx.config import PRETRAINED_SIZE_PX
+    from cadx.diagnose.cam import grad_cam
+
+    model = build_efficientnet_lite("efficientnet_lite0", 1, 1).eval()
+    shapes = []
+    layer = model.get_submodule(model.cam_layer)
+    handle = layer.register_forward_hook(lambda _m, _i, out: shapes.append(out.shape))
+    images = torch.rand(2, 1, PRETRAINED_SIZE_PX, PRETRAINED_SIZE_PX).numpy()
+    cams = grad_cam([model], ["efficientnet_lite0"], [1.0], images)
+    handle.remove()
+    assert min(shapes[0][-2:]) >= 7
+    assert cams.shape == (2, PRETRAINED_SIZE_PX, PRETRAINED_SIZE_PX)

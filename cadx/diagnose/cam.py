@@ -15,10 +15,15 @@ from torch import nn
 
 from cadx.io.atomic import atomic_path
 
-# The last convolutional stage of each backbone: its output is what Grad-CAM weights. For
-# EfficientNet-Lite it is the 1x1 head convolution's map, H/32: 7 x 7 at the default 224 px.
-CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features",
-              **{f"efficientnet_lite{k}": "features" for k in range(3)}}
+# The last convolutional stage of each from-scratch backbone: its output is what Grad-CAM
+# weights. A network with a `cam_layer` attribute (EfficientNet-Lite: its last H/16 block)
+# names its own.
+CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features"}
+
+
+def cam_layer(model: nn.Module, arch: str) -> str:
+    """The name of the module of `model` whose output Grad-CAM weights."""
+    return getattr(model, "cam_layer", None) or CAM_LAYERS[arch]
 OVERLAY_ALPHA = 0.45
 
 
@@ -33,7 +38,7 @@ def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequenc
     total = np.zeros((len(images), *images.shape[2:]), dtype=np.float64)
     for model, arch, weight in zip(models, archs, weights, strict=True):
         model.eval()
-        cam = GradCAM(nn_module=model, target_layers=CAM_LAYERS[arch])
+        cam = GradCAM(nn_module=model, target_layers=cam_layer(model, arch))
         with torch.enable_grad():
             maps = cam(x=x.clone().requires_grad_(True), class_idx=0)
         total += float(weight) * maps.detach().numpy()[:, 0].astype(np.float64)

@@ -67,11 +67,25 @@ class _MeanPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+def _last_block_at_stride(blocks: nn.Sequential, stride: int) -> int:
+    """Index of the last MBConv block whose output is at `stride` from the input (the stem
+    halves it first)."""
+    total, last = 2, -1
+    for index, block in enumerate(blocks):
+        step = block._block_args.stride
+        total *= int(step[0] if isinstance(step, (list, tuple)) else step)
+        if total == stride:
+            last = index
+    return last
+
+
 class EfficientNetLiteClassifier(nn.Module):
     """EfficientNet-Lite trunk + a new linear head: (N, C, H, W) in 0..1 -> (N, num_classes).
 
-    Sub-modules: `stem_and_blocks` ... `features` (the 1x1 head convolution, BN and ReLU6: the
-    last spatial map, H/32), `avgpool` (global mean), `dropout`, `fc`.
+    Sub-modules: `stem`, `blocks` (the MBConv blocks), `features` (the 1x1 head convolution, BN
+    and ReLU6: the last spatial map, H/32), `avgpool` (global mean), `dropout`, `fc`.
+    `cam_layer` names the last block at H/16 (10 x 10 at 160 px, 14 x 14 at 224 px), the map
+    Grad-CAM weights: the H/32 map is too coarse to point at a small lesion.
     """
 
     def __init__(self, trunk: nn.Module, in_channels: int, num_classes: int,
@@ -87,6 +101,7 @@ class EfficientNetLiteClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(trunk._fc.in_features, num_classes)
         self._frozen_blocks = 0
+        self.cam_layer = f"blocks.{_last_block_at_stride(self.blocks, 16)}"
 
     @property
     def frozen_blocks(self) -> int:

@@ -21,6 +21,7 @@ from cadx.config import ImageTrainConfig
 from cadx.errors import ConfigError, SplitError
 from cadx.train.augment import augment_batch, image_augmentation
 from cadx.train.fit import EarlyStopping, epoch_progress
+from cadx.train.precision import autocast, resolve_precision
 
 
 @dataclass
@@ -150,6 +151,7 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
     _check_labels(validation_labels, task, "validation", n_classes)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    precision = resolve_precision(config.precision)
     pipeline = image_augmentation(train_images.shape[-1], config.seed, config.vertical_flip)
     loss_of = _loss(task, train_labels, n_classes)
     # Frozen parameters (early blocks of a pretrained network) are left out.
@@ -180,7 +182,9 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
                 if config.augment:
                     batch = augment_batch(batch, pipeline)
                 optimiser.zero_grad(set_to_none=True)
-                loss = loss_of(model(batch), y_train[index])
+                with autocast(precision):
+                    logits = model(batch)
+                loss = loss_of(logits.float(), y_train[index])
                 loss.backward()
                 optimiser.step()
                 if scheduler is not None:

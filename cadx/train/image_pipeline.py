@@ -16,7 +16,7 @@ from cadx.config import ImageModelConfig
 from cadx.decide.ensemble import weighted_ensemble
 from cadx.decide.exam import exam_probability, exam_scores
 from cadx.decide.roc import OperatingPoint, youden_operating_point
-from cadx.errors import ConfigError, SplitError
+from cadx.errors import ConfigError, InputError, SplitError
 from cadx.evaluate.levels import LevelResult, evaluate_level
 from cadx.features.classifiers import AveragingEnsemble, fit_classifier
 from cadx.image_bundle import ImageModelBundle, NetworkSpec, ensemble_specs, image_features
@@ -27,6 +27,11 @@ from cadx.io.images import (
     find_duplicate_images,
     fold_splits,
     read_images,
+)
+from cadx.io.near_duplicates import (
+    DEFAULT_CORRELATION,
+    cross_split_near_duplicates,
+    group_near_duplicates,
 )
 from cadx.models.backbones import build_backbone, is_pretrained_arch, load_init_weights
 from cadx.models.pretrained import weights_provenance
@@ -74,17 +79,39 @@ class ImageTrainingOutcome:
     test_levels: list[LevelResult] = field(default_factory=list)
 
 
+def _refuse_conflicting_copies(records: Sequence[ImageRecord], source: Path) -> None:
+    """InputError if one file's bytes appear with two different labels."""
+    label_of: dict[str, ImageRecord] = {}
+    for record in records:
+        if not record.sha256:
+            continue
+        first = label_of.setdefault(record.sha256, record)
+        if first.label != record.label:
+            raise InputError(f"{source}: {first.path} (label {first.label}) and {record.path} "
+                             f"(label {record.label}) are the same file with different labels")
+
+
 def split_image_dataset(dataset: ImageDataset, config: ImageModelConfig,
                         progress: bool = True) -> SplitImages:
-    """Assign patient-level splits (or keep the CSV's), warn about duplicate files across
-    patients or splits, and read every image at the model's size."""
+    """Read every image at the model's size; optionally merge near-duplicate images into one
+    patient; assign patient-level splits (or keep the CSV's, or a fold's); refuse one file
+    with two labels; warn about byte-identical and near-duplicate images across splits."""
     if len(dataset.class_names) != 2:
         raise ConfigError(f"{dataset.source}: the 2D track is binary; found classes "
                           f"{list(dataset.class_names)}")
-    records = (fold_splits(dataset.records, config.test_fold, config.validation_fraction,
-                           config.seed) if config.test_fold is not None else
-               assign_splits(dataset.records, config.validation_fraction, config.test_fraction,
-                             config.seed))
+    _refuse_conflicting_copies(dataset.records, dataset.source)
+    all_images = read_images(dataset.records, config.size_px, config.channels, progress)
+    records, warnings = list(dataset.records), []
+    if config.group_near_duplicates:
+        records, merged = group_near_duplicates(records, all_images)
+        warnings.append(f"near-duplicate images grouped: {merged} patient(s) merged into "
+                        f"others ({len(dataset.patient_ids)} -> "
+                        f"{len({r.patient_id for r in records})} patients) before splitting")
+    position = {r.path: k for k, r in enumerate(records)}
+    records = list(fold_splits(records, config.test_fold, config.validation_fraction,
+                               config.seed) if config.test_fold is not None else
+                   assign_splits(records, config.validation_fraction, config.test_fraction,
+                                 config.seed))
     by_split = {split: tuple(r for r in records if r.split == split) for split in SPLITS}
     assert_disjoint({split: sorted({r.patient_id for r in rs}) for split, rs in by_split.items()})
     for split in ("train", "validation"):
@@ -93,14 +120,21 @@ def split_image_dataset(dataset: ImageDataset, config: ImageModelConfig,
             raise SplitError(f"{dataset.source}: the {split} split has "
                              f"{len(by_split[split])} images of classes {sorted(labels)}; "
                              "need both benign and malignant patients there")
-    warnings = []
     duplicates = find_duplicate_images(records)
     if duplicates:
         first, second = duplicates[0]
         warnings.append(f"{len(duplicates)} pair(s) of byte-identical images in different "
                         f"patients or splits, e.g. {first.path} ({first.patient_id}, "
                         f"{first.split}) = {second.path} ({second.patient_id}, {second.split})")
-    images = {split: read_images(rs, config.size_px, config.channels, progress)
+    ordered = all_images[[position[r.path] for r in records]]
+    near = cross_split_near_duplicates(records, ordered)
+    if near:
+        first, second = near[0]
+        warnings.append(f"{len(near)} pair(s) of near-duplicate images (thumbnail correlation "
+                        f">= {DEFAULT_CORRELATION}) in different splits, e.g. {first.path} "
+                        f"({first.split}) ~ {second.path} ({second.split}); if they are one "
+                        "patient's, group them (--group-near-duplicates or patient ids)")
+    images = {split: all_images[[position[r.path] for r in rs]]
               for split, rs in by_split.items()}
     return SplitImages(by_split, images, warnings)
 
@@ -245,6 +279,19 @@ def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: Im
     return _finish(bundle, data, histories, n_boot)
 
 
+def _refuse_backbone_leak(source_bundle: ImageModelBundle, data: SplitImages) -> None:
+    """ConfigError if patients evaluated here (validation or test) trained the backbones."""
+    trained = set(source_bundle.summary.get("split", {}).get("train", []))
+    for split in ("test", "validation"):
+        leaked = sorted(trained & {r.patient_id for r in data.records[split]})
+        if leaked:
+            raise ConfigError(
+                f"--backbones-from {source_bundle.name} ({source_bundle.created_utc}): "
+                f"{len(leaked)} of this run's {split} patients trained those backbones "
+                f"(e.g. {', '.join(leaked[:3])}); use the same split settings (--seed, "
+                "fractions, --test-fold) as that training run")
+
+
 def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
                         layers: Sequence[str], classifiers: Sequence[str], texture: bool,
                         config: ImageModelConfig, *,
@@ -266,6 +313,8 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
         config = replace(config, size_px=source_bundle.size_px,
                          channels=source_bundle.channels)
     data = split_image_dataset(dataset, config, progress)
+    if source_bundle is not None:
+        _refuse_backbone_leak(source_bundle, data)
     specs, states, models, sources = [], [], [], {}
     for index, arch in enumerate(backbones):
         if source_bundle is not None:
