@@ -137,12 +137,16 @@ def diagnose_images_command(model_path: str | Path, image_paths: Sequence[str | 
     if out_path is not None:
         write_json_atomic(out_path, diagnosis.to_dict())
     for result in diagnosis.images:
+        if result.probability is None:
+            console.print(f"  {escape(result.name)}: not judged ({escape(result.not_judged)})")
+            continue
         line = f"  {escape(result.name)}: p = {result.probability:.3f}"
         if result.cam_png:
             line += f"  CAM {escape(result.cam_png)}"
         console.print(line)
     for note in diagnosis.notes:
-        console.print(f"  note: {note}")
+        if "not judged" not in note:
+            console.print(f"  note: {escape(note)}")
     console.print(f"{escape(patient_id)}: [bold]{diagnosis.decision}[/] (exam score "
                   f"{diagnosis.aggregation} = {diagnosis.exam_score:.3f} vs threshold "
                   f"{diagnosis.exam_threshold:.3f}; {len(diagnosis.images)} images)")

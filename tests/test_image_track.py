@@ -240,3 +240,29 @@ def test_cli_bad_image_inputs_are_one_line_errors(tmp_path, capsys, ensemble):
     assert main(["train-images", str(tmp_path / "data"), "--out", str(tmp_path / "x.cadx")]) == 2
     assert "malignant" in capsys.readouterr().err
     assert not (tmp_path / "x.cadx").exists()
+
+
+def test_images_a_model_cannot_judge_get_a_reason_not_a_decision(tmp_path, capsys, ensemble):
+    model = save_image_bundle(ensemble.bundle, tmp_path / "us.cadx")
+    rng = np.random.default_rng(0)
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(tmp_path / "tiny.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:40] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    rgba = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    rgba[..., 3] = 0
+    rgba[:8, :8, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(tmp_path / "ok.png")
+    for bad, reason in (("tiny.png", "too small"), ("mask.png", "binary mask"),
+                        ("cutout.png", "transparent")):
+        assert main(["diagnose", str(model), str(tmp_path / bad)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "no image can be judged" in err and reason in err and "Traceback" not in err
+    diagnosis = diagnose_image_files(ensemble.bundle, [tmp_path / "ok.png",
+                                                       tmp_path / "tiny.png"], "P1")
+    ok, tiny = diagnosis.images
+    assert ok.probability is not None and tiny.probability is None
+    assert "too small" in tiny.not_judged
+    only_ok = diagnose_image_files(ensemble.bundle, [tmp_path / "ok.png"], "P1")
+    assert diagnosis.exam_score == pytest.approx(only_ok.exam_score)

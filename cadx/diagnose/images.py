@@ -15,6 +15,7 @@ from torch import nn
 
 from cadx.decide.exam import exam_scores
 from cadx.diagnose.cam import grad_cam, write_cam_npy, write_overlay_png
+from cadx.diagnose.image_checks import array_problem, file_problem
 from cadx.errors import InputError
 from cadx.image_bundle import ImageModelBundle
 from cadx.io.images import fit_image, read_image
@@ -27,10 +28,11 @@ class ImageResult:
     """One image's malignancy probability and, if asked for, its CAM overlay file."""
 
     name: str
-    probability: float
+    probability: float | None
     above_image_threshold: bool
     cam_png: str | None = None
     cam_npy: str | None = None
+    not_judged: str | None = None
 
 
 @dataclass
@@ -59,25 +61,37 @@ def _safe_stem(name: str) -> str:
 def diagnose_images(bundle: ImageModelBundle, images: Sequence[np.ndarray],
                     names: Sequence[str], patient_id: str,
                     cam_dir: str | Path | None = None,
-                    models: list[nn.Module] | None = None) -> ImageDiagnosis:
+                    models: list[nn.Module] | None = None,
+                    problems: Sequence[str | None] | None = None) -> ImageDiagnosis:
     """Score one patient's images ((H, W), (H, W, 3) or (C, H, W) arrays of any size, 0..1 or
     uint8) with `bundle`; write a Grad-CAM overlay PNG per image into `cam_dir` if given.
     `models` are the bundle's networks already built (`bundle.build_networks()`), for a service
-    that scores many requests."""
+    that scores many requests. Images the model cannot judge (too small, a binary mask, or a
+    problem given in `problems`, e.g. transparency found on the file) get no probability but
+    the reason, and do not count in the exam score; InputError if none can be judged."""
     if len(images) == 0:
         raise InputError(f"patient {patient_id}: no images to diagnose")
     if len(names) != len(images):
         raise InputError(f"{len(names)} names for {len(images)} images")
+    problems = [given or array_problem(image)
+                for given, image in zip(problems or [None] * len(images), images, strict=True)]
+    judged = [k for k, problem in enumerate(problems) if problem is None]
+    if not judged:
+        raise InputError(f"patient {patient_id}: no image can be judged: " + "; ".join(
+            f"{name}: {problem}" for name, problem in zip(names, problems, strict=True)))
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    batch = np.stack([fit_image(image, bundle.size_px, bundle.channels) for image in images])
+    batch = np.stack([fit_image(images[k], bundle.size_px, bundle.channels) for k in judged])
     models = models if models is not None else bundle.build_networks()
     probabilities = bundle.predict(batch, models)
     score = exam_scores([patient_id] * len(batch), probabilities, bundle.aggregation)[patient_id]
     timings["score"] = time.perf_counter() - start
-    results = [ImageResult(name, round(float(p), 6), bool(p > bundle.image_threshold))
-               for name, p in zip(names, probabilities, strict=True)]
-    notes = []
+    results = [ImageResult(name, None, False, not_judged=problem)
+               for name, problem in zip(names, problems, strict=True)]
+    for k, p in zip(judged, probabilities, strict=True):
+        results[k] = ImageResult(names[k], round(float(p), 6), bool(p > bundle.image_threshold))
+    notes = [f"{result.name} not judged: {result.not_judged}" for result in results
+             if result.not_judged]
     if cam_dir is not None:
         if bundle.method != "cnn-ensemble":
             notes.append("no CAM: this model classifies features with an SVM/random forest, "
@@ -87,7 +101,8 @@ def diagnose_images(bundle: ImageModelBundle, images: Sequence[np.ndarray],
             cams = grad_cam(models, [s.arch for s in bundle.networks],
                             [s.weight for s in bundle.networks], batch)
             stems = [_safe_stem(result.name) for result in results]
-            for k, (result, image, cam) in enumerate(zip(results, images, cams, strict=True)):
+            for k, cam in zip(judged, cams, strict=True):
+                result, image = results[k], images[k]
                 # Unique names even when two uploads share a file name.
                 stem = stems[k] if stems.count(stems[k]) == 1 else f"{stems[k]}_{k + 1}"
                 path = Path(cam_dir) / f"{stem}_cam.png"
@@ -111,4 +126,5 @@ def diagnose_image_files(bundle: ImageModelBundle, paths: Sequence[str | Path],
                          patient_id: str, cam_dir: str | Path | None = None) -> ImageDiagnosis:
     """`diagnose_images` on image files (PNG, JPEG, ...); InputError names an unreadable one."""
     images = [read_image(path, channels=bundle.channels) for path in paths]
-    return diagnose_images(bundle, images, [Path(p).name for p in paths], patient_id, cam_dir)
+    return diagnose_images(bundle, images, [Path(p).name for p in paths], patient_id, cam_dir,
+                           problems=[file_problem(path) for path in paths])

@@ -139,6 +139,7 @@ def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,
     diagnosis = diagnose_images(bundle, images, names, patient_id="exam", cam_dir=cam_dir)
     # CAM files live in the request's temporary folder: send them inline.
     per_image = [{"name": image.name, "probability": image.probability,
+                  "not_judged": image.not_judged,
                   "above_image_threshold": image.above_image_threshold,
                   "cam_png": png_data_url(Path(image.cam_png).read_bytes())
                   if image.cam_png else None} for image in diagnosis.images]

@@ -102,7 +102,9 @@ function render(result) {
     const card = document.createElement("div");
     card.className = "image-card";
     const caption = document.createElement("p");
-    caption.textContent = image.name + ": " + image.probability.toFixed(3);
+    caption.textContent = image.probability === null
+      ? image.name + ": not judged (" + image.not_judged + ")"
+      : image.name + ": " + image.probability.toFixed(3);
     if (image.cam_png) {
       const img = document.createElement("img");
       img.src = image.cam_png;

@@ -1,0 +1,97 @@
+"""2D track on real ultrasound: ImageNet-pretrained EfficientNet-Lite0 fine-tuned vs networks
+trained from scratch, on patient-level held-out test sets, with wall time and Grad-CAM
+localisation against the lesion masks where the data has them.
+
+Run (needs ../shared/data; each model is one `cadx train-images` run):
+    python benchmarks/bench_us_transfer.py --dataset busbra --archs efficientnet_lite0 \
+        --seeds 0 --test-fold 1 [--size 160 --epochs 8 --precision bf16]
+    python benchmarks/bench_us_transfer.py --dataset ddti --archs efficientnet_lite0,resnet18
+
+Prints one Markdown row per (arch, seed): validation AUC (what settings are chosen on), test
+AUC per image and per exam with 95 % CIs, test sensitivity/specificity at the validation-Youden
+exam threshold, the pointing game on test malignant images (with its chance level), and wall
+time. Nothing is chosen on the test patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cadx.config import PRETRAINED_SIZE_PX, ImageModelConfig, ImageTrainConfig
+from cadx.evaluate.images import cam_quality
+from cadx.io.images import load_image_dataset
+from cadx.io.public_datasets import busbra_manifest, ddti_manifest, mmotu_manifest
+from cadx.models.backbones import is_pretrained_arch
+from cadx.train.image_pipeline import train_image_ensemble
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATASETS = {"busbra": (busbra_manifest, "busbra"), "ddti": (ddti_manifest, "ddti-thyroid-crops"),
+            "mmotu": (mmotu_manifest, "mmotu-otu2d")}
+
+
+def _interval(metric) -> str:
+    return f"{metric.estimate:.3f} [{metric.low:.3f}, {metric.high:.3f}]"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    parser.add_argument("--archs", default="efficientnet_lite0")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--test-fold", help="BUS-BRA: the authors' fold used as the test set")
+    parser.add_argument("--size", type=int, help=f"default {PRETRAINED_SIZE_PX} for pretrained "
+                                                  "networks, 64 otherwise")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--schedule", default="onecycle")
+    parser.add_argument("--precision", default="bf16")
+    parser.add_argument("--width", type=float, default=0.5, help="from-scratch networks")
+    parser.add_argument("--no-cam", action="store_true")
+    args = parser.parse_args()
+    make_manifest, folder = DATASETS[args.dataset]
+    if not (SHARED / folder).is_dir():
+        print(f"{SHARED / folder} not found: this benchmark needs the shared public data")
+        return 1
+    manifest = make_manifest(SHARED / folder, Path(tempfile.mkdtemp()) / "manifest.csv")
+    dataset = load_image_dataset(manifest, progress=False)
+    print(f"{args.dataset}: {len(dataset)} images, {len(dataset.patient_ids)} patients; "
+          f"test fold {args.test_fold or '-'}; {args.epochs} epochs max, {args.schedule} LR "
+          f"{args.lr}, {args.precision}")
+    print("| model | seed | px | val AUC | test AUC images | test AUC exams | exam SN | exam SP "
+          "| pointing game (chance) | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for arch in args.archs.split(","):
+        size = args.size or (PRETRAINED_SIZE_PX if is_pretrained_arch(arch) else 64)
+        for seed in map(int, args.seeds.split(",")):
+            config = ImageModelConfig(
+                size_px=size, width=args.width, seed=seed, test_fold=args.test_fold,
+                train=ImageTrainConfig(max_epochs=args.epochs, learning_rate=args.lr,
+                                       schedule=args.schedule, precision=args.precision,
+                                       seed=seed))
+            start = time.perf_counter()
+            outcome = train_image_ensemble(dataset, [arch], config, progress=False)
+            wall = time.perf_counter() - start
+            images, exams = outcome.test_levels
+            pointing = "-"
+            if not args.no_cam and any(r.mask for r in outcome.data.records["test"]):
+                cams = cam_quality(outcome.bundle, outcome.data.records["test"],
+                                   outcome.data.images["test"], outcome.data.labels("test"))
+                if "malignant" in cams:
+                    c = cams["malignant"]
+                    pointing = (f"{c.pointing_game:.2f} [{c.pointing_game_ci.low:.2f}, "
+                                f"{c.pointing_game_ci.high:.2f}] ({c.chance:.2f})")
+            print(f"| {arch}{' (ImageNet)' if is_pretrained_arch(arch) else ' (scratch)'} "
+                  f"| {seed} | {size} | {outcome.bundle.networks[0].validation_auc:.3f} "
+                  f"| {_interval(images.metrics['auc'])} | {_interval(exams.metrics['auc'])} "
+                  f"| {_interval(exams.metrics['sensitivity'])} "
+                  f"| {_interval(exams.metrics['specificity'])} | {pointing} "
+                  f"| {wall / 60:.1f} min |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
