@@ -537,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic cohort -> train -> thresholds -> test report")
     p.add_argument("--out", default="demo_out", help="output folder (default %(default)s)")
-    p.add_argument("--patients", type=int, default=60, help="cohort size (default 60)")
+    p.add_argument("--patients", type=int, default=100,
+                   help="cohort size (default %(default)s; 40 %% are test patients)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
