@@ -171,15 +171,18 @@ def fit_patch_cnn(
     train: PatchSet, validation: PatchSet, config: TrainConfig, *,
     model_config: ModelConfig | None = None, progress: bool = True,
     checkpoint_path: str | Path | None = None, resume: bool = False,
+    device: str | None = None,
 ) -> tuple[PatchCNN, TrainingHistory]:
-    """Train a PatchCNN on `train`, monitoring loss on `validation`; returns the best model.
+    """Train a PatchCNN on `train`, monitoring loss on `validation`; returns the best model
+    (on the CPU).
 
     Patches are read batch by batch, so `train.patches` may be memory-mapped (a PatchStore).
     Inside an initialised torch.distributed process group (torchrun) the model is wrapped in
     DistributedDataParallel and each of the N ranks trains on batch_size / N patches of every
     global batch; rank 0 writes `checkpoint_path` (if given) after every epoch. With `resume`
     an existing checkpoint is loaded and training goes on after its epoch, exactly as if it
-    had not stopped.
+    had not stopped. `device` ("cuda", "cuda:1", "cpu"; default the CPU) trains a single
+    process there; under torch.distributed each rank uses its own (nccl: its GPU).
     """
     _check_labelled(train, "training")
     _check_labelled(validation, "validation")
@@ -197,7 +200,8 @@ def fit_patch_cnn(
     model_config = model_config or ModelConfig()
     # One GPU per rank under nccl (torchrun sets the device); the CPU otherwise.
     on_gpu = distributed and dist.get_backend() == "nccl"
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device(
+        device if device is not None and not distributed else "cpu")
     model = PatchCNN(train.patch_size_px, model_config.batch_norm, train.channels)
     saved = _read_checkpoint(checkpoint_path) if resume and checkpoint_path else None
     if saved is not None:

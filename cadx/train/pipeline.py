@@ -113,11 +113,14 @@ def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase],
 
 def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
                       progress: bool = True, checkpoint_path: str | Path | None = None,
-                      resume: bool = False) -> TrainingOutcome | None:
+                      resume: bool = False, device: str | None = None
+                      ) -> TrainingOutcome | None:
     """Split patients, train the CNN, choose thresholds on validation, evaluate the test part.
 
     Under torch.distributed every rank trains (cadx.train.fit); only rank 0 goes on to the
-    thresholds and the test evaluation, the other ranks return None.
+    thresholds and the test evaluation, the other ranks return None. `device`: train on this
+    torch device (e.g. "cuda"; default the CPU); thresholds and the test part are scored on
+    the CPU.
     """
     if not cases:
         raise SplitError("no cases to train on")
@@ -133,7 +136,8 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
     val_patches = join_patches(parts["validation"])
     model, history = fit_patch_cnn(train_patches, val_patches, train_cfg,
                                    model_config=config.model, progress=progress,
-                                   checkpoint_path=checkpoint_path, resume=resume)
+                                   checkpoint_path=checkpoint_path, resume=resume,
+                                   device=device)
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return None
     patch_point, patient_point, all_points = choose_thresholds(model, parts["validation"],

@@ -1,0 +1,214 @@
+"""The CT detector's reference run (issue 14): train on a large phantom cohort, evaluate on a
+separate phantom cohort drawn with a seed used nowhere else.
+
+Run (the documented command):
+    python benchmarks/ct_reference_run.py --out ct_reference
+On a GPU (training there; synthesis, cropping and evaluation stay on the CPU):
+    python benchmarks/ct_reference_run.py --out ct_reference --device cuda
+Levers: every `cadx train` option passes through, e.g.
+    python benchmarks/ct_reference_run.py --out ct_ref_levers --balanced-sampling \\
+        --augment-patches dihedral --context-slices 1 --patient-score topk --top-k 5
+Smoke test (well under a minute; numbers meaningless):
+    python benchmarks/ct_reference_run.py --out /tmp/ct_ref_tiny --tiny
+
+What it does:
+1. Synthesises the training cohort (--train-patients phantoms, seed --train-seed; the learning
+   curve's training seed, so `--data bench_ct` reuses that cohort when the sizes match) and
+   the test cohort (--test-patients phantoms, seed --test-seed, used by nothing else in cadx:
+   no lever, epoch or threshold was ever chosen on it). Both go to --data (default OUT/data)
+   and are reused by later runs.
+2. Crops the training cohort into a memory-mapped patch store there, splits it by patient into
+   train and validation (--val-fraction; no test part: the test cohort is separate), trains the
+   patch CNN, picks the patch and patient thresholds on the validation patients and writes the
+   bundle OUT/reference.cadx.
+3. Evaluates the bundle on the test cohort exactly as `cadx evaluate` does (report in
+   OUT/report) and prints patient AUC with its 95 % CI, sensitivity for tumours < 2 cm and
+   specificity at the validation-chosen threshold, each with its CI, and the wall times;
+   OUT/result.json holds the same.
+
+Training settings: the levers default to `cadx train`'s defaults; the schedule (patch 50 px,
+stride 25, batch 64, Adam 3e-4, at most 12 epochs, reduce-LR after 3 and early stop after 5
+epochs without validation patch AUC improving) defaults to the demo's, which fits a CPU budget
+(`cadx train`'s own schedule is the seed's 200 epochs). Any of them can be given on the command
+line; the run prints the full configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from cadx.bundle import save_bundle
+from cadx.cli import _add_pipeline_options, _pipeline_config
+from cadx.config import PipelineConfig
+from cadx.io.dataset import load_dataset
+from cadx.scale.distributed import patched_cases
+from cadx.synth.ct_phantom import CohortSpec, write_msd_cohort
+from cadx.train.pipeline import train_patch_model
+from cadx.workflows import DEMO_CONFIG, evaluate_dataset
+
+TRAIN_SEED = 101  # the learning curve's training cohort (benchmarks/bench_ct_learning_curve.py)
+TEST_SEED = 14014  # used by nothing else: the reference run's test cohort
+TINY_SHAPE, TINY_SPACING = (12, 128, 128), (2.5, 2.7, 2.7)
+MIN_TEST_PATIENTS = 60  # issue 14: the reference numbers are on >= 60 test phantoms
+
+
+def _cohort(data: Path, name: str, n: int, seed: int, tiny: bool) -> Path:
+    """A phantom cohort of `n` patients in data/name, written unless it is already there."""
+    folder = data / name
+    if (folder / "dataset.json").exists() and len(load_dataset(folder)) == n:
+        return folder
+    spec = CohortSpec(n_patients=n, seed=seed)
+    if tiny:
+        spec = replace(spec, shape_zyx=TINY_SHAPE, spacing_zyx_mm=TINY_SPACING)
+    return write_msd_cohort(folder, spec)
+
+
+def _parser(tiny: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (bundle, report, result)")
+    parser.add_argument("--data", help="cohorts and patch stores, reused (default OUT/data)")
+    parser.add_argument("--train-patients", type=int, default=16 if tiny else 300,
+                        help="training cohort, split into train and validation "
+                             "(default %(default)s)")
+    parser.add_argument("--test-patients", type=int, default=12 if tiny else 80,
+                        help="separate test cohort (default %(default)s)")
+    parser.add_argument("--train-seed", type=int, default=TRAIN_SEED)
+    parser.add_argument("--test-seed", type=int, default=TEST_SEED)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="train on this device (default %(default)s)")
+    parser.add_argument("--n-boot", type=int, default=1000,
+                        help="bootstrap resamples for the patch-level CIs (default 1000)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--tiny", action="store_true",
+                        help="coarse 128 x 128 x 12 phantoms, 16 px patches, 1 epoch: a smoke "
+                             "test")
+    _add_pipeline_options(parser)
+    schedule = DEMO_CONFIG.train
+    parser.set_defaults(
+        patch_size=16 if tiny else DEMO_CONFIG.patches.size_px,
+        stride=8 if tiny else DEMO_CONFIG.patches.stride_px,
+        batch_size=schedule.batch_size, epochs=1 if tiny else schedule.max_epochs,
+        lr=schedule.learning_rate, reduce_lr_patience=schedule.reduce_lr_patience,
+        early_stop_patience=schedule.early_stop_patience, monitor=schedule.monitor,
+        test_fraction=0.0)
+    return parser
+
+
+def _interval(metric: dict) -> str:
+    """An Interval as written in metrics.json: estimate [low, high]."""
+    low, high = metric.get("low"), metric.get("high")
+    if metric.get("estimate") is None:
+        return "n/a"
+    ci = "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
+    return f"{metric['estimate']:.3f}{ci}"
+
+
+def _small_tumour_sensitivity(patient_level: dict) -> dict:
+    """The `< 2 cm` row of the patient level's size_2cm subgroups (sensitivity and counts)."""
+    for row in patient_level.get("subgroups", {}).get("size_2cm", []):
+        if row.get("group") == "< 2 cm":
+            return row
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser("--tiny" in argv).parse_args(argv)
+    if args.test_fraction:
+        raise SystemExit("--test-fraction must be 0: the test patients are the separate "
+                         "--test-seed cohort")
+    if args.train_seed == args.test_seed:
+        raise SystemExit("--train-seed and --test-seed must differ")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no GPU here")
+    if args.test_patients < MIN_TEST_PATIENTS and not args.tiny:
+        print(f"note: {args.test_patients} test patients; issue 14's reference numbers are on "
+              f">= {MIN_TEST_PATIENTS}")
+    config: PipelineConfig = _pipeline_config(args)
+    out = Path(args.out)
+    data = Path(args.data) if args.data else out / "data"
+    suffix = "_tiny" if args.tiny else ""
+    walls: dict[str, float] = {}
+    started = time.perf_counter()
+
+    train_folder = _cohort(data, f"train_seed{args.train_seed}_n{args.train_patients}{suffix}",
+                           args.train_patients, args.train_seed, args.tiny)
+    test_folder = _cohort(data, f"test_seed{args.test_seed}_n{args.test_patients}{suffix}",
+                          args.test_patients, args.test_seed, args.tiny)
+    walls["synthesise"] = time.perf_counter() - started
+
+    start = time.perf_counter()
+    p = config.patches
+    store = data / (f"store_{train_folder.name}_p{p.size_px}s{p.stride_px}"
+                    f"c{p.context_slices}")
+    cases = patched_cases(load_dataset(train_folder), config, patch_store=store,
+                          progress=not args.quiet)
+    walls["crop"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    outcome = train_patch_model(cases, config, progress=not args.quiet, device=args.device)
+    model_path = save_bundle(outcome.bundle, out / "reference.cadx")
+    walls["train"] = time.perf_counter() - start
+    summary = outcome.bundle.summary
+    counts = summary["counts"]
+    history = outcome.history
+    print(f"trained on {counts['train']['patients']} patients ({counts['train']['patches']} "
+          f"patches), validated on {counts['validation']['patients']}; "
+          f"{len(history.train_loss)} epochs, best {history.best_epoch + 1}; validation patch "
+          f"AUC {summary['validation']['patch_auc']:.3f}, patient AUC "
+          f"{summary['validation']['patient_auc']:.3f} ({config.decide.score_name})")
+
+    start = time.perf_counter()
+    evaluate_dataset(model_path, test_folder, out / "report", progress=not args.quiet,
+                     n_boot=args.n_boot)
+    walls["evaluate"] = time.perf_counter() - start
+    walls["total"] = time.perf_counter() - started
+
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    patient = metrics["levels"]["patient"]
+    small = _small_tumour_sensitivity(patient)
+    result = {
+        "train_cohort": {"seed": args.train_seed, "patients": args.train_patients,
+                         "folder": str(train_folder)},
+        "test_cohort": {"seed": args.test_seed, "patients": args.test_patients,
+                        "folder": str(test_folder)},
+        "device": args.device, "config": config.to_dict(),
+        "bundle": str(model_path),
+        "validation": summary["validation"],
+        "epochs": len(history.train_loss), "best_epoch": history.best_epoch + 1,
+        "test_patient_auc": patient["metrics"]["auc"],
+        "test_patient_sensitivity": patient["metrics"]["sensitivity"],
+        "test_patient_specificity": patient["metrics"]["specificity"],
+        "test_sensitivity_below_2cm": small,
+        "patient_threshold": patient["threshold"],
+        "wall_s": {name: round(value, 1) for name, value in walls.items()},
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    small_text = "n/a (no tumour < 2 cm in the test cohort)" if not small else (
+        f"{_interval(small['sensitivity'])} ({small['detected']}/{small['positives']})")
+    print(f"\nreference run: trained on seed {args.train_seed} ({args.train_patients} "
+          f"patients, train + validation), tested on seed {args.test_seed} "
+          f"({args.test_patients} patients) at the validation-chosen patient threshold "
+          f"{patient['threshold']:.4f} ({config.decide.score_name})")
+    print(f"  test patient AUC        {_interval(patient['metrics']['auc'])}")
+    print(f"  SN, tumours < 2 cm      {small_text}")
+    print(f"  SP                      {_interval(patient['metrics']['specificity'])}")
+    print("  wall time               " + ", ".join(f"{name} {value:.0f} s"
+                                                   for name, value in walls.items())
+          + f" ({args.device})")
+    print(f"  settings                {json.dumps(config.to_dict()['train'])}")
+    print(f"result written to {out / 'result.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""benchmarks/ct_reference_run.py: the demo's schedule by default, `cadx train`'s levers pass
+through, and the test cohort stays separate (the run itself is a benchmark, not a test)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from cadx.cli import _pipeline_config
+from cadx.workflows import DEMO_CONFIG
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ct_reference_run.py"
+
+
+@pytest.fixture(scope="module")
+def reference_run():
+    spec = importlib.util.spec_from_file_location("ct_reference_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_defaults_are_the_demo_schedule_with_no_test_split(reference_run):
+    config = _pipeline_config(reference_run._parser(tiny=False).parse_args(["--out", "x"]))
+    train = config.train
+    assert (train.batch_size, train.max_epochs, train.learning_rate, train.monitor) == (
+        DEMO_CONFIG.train.batch_size, DEMO_CONFIG.train.max_epochs,
+        DEMO_CONFIG.train.learning_rate, DEMO_CONFIG.train.monitor)
+    assert (config.patches.size_px, config.patches.stride_px) == (50, 25)
+    assert train.test_fraction == 0.0
+    # the levers at cadx train's defaults
+    assert not train.balanced_sampling and config.patches.context_slices == 0
+    assert config.decide.patient_score == "fraction" and not config.decide.test_time_flips
+
+
+def test_levers_pass_through(reference_run):
+    args = reference_run._parser(tiny=False).parse_args(
+        ["--out", "x", "--balanced-sampling", "--augment-patches", "dihedral",
+         "--context-slices", "1", "--patient-score", "topk", "--top-k", "3", "--tta",
+         "--epochs", "30"])
+    config = _pipeline_config(args)
+    assert config.train.balanced_sampling and config.train.augment_rotations
+    assert config.patches.context_slices == 1 and config.train.max_epochs == 30
+    assert config.decide.score_name == "topk:3" and config.decide.test_time_flips
+
+
+def test_the_test_cohort_stays_separate(reference_run):
+    assert reference_run.TEST_SEED != reference_run.TRAIN_SEED
+    with pytest.raises(SystemExit, match="--test-fraction must be 0"):
+        reference_run.main(["--out", "x", "--test-fraction", "0.2"])
+    with pytest.raises(SystemExit, match="must differ"):
+        reference_run.main(["--out", "x", "--train-seed", "5", "--test-seed", "5"])
