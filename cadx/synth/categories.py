@@ -50,7 +50,7 @@ from cadx.io.atomic import atomic_path, write_text_atomic
 from cadx.synth.ct_phantom import make_ct_phantom
 
 __all__ = ["CATEGORIES", "LOOKS", "ORGAN_CATEGORIES", "QC_FLAGS", "CategoryCohortSpec",
-           "SyntheticImage", "make_category_image", "write_category_cohort"]
+           "SyntheticImage", "doppler_overlay", "make_category_image", "write_category_cohort"]
 
 ORGAN_CATEGORIES = ("ct-abdomen", "us-thyroid", "us-breast", "us-adnexa")
 CATEGORIES = (*ORGAN_CATEGORIES, "other")
@@ -289,6 +289,16 @@ def _doppler(rng: np.random.Generator, grey: np.ndarray) -> np.ndarray:
     rgb[bar] = np.stack([np.clip((0.3 - y) * 5, 0, 1), np.zeros_like(y),
                          np.clip((y - 0.3) * 5, 0, 1)], axis=-1)[bar]
     return rgb
+
+
+def doppler_overlay(rng: np.random.Generator, grey: np.ndarray) -> np.ndarray:
+    """A colour-Doppler-like export of a square grey B-mode image (n, n) in 0..1: a colour box
+    with red/blue flow over the tissue and a velocity colour bar; (n, n, 3) in 0..1. Used on
+    real B-mode frames where a data set has no colour-Doppler frames of its own."""
+    grey = np.asarray(grey, dtype=np.float64)
+    if grey.ndim != 2 or grey.shape[0] != grey.shape[1]:
+        raise ConfigError(f"doppler_overlay needs a square grey image, got shape {grey.shape}")
+    return _doppler(rng, grey)
 
 
 # --------------------------------------------------------------------------------------------

@@ -210,6 +210,57 @@ def clean_command(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _print_build(report: dict, console: Console) -> None:
+    """The held-out figures of `cadx triage-train`, one table each."""
+    routing = report["routing"]
+    table = Table(title=f"routing, held-out test frames (confidence floor "
+                        f"{routing['confidence_floor']})")
+    for column in ("category", "images", "routed correctly", "wrong category", "unrouted"):
+        table.add_column(column)
+    for category, m in routing["per_category"].items():
+        table.add_row(category, str(m["images"]), _rate(m["routed_correctly"]),
+                      _rate(m["routed_wrongly"]), _rate(m["unrouted"]))
+    console.print(table)
+    console.print(f"real frames routed to a wrong category: "
+                  f"{_rate(routing['real_frames_wrong_category'])}")
+    qc = report["qc"]
+    table = Table(title="QC, held-out test frames (drop if "
+                        f"{', '.join(report['drop_if'])})")
+    for column in ("frames", "dropped"):
+        table.add_column(column)
+    for group, entry in qc["good_frames_dropped"].items():
+        table.add_row(f"good {group}", _rate(entry))
+    for kind, entry in qc["caught"].items():
+        table.add_row(kind, _rate(entry))
+    console.print(table)
+    ood = report["ood"]
+    console.print("non-medical images (" + ", ".join(ood["per_kind"]) + "): reached an organ "
+                  f"analyser {_rate(ood['reached_organ_analyser'])}; router alone sent to an "
+                  f"organ category {_rate(ood['router_sent_to_organ_category'])}")
+    console.print("real good frames reaching the right category end to end: "
+                  f"{_rate(report['end_to_end_real_good_frames_reaching_right_category'])}")
+
+
+def triage_train_command(args: argparse.Namespace, console: Console) -> int:
+    from cadx.triage.real_sources import find_real_sources
+    from cadx.triage.real_train import TriageBuildSpec, build_triage
+
+    spec = TriageBuildSpec(size_px=args.size, max_per_category=args.max_per_category,
+                           seed=args.seed)
+    sources = find_real_sources(args.data_root)
+    for category, why in sources.absent.items():
+        console.print(f"[yellow]category {category} absent ({why}): training the others"
+                      "[/yellow]")
+    result = build_triage(args.data_root, args.out, spec, progress=not args.quiet,
+                          cache_path=args.cache)
+    _print_build(result.report, console)
+    wall = result.report["wall_time_s"]
+    console.print(f"router {result.router_file}, QC {result.qc_file}, pipeline "
+                  f"{result.pipeline_file}, figures {result.out_dir / 'triage-report.json'}; "
+                  f"{wall['total']:.0f} s ({wall['features']:.0f} s reading and features)")
+    return 0
+
+
 def add_synth_categories_parser(synth: argparse._SubParsersAction, console: Console) -> None:
     """`cadx synth categories`."""
     p = synth.add_parser("categories", help="triage images: CT slices, thyroid/breast/adnexa "
@@ -227,7 +278,22 @@ def add_synth_categories_parser(synth: argparse._SubParsersAction, console: Cons
 
 
 def add_triage_parsers(sub: argparse._SubParsersAction, console: Console) -> None:
-    """`cadx train-router`, `train-qc`, `pipeline init`, `run` and `clean`."""
+    """`cadx triage-train`, `train-router`, `train-qc`, `pipeline init`, `run` and `clean`."""
+    p = sub.add_parser("triage-train", help="router + QC + pipeline.yaml from real images "
+                                            "(BUS-BRA, DDTI, MMOTU, real CT volumes, or folders "
+                                            "named after the categories)")
+    p.add_argument("data_root", help="data folder, e.g. ../shared/data")
+    p.add_argument("--out", required=True, help="folder for router.cadx, qc.cadx, "
+                                                "pipeline.yaml and triage-report.json")
+    p.add_argument("--max-per-category", type=int, default=240,
+                   help="real frames per category, taken by whole patients (default "
+                        "%(default)s)")
+    p.add_argument("--size", type=int, default=160, help="network input, px (default 160)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", help="feature cache file (default OUT/cache/...npz)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=lambda args: triage_train_command(args, console))
+
     p = sub.add_parser("train-router", help="image router: softmax CNN over image categories")
     p.add_argument("dataset", help="folder with one sub-folder per category, or a CSV")
     p.add_argument("--floor", type=float, default=_DEFAULT_FLOOR,
