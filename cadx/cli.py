@@ -58,9 +58,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     d_pre, d_patch, d_train = PreprocessConfig(), PatchConfig(), TrainConfig()
     g = parser.add_argument_group("labels")
     g.add_argument("--organ-labels", type=_int_tuple, default=LabelConvention().organ_values,
-                   help="label values of the organ (default 1)")
+                   help="label values of the organ, comma-separated (default 1)")
     g.add_argument("--tumour-labels", type=_int_tuple, default=LabelConvention().tumour_values,
-                   help="label values of the tumour (default 2)")
+                   help="label values of the tumour, comma-separated (default 2)")
     g = parser.add_argument_group("preprocessing")
     g.add_argument("--slice-thickness", type=float, default=d_pre.slice_thickness_mm,
                    help="resample to this slice thickness, mm (default %(default)s)")
@@ -71,17 +71,20 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--window-width", type=float, default=d_pre.window_width_hu,
                    help="HU (default %(default)s)")
     g.add_argument("--intensity", choices=("window", "percentile"), default=d_pre.intensity,
-                   help="'window' for CT, 'percentile' (organ 1-99 %%) for MR")
+                   help="'window' for CT, 'percentile' (organ 1-99 %%) for MR (default "
+                        "%(default)s)")
     g.add_argument("--in-plane-spacing", type=float, default=None, metavar="MM",
                    help="resample every scan to pixels this wide before cropping (default: "
                         "train on each scan's own pixels; the bundle records their median, "
                         "to which diagnose and evaluate resample new scans)")
     g = parser.add_argument_group("patches")
-    g.add_argument("--patch-size", type=int, default=d_patch.size_px, help="px (default 50)")
+    g.add_argument("--patch-size", type=int, default=d_patch.size_px,
+                   help="px (default %(default)s)")
     g.add_argument("--stride", type=int, default=None,
                    help="px; default = patch size (no overlap); 20-80 %% overlap allowed")
     g.add_argument("--patch-start", choices=("corner", "organ"), default=d_patch.start,
-                   help="start the window grid at the image corner or the organ's bounding box")
+                   help="start the window grid at the image corner or the organ's bounding box "
+                        "(default %(default)s)")
     g.add_argument("--context-slices", type=int, default=d_patch.context_slices, metavar="N",
                    help="2.5D input: N neighbouring slices on each side as extra channels "
                         "(default 0: the seed's single slice)")
@@ -90,20 +93,29 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
                    help="patches per step (default %(default)s; the seed used 2560)")
-    g.add_argument("--epochs", type=int, default=d_train.max_epochs, help="maximum epochs")
-    g.add_argument("--lr", type=float, default=d_train.learning_rate, help="Adam learning rate")
+    g.add_argument("--epochs", type=int, default=d_train.max_epochs,
+                   help="maximum epochs (default %(default)s)")
+    g.add_argument("--lr", type=float, default=d_train.learning_rate,
+                   help="Adam learning rate (default %(default)s)")
     g.add_argument("--reduce-lr-patience", type=int, default=d_train.reduce_lr_patience,
-                   help="epochs without validation-loss improvement before halving the LR")
+                   help="epochs without improvement of the --monitor quantity (validation loss "
+                        "or AUC) before halving the LR (default %(default)s)")
     g.add_argument("--early-stop-patience", type=int, default=d_train.early_stop_patience,
-                   help="epochs without validation-loss improvement before stopping")
+                   help="epochs without improvement of the --monitor quantity (validation loss "
+                        "or AUC) before stopping (default %(default)s)")
     g.add_argument("--monitor", choices=("loss", "auc"), default=d_train.monitor,
-                   help="what reduce-LR and early stopping watch on validation (seed: loss)")
-    g.add_argument("--val-fraction", type=float, default=d_train.validation_fraction)
-    g.add_argument("--test-fraction", type=float, default=d_train.test_fraction)
-    g.add_argument("--seed", type=int, default=d_train.seed)
+                   help="what reduce-LR and early stopping watch on the validation patches "
+                        "(default %(default)s, as the seed)")
+    g.add_argument("--val-fraction", type=float, default=d_train.validation_fraction,
+                   help="share of the patients held out for validation (default %(default)s)")
+    g.add_argument("--test-fraction", type=float, default=d_train.test_fraction,
+                   help="share of the patients held out for the test report (default "
+                        "%(default)s)")
+    g.add_argument("--seed", type=int, default=d_train.seed,
+                   help="seed of the split, initialisation and batches (default %(default)s)")
     g.add_argument("--augment-patches", choices=tuple(_AUGMENTATIONS), default="flips",
-                   help="none (the seed), flips (random left-right / up-down flips, default) "
-                        "or dihedral (flips and 90-degree rotations)")
+                   help="none (the seed), flips (random left-right / up-down flips) or "
+                        "dihedral (flips and 90-degree rotations) (default %(default)s)")
     g.add_argument("--balanced-sampling", action="store_true",
                    help="class-balanced batches (cancerous patches oversampled) instead of a "
                         "plain shuffle")
@@ -124,9 +136,9 @@ _AUGMENTATIONS = {"none": (False, False), "flips": (True, False), "dihedral": (T
 
 def _add_patient_score_options(group: argparse._ArgumentGroup, default: DecideConfig) -> None:
     group.add_argument("--patient-score", choices=PATIENT_SCORES, default=default.patient_score,
-                       help="fraction of patches above the patch threshold (the seed), topk: "
-                            "mean of the top-k patch probabilities, cluster: patches in the "
-                            "largest 3D cluster of positive patches")
+                       help="fraction: share of patches above the patch threshold (the seed), "
+                            "topk: mean of the top-k patch probabilities, cluster: patches in "
+                            "the largest 3D cluster of positive patches (default %(default)s)")
     group.add_argument("--top-k", type=int, default=default.top_k, metavar="K",
                        help="k of --patient-score topk (default %(default)s)")
 
@@ -135,7 +147,9 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _add_image_options(parser: argparse.ArgumentParser) -> None:
+def _add_image_options(parser: argparse.ArgumentParser, *, trains_networks: bool = True) -> None:
+    """The options of train-images and train-features; `trains_networks` False (train-features)
+    says in the help that the CNN-training options are ignored."""
     d_model, d_train = ImageModelConfig(), ImageTrainConfig()
     parser.add_argument("--out", required=True, help="model bundle to write (.cadx)")
     parser.add_argument("--report", metavar="DIR", help="also write the test report folder")
@@ -143,7 +157,9 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-weights", action="append", default=[], metavar="ARCH=FILE",
                         help="start ARCH from a local state dict (repeatable); nothing is "
                              "downloaded, without it networks train from scratch")
-    g = parser.add_argument_group("images and networks")
+    g = parser.add_argument_group(
+        "images and networks", None if trains_networks else
+        "--frozen-blocks only matters when networks are fine-tuned: train-features ignores it")
     g.add_argument("--size", type=int, default=None,
                    help=f"images are resized to size x size px (default {PRETRAINED_SIZE_PX} "
                         f"with a pretrained network, else {d_model.size_px})")
@@ -152,19 +168,27 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=float, default=d_model.width,
                    help="network width multiplier (default %(default)s)")
     g.add_argument("--exam-score", choices=EXAM_SCORES, default=d_model.aggregation,
-                   help="exam score over a patient's images (default theta)")
+                   help="exam score over a patient's images (default %(default)s)")
     g.add_argument("--from-scratch", action="store_true",
                    help="EfficientNet-Lite: random initialisation instead of ImageNet weights")
     g.add_argument("--frozen-blocks", type=int, default=d_model.frozen_blocks,
                    help="EfficientNet-Lite: the stem and this many early blocks stay frozen "
                         "while fine-tuning (0 = train all; default %(default)s of 16)")
-    g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=d_train.max_epochs)
-    g.add_argument("--batch-size", type=int, default=d_train.batch_size)
-    g.add_argument("--lr", type=float, default=d_train.learning_rate)
-    g.add_argument("--weight-decay", type=float, default=d_train.weight_decay)
+    g = parser.add_argument_group(
+        "CNN training", None if trains_networks else
+        "train-features trains no network (its backbones are used as they are): these options "
+        "are accepted and ignored")
+    g.add_argument("--epochs", type=int, default=d_train.max_epochs,
+                   help="maximum epochs (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d_train.batch_size,
+                   help="images per step (default %(default)s)")
+    g.add_argument("--lr", type=float, default=d_train.learning_rate,
+                   help="AdamW learning rate (default %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d_train.weight_decay,
+                   help="AdamW weight decay (default %(default)s)")
     g.add_argument("--early-stop-patience", type=int, default=d_train.early_stop_patience,
-                   help="epochs without validation-AUC improvement before stopping")
+                   help="epochs without validation-AUC improvement before stopping (default "
+                        "%(default)s)")
     g.add_argument("--no-augment", action="store_true", help="train without augmentation")
     g.add_argument("--vertical-flip", action="store_true",
                    help="also flip images upside down when augmenting (off: ultrasound has a "
@@ -176,15 +200,20 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d_train.schedule,
                    help="constant, or onecycle: warm-up then cosine decay (default "
                         "%(default)s)")
-    g.add_argument("--val-fraction", type=float, default=d_model.validation_fraction)
-    g.add_argument("--test-fraction", type=float, default=d_model.test_fraction)
+    g = parser.add_argument_group("split")
+    g.add_argument("--val-fraction", type=float, default=d_model.validation_fraction,
+                   help="share of the patients held out for validation (default %(default)s)")
+    g.add_argument("--test-fraction", type=float, default=d_model.test_fraction,
+                   help="share of the patients held out for the test report (default "
+                        "%(default)s)")
     g.add_argument("--group-near-duplicates", action="store_true",
                    help="merge near-duplicate images (16x16 thumbnail correlation >= 0.95) "
                         "into one patient before splitting; for data without patient ids")
     g.add_argument("--test-fold", metavar="K",
                    help="the manifest's fold K is the test set (one round of the dataset's "
                         "own cross-validation); the other folds give train and validation")
-    g.add_argument("--seed", type=int, default=d_model.seed)
+    g.add_argument("--seed", type=int, default=d_model.seed,
+                   help="seed of the split, initialisation and batches (default %(default)s)")
 
 
 def _add_keep_in_plane_spacing(parser: argparse.ArgumentParser) -> None:
@@ -216,10 +245,46 @@ def _check_outputs(args: argparse.Namespace) -> None:
             check_writable(getattr(args, attr), option)
 
 
+# Arguments that name files or folders a command reads, per command: checked before anything
+# heavy (torch, MONAI, pandas) is imported, so a mistyped path is answered at once.
+_INPUT_ARGS: dict[str, dict[str, str]] = {
+    "train": {"dataset": "dataset", "seg": "segmenter bundle"},
+    "train-seg": {"dataset": "dataset"},
+    "diagnose": {"model": "model bundle", "images": "file", "organ_mask": "organ mask"},
+    "watch": {"model": "model bundle"},
+    "score-batch": {"model": "model bundle", "input": "input"},
+    "evaluate": {"model": "model bundle", "dataset": "dataset"},
+    "report": {"predictions": "file"},
+    "compare": {"predictions": "file"},
+    "manifest": {"root": "dataset folder"},
+    "train-images": {"dataset": "dataset", "backbones_from": "model bundle"},
+    "train-features": {"dataset": "dataset", "backbones_from": "model bundle"},
+    "evaluate-images": {"model": "model bundle", "dataset": "dataset"},
+    "train-router": {"dataset": "dataset"},
+    "train-qc": {"dataset": "dataset"},
+    "triage-train": {"data_root": "data folder"},
+    "run": {"pipeline": "pipeline file", "inputs": "input", "truth": "truth file"},
+    "clean": {"dataset": "dataset", "qc": "QC bundle"},
+    "serve": {"models": "model folder", "token_file": "token file",
+              "signing_key_file": "signing key file"},
+    "sign": {"bundles": "model bundle", "signing_key_file": "signing key file"},
+}
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """InputError naming the first input path of this command that does not exist."""
+    for attr, what in _INPUT_ARGS.get(args.command, {}).items():
+        value = getattr(args, attr, None)
+        for path in value if isinstance(value, list) else [value]:
+            if path and not Path(path).exists():
+                raise InputError(f"{path}: {what} not found")
+
+
 def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=1000,
                         help="bootstrap resamples for the intervals (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="bootstrap seed (default %(default)s)")
 
 
 def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
@@ -509,9 +574,10 @@ def _add_train_seg_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="folder with dataset.json, or a CSV manifest (image,label)")
     p.add_argument("--out", required=True, help="segmenter bundle to write (seg.cadx)")
     p.add_argument("--organ", type=_int_tuple, default=d.organ_values,
-                   help="label value(s) of the organ (default 1)")
+                   help="label value(s) of the organ, comma-separated (default 1)")
     p.add_argument("--tumour-labels", type=_int_tuple, default=d.tumour_values,
-                   help="label value(s) of tumour, counted as organ (default 2)")
+                   help="label value(s) of tumour, counted as organ, comma-separated "
+                        "(default 2)")
     p.add_argument("--slice-thickness", type=float, default=d.slice_thickness_mm,
                    help="segment on slices this thick, mm (default %(default)s)")
     p.add_argument("--pixel-spacing", type=float, default=d.in_plane_spacing_mm,
@@ -521,17 +587,18 @@ def _add_train_seg_parser(sub: argparse._SubParsersAction) -> None:
                    help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="default %(default)s")
-    p.add_argument("--val-fraction", type=float, default=d.validation_fraction)
+    p.add_argument("--val-fraction", type=float, default=d.validation_fraction,
+                   help="share of the scans held out for validation (default %(default)s)")
     p.add_argument("--min-organ-volume", type=float, default=d.min_organ_volume_ml,
                    help="smaller predictions mean 'organ not found', ml (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_train_seg)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cadx", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cadx", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"cadx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -539,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (default %(default)s)")
     p.add_argument("--patients", type=int, default=100,
                    help="cohort size (default %(default)s; 40 %% are test patients)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic cohort and of training (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -547,11 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth = p.add_subparsers(dest="kind", required=True)
     p = synth.add_parser("ct", help="abdominal CT phantoms with pancreas and tumours (MSD layout)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=60)
-    p.add_argument("--tumour-fraction", type=float, default=0.5)
-    p.add_argument("--shape", type=_int_tuple, help="z,y,x voxels")
-    p.add_argument("--spacing", type=_float_tuple, help="z,y,x mm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=int, default=60, help="default %(default)s")
+    p.add_argument("--tumour-fraction", type=float, default=0.5,
+                   help="share of patients with a tumour (default %(default)s)")
+    p.add_argument("--shape", type=_int_tuple, help="z,y,x voxels (default: the phantom's own)")
+    p.add_argument("--spacing", type=_float_tuple, help="z,y,x mm (default: the phantom's own)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the same seed draws the same cohort (default %(default)s)")
     p.add_argument("--dicom", action="store_true",
                    help="write DICOM studies (CT series + organ SEG per patient) instead")
     p.set_defaults(func=_cmd_synth)
@@ -561,9 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=200, help="default %(default)s")
     p.add_argument("--images-per-patient", type=_int_tuple, default=(2, 4),
                    help="lo,hi (inclusive; default 2,4)")
-    p.add_argument("--malignant-fraction", type=float, default=0.5)
-    p.add_argument("--size", type=int, default=128, help="image size, px (default 128)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--malignant-fraction", type=float, default=0.5,
+                   help="share of patients with a malignant lesion (default %(default)s)")
+    p.add_argument("--size", type=int, default=128, help="image size, px (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the same seed draws the same cohort (default %(default)s)")
     p.set_defaults(func=_cmd_synth_us)
     add_synth_categories_parser(synth, console)
 
@@ -592,9 +664,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagnose", help="score one patient with a trained bundle")
     p.add_argument("model", help="model bundle (.cadx)")
     p.add_argument("images", nargs="*", metavar="IMAGE",
-                   help="CT/MR volume (.nii/.nii.gz) for a patch model; one or more 2D images "
-                        "(PNG, JPEG, ...) of one patient for an image model")
-    p.add_argument("--organ-mask", help="organ mask on the image's grid (non-zero = organ)")
+                   help="patch model: one CT/MR volume (.nii/.nii.gz, .nrrd, .mha) or DICOM "
+                        "folder (or none with --pacs); image model: one or more 2D images "
+                        "(PNG, JPEG, ...) of one patient")
+    p.add_argument("--organ-mask",
+                   help="organ mask on the volume's grid (non-zero = organ; NIfTI, or a DICOM "
+                        "SEG file). Required for a CT/MR patch model unless its bundle embeds "
+                        "a segmenter (cadx train --seg) or a DICOM folder holds an organ SEG; "
+                        "ignored by image models")
     p.add_argument("--patient", help="patient id of the images (image models; default: the "
                                      "first file's name up to its last '_')")
     p.add_argument("--cam", metavar="DIR",
@@ -709,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbones-from", metavar="MODEL",
                    help="take the backbones' weights from a train-images bundle (otherwise "
                         "--init-weights files, or random initialisation)")
-    _add_image_options(p)
+    _add_image_options(p, trains_networks=False)
     p.set_defaults(func=_cmd_train_features)
 
     p = sub.add_parser("evaluate-images",
@@ -727,8 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore patient ids: each image is its own exam (said in the report)")
     p.add_argument("--no-cam", action="store_true",
                    help="skip the Grad-CAM check against the manifest's mask column")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate_images)
 
@@ -745,7 +823,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="inference threads (default %(default)s)")
     p.add_argument("--queue", type=int, default=4,
-                   help="requests that may wait for a worker; more get 503 (default 4)")
+                   help="requests that may wait for a worker; more get 503 (default "
+                        "%(default)s)")
     p.add_argument("--max-upload-mb", type=float, default=512,
                    help="largest upload per request, MiB (default %(default)s)")
     p.add_argument("--max-connections", type=int, default=256, metavar="N",
@@ -769,7 +848,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the signatures instead of signing (exit 2 if one fails)")
     _add_signing_key(p)
     p.set_defaults(func=_cmd_sign)
+    _show_defaults(parser)
     return parser
+
+
+_DESCRIPTION = ("cadx: computer-aided diagnosis research software. Train a model on labelled "
+                "CT/MR scans or 2D images, evaluate it with confidence intervals, and score "
+                "new patients. A cadx model is not a medical device.")
+_EPILOG = ("Start with `cadx demo` (synthetic data, minutes on a laptop); `cadx COMMAND --help` "
+           "describes each command. Documentation: docs/index.md.")
+
+
+def _default_text(value: object) -> str:
+    """A default as the user would type it: comma-separated for tuples and lists."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append "(default X)" to the help of every option, in every sub-command, whose help does
+    not already state its default, so that no default is known only to the code. Flags (off by
+    default) and options without a default are left as they are."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _show_defaults(sub)
+            continue
+        default = action.default
+        if (not action.option_strings or action.help == argparse.SUPPRESS or default is None
+                or default is False or default == argparse.SUPPRESS or default == []):
+            continue
+        if "default" in (action.help or ""):
+            continue
+        shown = _default_text(default).replace("%", "%%")
+        action.help = f"{action.help} (default {shown})" if action.help else f"default {shown}"
 
 
 def _add_signing_key(parser: argparse.ArgumentParser) -> None:
@@ -784,6 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "max_voxels", None) is not None:
             set_default_volume_limits(VolumeLimits(max_voxels=args.max_voxels))
+        _check_inputs(args)
         _check_outputs(args)
         return args.func(args)
     except CadxError as exc:

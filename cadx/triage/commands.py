@@ -61,7 +61,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=d_train.learning_rate)
     parser.add_argument("--weight-decay", type=float, default=d_train.weight_decay)
     parser.add_argument("--early-stop-patience", type=int, default=5,
-                        help="epochs without validation-AUC improvement (default %(default)s)")
+                        help="epochs without validation-loss improvement before stopping "
+                             "(default %(default)s)")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--val-fraction", type=float, default=d_model.validation_fraction)
     parser.add_argument("--test-fraction", type=float, default=d_model.test_fraction)
