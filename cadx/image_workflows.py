@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from cadx.decide.exam import exam_threshold_text
 from cadx.diagnose.images import ImageDiagnosis, diagnose_image_files
 from cadx.errors import InputError
 from cadx.evaluate.images import ImageEvaluation, evaluate_image_model
@@ -51,11 +52,12 @@ def _print_outcome(outcome: ImageTrainingOutcome, console: Console) -> None:
         if spec.weight is not None:
             console.print(f"  ensemble weight of {spec.arch}: {spec.weight:.3f} "
                           f"(validation AUC {spec.validation_auc:.3f})")
-    for label, point in (("image", bundle.image_operating_point),
-                         (f"exam ({bundle.aggregation})", bundle.exam_operating_point)):
-        console.print(f"  validation {label}: AUC {point.auc:.3f}, threshold "
-                      f"{point.threshold:.4f} (SN {point.sensitivity:.3f}, "
-                      f"SP {point.specificity:.3f})")
+    for label, point, threshold in (
+            ("image", bundle.image_operating_point, f"{bundle.image_threshold:.4f}"),
+            (f"exam ({bundle.aggregation})", bundle.exam_operating_point,
+             exam_threshold_text(bundle.exam_threshold, bundle.aggregation))):
+        console.print(f"  validation {label}: AUC {point.auc:.3f}, threshold {threshold} "
+                      f"(SN {point.sensitivity:.3f}, SP {point.specificity:.3f})")
 
 
 def _report(outcome: ImageTrainingOutcome, out_path: Path, report_dir: str | Path | None,

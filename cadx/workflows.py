@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 
 from cadx.bundle import PatchModelBundle, load_bundle, save_bundle
 from cadx.case import Case
@@ -16,9 +17,10 @@ from cadx.errors import InputError
 from cadx.evaluate.cohort import CohortEvaluation, evaluate_cohort
 from cadx.evaluate.report import print_evaluation, print_levels, write_cohort_report
 from cadx.io.atomic import write_json_atomic
-from cadx.io.dataset import load_dataset
+from cadx.io.dataset import CaseRef, load_dataset
 from cadx.io.dicom import is_dicom_path, read_dicom_case
 from cadx.io.dicom_results import write_dicom_results
+from cadx.io.provenance import fingerprints, seen_before
 from cadx.io.volumes import read_case
 from cadx.patches.cohort import PatchedCase, patch_cohort
 from cadx.train.pipeline import TrainingOutcome, score_cases, train_patch_model
@@ -92,6 +94,12 @@ def train_from_dataset(dataset: str | Path, out_path: str | Path, config: Pipeli
     if outcome is None:
         return None
     outcome.bundle.summary["dataset"] = str(dataset)
+    # Content fingerprints of the training and validation scans, so that `cadx evaluate`
+    # recognises them under any name (and does not mistake a new cohort's reused ids for them).
+    split = outcome.bundle.summary.get("split", {})
+    used = set(split.get("train", [])) | set(split.get("validation", []))
+    outcome.bundle.summary["image_sha256"] = fingerprints(
+        {r.patient_id: r.image_path for r in refs if r.patient_id in used})
     outcome.bundle.segmenter = segmenter
     save_bundle(outcome.bundle, out_path)
     _print_training(outcome, console)
@@ -206,10 +214,26 @@ def _diagnose_given_or_predicted_organ(bundle: PatchModelBundle, case: Case,
     return diagnosis
 
 
-def _evaluated_training_patients(bundle: PatchModelBundle, patient_ids: list[str]) -> list[str]:
+def training_overlap_warnings(bundle: PatchModelBundle, refs: list[CaseRef]
+                              ) -> tuple[list[str], list[str]]:
+    """(warnings, patients seen in training) for an evaluated cohort: patients whose scans are
+    the content of a training or validation scan of `bundle` (any id), and ids shared with its
+    training patients (as such only when the bundle stores no fingerprints to compare)."""
     split = bundle.summary.get("split", {})
-    seen = set(split.get("train", [])) | set(split.get("validation", []))
-    return sorted(seen & set(patient_ids))
+    used_ids = [*split.get("train", []), *split.get("validation", [])]
+    same, same_ids = seen_before({r.patient_id: r.image_path for r in refs}, used_ids,
+                                 bundle.summary.get("image_sha256"))
+    warnings = []
+    if same:
+        warnings.append(f"{len(same)} of these scans are the same images (by content) as scans "
+                        f"used to train or tune this model (e.g. {', '.join(same[:3])}); "
+                        "metrics will be optimistic")
+    if same_ids and not bundle.summary.get("image_sha256"):
+        warnings.append(f"{len(same_ids)} of these patients have the same ids as patients used "
+                        f"to train or tune this model (e.g. {', '.join(same_ids[:3])}); this "
+                        "bundle stores no image fingerprints, so whether they are the same "
+                        "scans is unknown (if so, metrics will be optimistic)")
+    return warnings, same
 
 
 def cohort_spacing_warning(bundle: PatchModelBundle, cases: list[PatchedCase]) -> str | None:
@@ -240,12 +264,9 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
     if keep_in_plane_spacing:
         bundle = bundle.with_native_in_plane_spacing()
     refs = load_dataset(dataset)
-    overlap = _evaluated_training_patients(bundle, [r.patient_id for r in refs])
-    warnings = []
-    if overlap:
-        warnings.append(f"{len(overlap)} of these patients were used to train or tune this "
-                        f"model (e.g. {', '.join(overlap[:3])}); metrics will be optimistic")
-        console.print(f"[yellow]warning[/]: {warnings[0]}")
+    warnings, overlap = training_overlap_warnings(bundle, refs)
+    for warning in warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
     cases = patch_cohort(refs, bundle.config, progress=progress)
     spacing_warning = cohort_spacing_warning(bundle, cases)
     if spacing_warning is not None:

@@ -69,8 +69,12 @@ def test_evaluate_writes_report(trained, tmp_path, capsys):
     for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "report.html"):
         assert (out / name).stat().st_size > 1000
     assert len((out / "patients.csv").read_text().splitlines()) == 13
-    # The whole toy set includes the training patients: the user is warned.
-    assert "used to train" in capsys.readouterr().out
+    # The whole toy set includes the training scans (matched by content): the user is warned,
+    # and metrics.json holds the same warning.
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "same images (by content) as scans used to train" in printed
+    assert metrics["warnings"] and all(" ".join(w.split()) in printed
+                                       for w in metrics["warnings"])
 
 
 def test_diagnose_without_organ_mask_says_why(trained, capsys):

@@ -50,3 +50,23 @@ def exam_probability(values: Sequence[float] | np.ndarray, method: str = "theta"
         raise ConfigError(f"exam score must be one of {EXAM_SCORES}, got {method!r}")
     values = np.asarray(values, dtype=np.float64)
     return -np.expm1(-values) if method == "theta" else values
+
+
+def exam_score_description(method: str = "theta") -> str:
+    """The exam score of `method` as the reports show it (after `exam_probability`), in words."""
+    if method == "theta":
+        return ("1 - exp(-theta), theta = -(1/n) * sum ln(1 - p_i) over the patient's n image "
+                "probabilities p_i")
+    if method == "mean":
+        return "the mean of the patient's image probabilities"
+    return "the highest of the patient's image probabilities"
+
+
+def exam_threshold_text(threshold: float, method: str = "theta") -> str:
+    """An exam threshold named on both scales where they differ: 'theta 0.3955 (= 0.3267 as
+    1 - exp(-theta), the scale of the test reports)'; '0.4000' for mean and max."""
+    if method != "theta":
+        return f"{threshold:.4f}"
+    shown = float(exam_probability([threshold], method)[0])
+    return (f"theta {threshold:.4f} (= {shown:.4f} as 1 - exp(-theta), the scale of the test "
+            "reports)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from cadx.config import PipelineConfig
+from cadx.config import DecideConfig, PipelineConfig
 from cadx.decide.aggregate import score_patients
 from cadx.evaluate.lesion_size import (
     LARGER_TUMOUR_GROUP,
@@ -46,6 +46,7 @@ class CohortEvaluation:
     patch_scores: np.ndarray = field(repr=False)
     patch_labels: np.ndarray = field(repr=False)
     patch_patient_ids: np.ndarray = field(repr=False)
+    patient_score_description: str = ""  # the patient score in words, for the report
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -88,6 +89,7 @@ def evaluate_cohort(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndar
                                      config or PipelineConfig())
     predicted = p_scores > patient_threshold
     patient = binary_metrics(truth, predicted, p_scores)
+    decide = (config or PipelineConfig()).decide
 
     rows = [
         {"patient_id": c.patient_id, "has_tumour": c.has_tumour,
@@ -117,7 +119,18 @@ def evaluate_cohort(cases: Sequence[PatchedCase], patch_scores: Sequence[np.ndar
         patch_roc=_roc(all_labels, all_scores), patient_roc=_roc(truth, p_scores),
         metadata_columns=metadata_columns, patch_scores=all_scores,
         patch_labels=all_labels.astype(int), patch_patient_ids=all_ids.astype(str),
+        patient_score_description=patient_score_description(decide),
     )
+
+
+def patient_score_description(decide: DecideConfig) -> str:
+    """The patient score of `decide` in words (see `cadx.decide.aggregate`)."""
+    if decide.patient_score == "topk":
+        return f"the mean of the patient's {decide.top_k} highest patch probabilities"
+    if decide.patient_score == "cluster":
+        return ("n / (n + 1) for the n patches of the patient's largest 3D cluster of patches "
+                "above the patch threshold")
+    return "the fraction of the patient's patches above the patch threshold"
 
 
 def _seed_size_group(row: dict[str, object]) -> str:
@@ -155,7 +168,7 @@ def cohort_levels(evaluation: CohortEvaluation, *, source: str = "", n_boot: int
         subgroup_order={"size_bin": [name for _, _, name in SIZE_BINS_MM] + [NO_TUMOUR_GROUP],
                         "size_2cm": [SMALL_TUMOUR_GROUP, LARGER_TUMOUR_GROUP,
                                      NO_TUMOUR_GROUP]},
-        score_kind="score",
+        score_kind="score", score_description=evaluation.patient_score_description,
         threshold_note="stored in the model bundle (max Youden on the validation patients)",
         source=f"{prefix}patient level", n_boot=n_boot, seed=seed)
     return [patch, patient]

@@ -50,6 +50,7 @@ class LevelResult:
     calibration: dict[str, object]  # ece, bins (see stats.calibration_curve_ece)
     subgroups: dict[str, list[dict[str, object]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    score_description: str = ""  # what the score is, in words, for a score_kind "score"
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict, ready for JSON."""
@@ -61,6 +62,7 @@ class LevelResult:
             "metrics": {name: interval.to_dict() for name, interval in self.metrics.items()},
             "roc": self.roc, "pr": self.pr, "calibration": self.calibration,
             "subgroups": self.subgroups, "notes": self.notes,
+            "score_description": self.score_description,
         }
 
 
@@ -103,7 +105,8 @@ def evaluate_level(name: str, y_true, scores, threshold: float, *, unit: str = "
                    subgroup_order: Mapping[str, Sequence[str]] | None = None,
                    score_kind: str = "probability", threshold_note: str = "",
                    threshold_optimistic: bool = False, source: str = "",
-                   n_boot: int = 1000, seed: int = 0) -> LevelResult:
+                   n_boot: int = 1000, seed: int = 0,
+                   score_description: str = "") -> LevelResult:
     """Evaluate 0/1 labels `y_true` and scores in [0, 1] at `threshold` (score > threshold).
 
     `clusters` (e.g. the patient id of each patch) switches every metric's interval to a
@@ -137,6 +140,7 @@ def evaluate_level(name: str, y_true, scores, threshold: float, *, unit: str = "
         pr={"precision": precision.tolist(), "recall": recall.tolist(),
             "average_precision": float(average_precision_score(y, s))},
         calibration=calibration_curve_ece(y, s, n_bins=CALIBRATION_BINS),
+        score_description=score_description,
     )
     for column, values in (subgroups or {}).items():
         labels = _group_labels(values)

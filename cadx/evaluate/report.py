@@ -33,6 +33,7 @@ from cadx.evaluate.cohort import CohortEvaluation, cohort_levels  # noqa: E402
 from cadx.evaluate.levels import METRIC_LABELS, LevelResult  # noqa: E402
 from cadx.evaluate.stats import Interval  # noqa: E402
 from cadx.io.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from cadx.io.provenance import synthetic_source  # noqa: E402
 
 FIGURES = (("roc.png", "ROC curves"), ("pr.png", "Precision-recall curves"),
            ("confusion.png", "Confusion matrices"), ("calibration.png", "Reliability diagrams"))
@@ -55,6 +56,7 @@ th:first-child,td:first-child{text-align:left}th{background:#f4f6f8}
 .ci{color:#666;font-size:.92em}.note{color:#555;font-size:.92em}
 .warn{background:#fff4e5;border-left:4px solid #e69500;padding:.5em 1em;margin:.6em 0}
 img{max-width:100%;border:1px solid #eee}
+.summary{font-size:1.1em;background:#eef4fb;border-left:4px solid #2a6fb0;padding:.5em 1em}
 """
 
 
@@ -120,10 +122,74 @@ def _calibration_note(level: LevelResult) -> str:
         return (f"{level.name}: scores are read as predicted probabilities of cancer; "
                 f"ECE = {level.calibration['ece']:.3f} over {len(level.calibration['bins'])} "
                 "equal-width bins.")
-    return (f"{level.name}: the score is the fraction of the patient's patches above the patch "
-            "threshold: a score, not a calibrated probability. Its reliability diagram and "
-            f"ECE ({level.calibration['ece']:.3f}) show how far that fraction lies from the "
-            "observed cancer rate; they do not measure the calibration of a probability.")
+    what = level.score_description or "a score in [0, 1]"
+    return (f"{level.name}: the score is {what}: a score, not a calibrated probability. Its "
+            f"reliability diagram and ECE ({level.calibration['ece']:.3f}) show how far that "
+            "score lies from the observed cancer rate; they do not measure the calibration of "
+            "a probability.")
+
+
+NOT_A_DEVICE = ("cadx is research software and a cadx model is not a medical device: "
+                "do not use it for clinical decisions.")
+
+
+def _summary_level(levels: Sequence[LevelResult]) -> list[LevelResult]:
+    """The levels a summary speaks for: the patient (exam) levels, else all."""
+    patients = [level for level in levels if level.unit == "patients"]
+    return patients or list(levels)
+
+
+def summary_lines(levels: Sequence[LevelResult]) -> list[str]:
+    """One plain-language line per patient-level result: its AUC with the 95 % interval and
+    whether that interval tells the model from chance, with sensitivity and specificity."""
+    lines = []
+    for level in _summary_level(levels):
+        auc = level.metrics["auc"]
+        n = f"{level.counts['n']} {level.unit} ({level.counts['n_positive']} with cancer)"
+        if auc.estimate is None:
+            lines.append(f"{level.name}: no AUC on {n}.")
+            continue
+        kind = {"patients": "patient-level ", "images": "image-level "}.get(level.unit, "")
+        name = "" if level.name == "patient" else f"{level.name}: "
+        text = f"{name}{kind}AUC {auc.estimate:.2f}"
+        if auc.low is None or auc.high is None:
+            verdict = "no interval, so no verdict"
+        else:
+            text += f" [{auc.low:.2f}, {auc.high:.2f}]"
+            if auc.low > 0.5:
+                verdict = "better than chance (the 95 % interval excludes 0.5)"
+            elif auc.high < 0.5:
+                verdict = "worse than chance (the 95 % interval lies below 0.5)"
+            else:
+                verdict = "not distinguishable from chance (the 95 % interval includes 0.5)"
+        sensitivity = level.metrics["sensitivity"].estimate
+        specificity = level.metrics["specificity"].estimate
+        at = ""
+        if sensitivity is not None and specificity is not None:
+            at = (f"; at its threshold it finds {sensitivity:.0%} of the cancers and clears "
+                  f"{specificity:.0%} of the others")
+        lines.append(f"{text}: {verdict} on {n}{at}.")
+    return lines
+
+
+def provenance_lines(meta: dict[str, object]) -> list[str]:
+    """What the numbers rest on: cadx version, synthetic data when they are, and that the
+    model is not a medical device."""
+    sources = [f"{key} {meta[key]}" for key in ("model", "dataset", "predictions")
+               if meta.get(key)]
+    lines = [f"Made by cadx {__version__}" + (f" from {'; '.join(sources)}" if sources else "")]
+    if meta.get("synthetic_data"):
+        lines.append(f"The data are synthetic ({meta['synthetic_data']}): these figures "
+                     "describe the method on simulated images, not its accuracy on patients.")
+    lines.append(NOT_A_DEVICE)
+    return lines
+
+
+def report_warnings(levels: Sequence[LevelResult], warnings: Sequence[str] = ()) -> list[str]:
+    """Every warning a report shows and prints: the caller's, then each level's optimistic
+    threshold."""
+    return [*warnings, *(_threshold_warning(level) for level in levels
+                         if level.threshold_optimistic)]
 
 
 # --------------------------------------------------------------------------- terminal tables
@@ -204,6 +270,8 @@ def print_levels(levels: Sequence[LevelResult], console: Console, title: str = "
     for level in levels:
         if level.threshold_optimistic:
             console.print(f"[yellow]warning[/]: {escape(_threshold_warning(level))}")
+    for line in summary_lines(levels):
+        console.print(f"[bold]summary[/]: {escape(line)}")
 
 
 def print_evaluation(evaluation: CohortEvaluation, console: Console | None = None,
@@ -398,15 +466,16 @@ def _html_comparisons(comparisons: Sequence[dict]) -> str:
 
 def _html(levels: Sequence[LevelResult], figures: dict[str, bytes], *, title: str,
           meta: dict[str, object], comparisons: Sequence[dict], warnings: Sequence[str]) -> str:
-    warning_lines = [*warnings, *(_threshold_warning(level) for level in levels
-                                  if level.threshold_optimistic)]
+    warning_lines = report_warnings(levels, warnings)
     images = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii")
               for name, data in figures.items()}
     meta_rows = [[_esc(key), _esc(_meta_value(value))] for key, value in meta.items()]
     body = [
         f"<h1>{_esc(title)}</h1>",
-        f"<p class=note>cadx {_esc(__version__)} evaluation report. Decision rule: a score "
-        "strictly greater than the threshold is positive.</p>",
+        *(f"<p class=summary><b>Summary:</b> {_esc(line)}</p>" for line in summary_lines(levels)),
+        *(f"<p class=note>{_esc(line)}</p>" for line in provenance_lines(meta)),
+        "<p class=note>Decision rule: a score strictly greater than the threshold is "
+        "positive.</p>",
         *(f"<div class=warn><b>Warning:</b> {_esc(line)}</div>" for line in warning_lines),
         _html_table(["input", "value"], meta_rows) if meta_rows else "",
         "<h2>Metrics at the operating threshold</h2>", _html_metrics(levels),
@@ -445,18 +514,29 @@ def write_report(out_dir: str | Path, levels: Sequence[LevelResult], *, title: s
 
     `meta` is shown as a key/value table and stored in metrics.json; `comparisons` are DeLong
     results (see `cadx.evaluate.predictions.compare_models`); `patients_rows` become
-    patients.csv; `warnings` are shown at the top of report.html.
+    patients.csv; `warnings` are shown at the top of report.html and, with each level's
+    optimistic-threshold warning, stored in metrics.json. Every report opens with a
+    plain-language summary (`summary_lines`) and its provenance (`provenance_lines`).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
+    data = meta.get("dataset") or meta.get("predictions")
+    if "synthetic_data" not in meta and data:
+        synthetic = synthetic_source(str(data))
+        meta = {**meta, "synthetic_data": synthetic} if synthetic else meta
     figures = _figures(levels)
     console = Console(record=True, width=110, file=io.StringIO())
+    for warning in warnings:  # report.txt holds every warning the terminal showed
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
     print_levels(levels, console, title, comparisons)
+    for line in provenance_lines(meta):
+        console.print(escape(line))
     report_html = _html(levels, figures, title=title, meta=meta, comparisons=comparisons,
                         warnings=warnings)
     metrics = {"title": title, "cadx_version": __version__, "meta": meta,
-               "warnings": list(warnings),
+               "summary": summary_lines(levels), "provenance": provenance_lines(meta),
+               "warnings": report_warnings(levels, warnings),
                "levels": {level.name: level.to_dict() for level in levels},
                "comparisons": list(comparisons)}
 

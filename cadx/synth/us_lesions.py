@@ -495,7 +495,8 @@ def write_us_cohort(out_dir: str | Path, spec: UltrasoundCohortSpec,
     Creates ``benign/USnnnn_k.png`` and ``malignant/USnnnn_k.png`` (k = 1, 2, ...; 8-bit
     grayscale, ~15 % RGB), each lesion's mask as ``masks/USnnnn_k_mask.png`` (0/255) and,
     last, ``manifest.csv`` with columns ``path,patient_id,label,mask`` (paths relative to
-    ``out_dir``, label 1 = malignant). Files are written atomically and an
+    ``out_dir``, label 1 = malignant) beside a ``SYNTHETIC`` marker that reports read. Files
+    are written atomically and an
     existing manifest is removed first, so a folder with ``manifest.csv`` holds a complete
     cohort; images left by an earlier, larger cohort in the same folder are not removed (only
     the manifest lists exactly this cohort). Patient ``i`` uses its own child seed of
@@ -528,5 +529,8 @@ def write_us_cohort(out_dir: str | Path, spec: UltrasoundCohortSpec,
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(("path", "patient_id", "label", "mask"))
     writer.writerows(rows)
+    # Reports on this folder say the data are synthetic (cadx.io.provenance.synthetic_source).
+    write_text_atomic(out / "SYNTHETIC", f"cadx synthetic ultrasound lesions (cadx.synth."
+                      f"us_lesions, seed {spec.seed})\n")
     write_text_atomic(out / "manifest.csv", buf.getvalue())
     return out

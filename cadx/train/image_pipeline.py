@@ -14,7 +14,12 @@ from sklearn.metrics import roc_auc_score
 
 from cadx.config import ImageModelConfig
 from cadx.decide.ensemble import weighted_ensemble
-from cadx.decide.exam import exam_probability, exam_scores
+from cadx.decide.exam import (
+    exam_probability,
+    exam_score_description,
+    exam_scores,
+    exam_threshold_text,
+)
 from cadx.decide.roc import OperatingPoint, youden_operating_point
 from cadx.errors import ConfigError, InputError, SplitError
 from cadx.evaluate.levels import LevelResult, evaluate_level
@@ -179,7 +184,9 @@ def evaluate_images(bundle: ImageModelBundle, labels: np.ndarray, probabilities:
     exam_level = evaluate_level(
         f"exams ({bundle.aggregation})", [truth[p] for p in ids], exam_values,
         float(exam_probability([bundle.exam_threshold], bundle.aggregation)[0]),
-        unit="patients", score_kind="score", threshold_note=note,
+        unit="patients", score_kind="score",
+        threshold_note=f"{note}: {exam_threshold_text(bundle.exam_threshold, bundle.aggregation)}",
+        score_description=exam_score_description(bundle.aggregation),
         subgroups={c: [values[first[p]] for p in ids] for c, values in subgroups.items()},
         n_boot=n_boot, seed=seed)
     return [image_level, exam_level]
