@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -288,6 +289,43 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
     return evaluation
 
 
+@dataclass(frozen=True)
+class ShowcasePatient:
+    """The test patient the demo diagnoses from its files, why, and where its positive patches
+    lie."""
+
+    patient_id: str
+    reason: str
+    patches: int
+    tumour_patches: int  # patches labelled cancerous (they overlap the tumour)
+    positive_patches: int  # patches scoring above the patch threshold
+    positive_patches_on_tumour: int
+
+
+def choose_showcase_patient(evaluation: CohortEvaluation) -> ShowcasePatient:
+    """The demo's showcase, chosen by rule rather than by position: the test patient with the
+    highest patient score among the true positives (cancer, and suspected); without one, the
+    cancer patient with the highest score (a missed cancer, said so); without cancer
+    patients, the highest-scoring patient."""
+    rows = evaluation.patients
+    true_positives = [r for r in rows if r["has_tumour"] and r["predicted_cancer"]]
+    cancers = [r for r in rows if r["has_tumour"]]
+    if true_positives:
+        pool, reason = true_positives, ("the test patient with the highest patient score among "
+                                        "the true positives")
+    elif cancers:
+        pool, reason = cancers, ("no test cancer was detected: the cancer patient with the "
+                                 "highest patient score (a false negative)")
+    else:
+        pool, reason = rows, "no test patient has cancer: the highest patient score"
+    row = max(pool, key=lambda r: (r["patient_score"], r["patient_id"]))
+    mine = evaluation.patch_patient_ids == str(row["patient_id"])
+    positive = evaluation.patch_scores[mine] > evaluation.patch_threshold
+    tumour = evaluation.patch_labels[mine].astype(bool)
+    return ShowcasePatient(str(row["patient_id"]), reason, int(mine.sum()), int(tumour.sum()),
+                           int(positive.sum()), int((positive & tumour).sum()))
+
+
 def run_demo(out_dir: Path, n_patients: int = DEMO_PATIENTS, seed: int = 0,
              console: Console | None = None, progress: bool = True) -> TrainingOutcome:
     """Synthetic cohort -> train -> thresholds -> held-out report -> one diagnosis."""
@@ -312,7 +350,12 @@ def run_demo(out_dir: Path, n_patients: int = DEMO_PATIENTS, seed: int = 0,
                         meta={"model": str(model_path), "dataset": str(data_dir), "split": "test"})
     console.print(f"test report written to {out_dir / 'report'}")
     console.rule("diagnosing one held-out patient from its files")
-    patient = next(r for r in load_dataset(data_dir) if r.patient_id == outcome.split.test[0])
+    showcase = choose_showcase_patient(evaluation)
+    console.print(f"{showcase.patient_id}: {showcase.reason}")
+    console.print(f"  {showcase.positive_patches_on_tumour} of its {showcase.positive_patches} "
+                  f"patches above the patch threshold overlap the tumour (which touches "
+                  f"{showcase.tumour_patches} of its {showcase.patches} patches)")
+    patient = next(r for r in load_dataset(data_dir) if r.patient_id == showcase.patient_id)
     diagnose_file(model_path, patient.image_path, patient.label_path,
                   out_dir / f"diagnosis_{patient.patient_id}.json", console=console)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
