@@ -11,7 +11,8 @@ Defects imitate the ways scanners and exports fail; each takes and returns a squ
 * ``bright``: near-white (saturated);
 * ``cropped``: tiny content (the frame shrunk to 10-20 % on black) or cropped away (a corner
   strip left);
-* ``jpeg``: JPEG blocking (quality 2-6, sometimes at half resolution).
+* ``jpeg``: heavy JPEG blocking (quality 2-4, half the time at half resolution); milder
+  compression leaves a frame readable, so it is not called a defect.
 
 ``doppler`` is not a defect but a QC flag: :func:`cadx.synth.categories.doppler_overlay` paints
 a colour box with flow over a real B-mode frame.
@@ -36,7 +37,7 @@ DEFECTS = ("blur", "noise", "dropout", "dark", "bright", "cropped", "jpeg")
 OOD_KINDS = ("photo", "screenshot", "document", "chart", "radiograph")
 # Bumped whenever a defect or generator changes, so cached features of the old look are not
 # reused.
-DEFECTS_VERSION = 1
+DEFECTS_VERSION = 2
 
 
 def _square(image: np.ndarray) -> np.ndarray:
@@ -105,7 +106,7 @@ def apply_defect(rng: np.random.Generator, image: np.ndarray, kind: str) -> np.n
         small = n // 2 if rng.random() < 0.5 else n
         pil = Image.fromarray(np.round(_resize(image, (small, small)) * 255).astype(np.uint8))
         buffer = io.BytesIO()
-        pil.save(buffer, format="JPEG", quality=int(rng.integers(2, 7)))
+        pil.save(buffer, format="JPEG", quality=int(rng.integers(2, 5)))
         blocky = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float64) / 255
         return _resize(blocky, (n, n)) if small != n else blocky
     raise ConfigError(f"unknown defect {kind!r}; one of {', '.join((*DEFECTS, 'doppler'))}")

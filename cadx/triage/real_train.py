@@ -220,7 +220,8 @@ def build_items(chosen: dict[str, list[Frame]], spec: TriageBuildSpec) -> list[I
     (defects cycled so that each type is equally common; ultrasound also gets Doppler
     overlays), and the non-medical images."""
     items: list[Item] = []
-    tag = f"v{DEFECTS_VERSION}-{spec.size_px}-{spec.work_px}"
+    # A defect's key carries the defects' version, so a changed defect is not read from cache.
+    good_tag, defect_tag = f"{spec.size_px}px", f"v{DEFECTS_VERSION}-{spec.size_px}-{spec.work_px}"
     cycle: Counter = Counter()  # per split, across categories: each split sees every defect
     for category, frames in chosen.items():
         kinds = (*DEFECTS, "doppler") if category.startswith("us-") else DEFECTS
@@ -228,13 +229,13 @@ def build_items(chosen: dict[str, list[Frame]], spec: TriageBuildSpec) -> list[I
             good_kind = ("other" if category == "other" else
                          "unclear-colour" if frame.doppler is None else
                          "doppler-real" if frame.doppler else "good")
-            items.append(Item(f"{frame.key}|good|{tag}", frame, good_kind))
+            items.append(Item(f"{frame.key}|good|{good_tag}", frame, good_kind))
             if category != "other" and frame.doppler is False:
                 defect = kinds[cycle[frame.split] % len(kinds)]
                 cycle[frame.split] += 1
-                items.append(Item(f"{frame.key}|{defect}|{tag}", frame,
+                items.append(Item(f"{frame.key}|{defect}|{defect_tag}", frame,
                                   "doppler-overlay" if defect == "doppler" else defect, defect))
-    items += [Item(f"{frame.key}|good|{tag}", frame, f"ood-{frame.source}")
+    items += [Item(f"{frame.key}|good|{good_tag}", frame, f"ood-{frame.source}")
               for frame in _ood_frames(spec)]
     return items
 
