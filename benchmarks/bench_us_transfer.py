@@ -43,8 +43,10 @@ def main() -> int:
     parser.add_argument("--archs", default="efficientnet_lite0")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--test-fold", help="BUS-BRA: the authors' fold used as the test set")
-    parser.add_argument("--size", type=int, help=f"default {PRETRAINED_SIZE_PX} for pretrained "
-                                                  "networks, 64 otherwise")
+    parser.add_argument("--size", type=int, default=PRETRAINED_SIZE_PX,
+                        help="input size of the pretrained networks (default %(default)s)")
+    parser.add_argument("--scratch-size", type=int, default=ImageModelConfig().size_px,
+                        help="input size of the from-scratch networks (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--schedule", default="onecycle")
@@ -65,7 +67,7 @@ def main() -> int:
           "| pointing game (chance) | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arch in args.archs.split(","):
-        size = args.size or (PRETRAINED_SIZE_PX if is_pretrained_arch(arch) else 64)
+        size = args.size if is_pretrained_arch(arch) else args.scratch_size
         for seed in map(int, args.seeds.split(",")):
             config = ImageModelConfig(
                 size_px=size, width=args.width, seed=seed, test_fold=args.test_fold,

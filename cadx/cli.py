@@ -13,6 +13,8 @@ from rich.console import Console
 from cadx import __version__
 from cadx.config import (
     EXAM_SCORES,
+    IMAGE_CLI_EPOCHS,
+    IMAGE_CLI_SCHEDULE,
     LR_SCHEDULES,
     PATIENT_SCORES,
     PRETRAINED_SIZE_PX,
@@ -93,7 +95,8 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
                    help="patches per step (default %(default)s; the seed used 2560)")
-    g.add_argument("--epochs", type=int, default=d_train.max_epochs,
+    # The 2D commands' recipe as measured on BUS-BRA (docs/images-2d.md): 8 one-cycle epochs.
+    g.add_argument("--epochs", type=int, default=IMAGE_CLI_EPOCHS,
                    help="maximum epochs (default %(default)s)")
     g.add_argument("--lr", type=float, default=d_train.learning_rate,
                    help="Adam learning rate (default %(default)s)")
@@ -197,7 +200,7 @@ def _add_image_options(parser: argparse.ArgumentParser, *, trains_networks: bool
                    help="bf16: autocast training to bfloat16 on CPUs with bf16 instructions "
                         "(fp32 with a warning elsewhere); validation and inference stay fp32 "
                         "(default %(default)s)")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d_train.schedule,
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=IMAGE_CLI_SCHEDULE,
                    help="constant, or onecycle: warm-up then cosine decay (default "
                         "%(default)s)")
     g = parser.add_argument_group("split")
@@ -478,6 +481,7 @@ def _cmd_evaluate_images(args: argparse.Namespace) -> int:
     from cadx.image_workflows import evaluate_images_command
 
     evaluate_images_command(args.model, args.dataset, args.out, split=args.split,
+                            fold=args.fold,
                             subgroup_columns=args.subgroups or [],
                             each_image_a_patient=args.each_image_a_patient,
                             with_cam=not args.no_cam, n_boot=args.n_boot, seed=args.seed,
@@ -765,18 +769,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-images", help="2D images: CNN ensemble weighted by validation AUC")
     p.add_argument("dataset", help="folder with one sub-folder per class, or a CSV "
                                    "(path, patient_id, label[, split])")
-    p.add_argument("--arch", type=_names, default=["resnet18", "darknet19"],
-                   help="comma-separated, from resnet18, resnet50, darknet19 (default "
-                        "resnet18,darknet19)")
+    p.add_argument("--arch", type=_names, default=["efficientnet_lite0"],
+                   help="comma-separated, from efficientnet_lite0/1/2 (ImageNet-pretrained; "
+                        "lite1/2 need their -pytorch-model package), resnet18, resnet50, "
+                        "darknet19 (from scratch) (default efficientnet_lite0)")
     _add_image_options(p)
     p.set_defaults(func=_cmd_train_images)
 
     p = sub.add_parser("train-features", help="2D images: deep and/or texture features + "
                                               "SVM / random forest")
     p.add_argument("dataset", help="folder with one sub-folder per class, or a CSV")
-    p.add_argument("--backbones", type=_names, default=["resnet18"],
-                   help="comma-separated, from resnet18, resnet50, darknet19, or 'none' for "
-                        "texture features only (default resnet18)")
+    p.add_argument("--backbones", type=_names, default=["efficientnet_lite0"],
+                   help="comma-separated, from efficientnet_lite0/1/2 (ImageNet-pretrained), "
+                        "resnet18, resnet50, darknet19, or 'none' for texture features only "
+                        "(default efficientnet_lite0)")
     p.add_argument("--layers", type=_names, default=["avgpool"],
                    help="feature layers of each backbone: avgpool and/or fc (default avgpool)")
     p.add_argument("--classifier", type=_names, default=["svm"],
@@ -798,6 +804,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write the report folder here")
     p.add_argument("--split", choices=("train", "validation", "test"),
                    help="only the images of this split of the manifest (default all)")
+    p.add_argument("--fold", metavar="K",
+                   help="only the images of the manifest's fold K (e.g. the test fold of "
+                        "train-images --test-fold K)")
     p.add_argument("--subgroups", type=_names, metavar="COLS",
                    help="manifest columns to tabulate by, e.g. device,histology")
     p.add_argument("--each-image-a-patient", action="store_true",

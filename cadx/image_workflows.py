@@ -159,7 +159,7 @@ def diagnose_images_command(model_path: str | Path, image_paths: Sequence[str | 
 
 def evaluate_images_command(model_path: str | Path, dataset_path: str | Path,
                             out_dir: str | Path | None, *, split: str | None = None,
-                            subgroup_columns: Sequence[str] = (),
+                            fold: str | None = None, subgroup_columns: Sequence[str] = (),
                             each_image_a_patient: bool = False, with_cam: bool = True,
                             n_boot: int = 1000, seed: int = 0, console: Console | None = None,
                             progress: bool = True) -> ImageEvaluation:
@@ -170,8 +170,10 @@ def evaluate_images_command(model_path: str | Path, dataset_path: str | Path,
     data = load_image_dataset(dataset_path, progress=progress)
     console.print(f"[bold]cadx evaluate-images[/]: {Path(model_path).name} on "
                   f"{len(data)} images of {len(data.patient_ids)} patients from {dataset_path}"
-                  + (f" (split {split})" if split else "") + "; thresholds as stored")
-    result = evaluate_image_model(bundle, data, split=split, subgroup_columns=subgroup_columns,
+                  + (f" (split {split})" if split else "")
+                  + (f" (fold {fold})" if fold else "") + "; thresholds as stored")
+    result = evaluate_image_model(bundle, data, split=split, fold=fold,
+                                  subgroup_columns=subgroup_columns,
                                   each_image_a_patient=each_image_a_patient, with_cam=with_cam,
                                   n_boot=n_boot, seed=seed, progress=progress)
     for warning in result.warnings:
@@ -188,7 +190,8 @@ def evaluate_images_command(model_path: str | Path, dataset_path: str | Path,
                       f"{cam.mass_in_mask:.3f}; chance (lesion area share) {cam.chance:.3f}")
     if out_dir is not None:
         meta = {"model": str(model_path), "dataset": str(dataset_path),
-                "split": split or "all images", "thresholds": "as stored in the model "
+                "split": split or "all images", "fold": fold or "all folds",
+                "thresholds": "as stored in the model "
                 "(Youden on its validation patients)",
                 "grad_cam": {name: cam.to_dict() for name, cam in result.cam.items()},
                 "notes": result.notes}

@@ -31,13 +31,15 @@ class ImageEvaluation:
     warnings: list[str] = field(default_factory=list)
 
 
-def select_split(dataset: ImageDataset, split: str | None) -> tuple[ImageRecord, ...]:
-    """All records, or those of one explicit `split` of the manifest."""
-    if split is None:
-        return dataset.records
-    chosen = tuple(r for r in dataset.records if r.split == split)
+def select_split(dataset: ImageDataset, split: str | None,
+                 fold: str | None = None) -> tuple[ImageRecord, ...]:
+    """All records, or those of one explicit `split` and/or `fold` of the manifest."""
+    chosen = tuple(r for r in dataset.records if (split is None or r.split == split)
+                   and (fold is None or r.fold == fold))
     if not chosen:
-        raise InputError(f"{dataset.source}: no image has split {split!r}")
+        raise InputError(f"{dataset.source}: no image has "
+                         + " and ".join(f"{name} {value!r}" for name, value in
+                                        (("split", split), ("fold", fold)) if value))
     return chosen
 
 
@@ -86,15 +88,16 @@ def cam_quality(bundle: ImageModelBundle, records: Sequence[ImageRecord], images
 
 
 def evaluate_image_model(bundle: ImageModelBundle, dataset: ImageDataset, *,
-                         split: str | None = None, subgroup_columns: Sequence[str] = (),
+                         split: str | None = None, fold: str | None = None,
+                         subgroup_columns: Sequence[str] = (),
                          each_image_a_patient: bool = False, with_cam: bool = True,
                          n_boot: int = 1000, seed: int = 0,
                          progress: bool = True) -> ImageEvaluation:
-    """Score every image (or those of `split`) with the bundle and evaluate at its stored
+    """Score every image (or those of `split` / `fold`) with the bundle and evaluate at its stored
     image and exam thresholds. `subgroup_columns` are manifest columns (e.g. device); with
     masks in the manifest and a CNN model, Grad-CAM localisation is measured too."""
     _check_labels(dataset, bundle)
-    records = select_split(dataset, split)
+    records = select_split(dataset, split, fold)
     labels = np.array([r.label for r in records], dtype=int)
     if len(set(labels.tolist())) < 2:
         raise InputError(f"{dataset.source}: every evaluated image is of class "
