@@ -4,11 +4,13 @@ that Orthanc stores and pydicom reads back; `cadx watch` scores studies as they 
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -176,28 +178,63 @@ def test_unknown_study_is_a_clear_cli_error(orthanc, model, capsys):
     assert err == f"cadx: error: {orthanc}: no study 1.2.3 (or it holds no series)"
 
 
+# Only a guard against a hung run, never a budget the test expects to use: every wait below ends
+# on an event (a line of the watcher's output, the process's exit).
+_HANG_GUARD_S = 900
+
+
+def _lines_of(process: subprocess.Popen) -> queue.Queue:
+    """The process's output, line by line (None at its end), read in a thread."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _wait_for_line(lines: queue.Queue, seen: list[str], wanted, what: str) -> None:
+    """Read lines into `seen` until one satisfies `wanted`; fail at the output's end."""
+    while True:
+        try:
+            line = lines.get(timeout=_HANG_GUARD_S)
+        except queue.Empty:
+            pytest.fail(f"no {what} in {_HANG_GUARD_S} s:\n" + "".join(seen))
+        if line is None:
+            pytest.fail(f"the watcher ended before {what}:\n" + "".join(seen))
+        seen.append(line)
+        if wanted(line):
+            return
+
+
 def test_watch_scores_two_arriving_studies_and_stops_on_ctrl_c(orthanc, model, tmp_path):
     out = tmp_path / "watch_out"
     process = subprocess.Popen(
         [sys.executable, "-m", "cadx.cli", "watch", "--pacs", orthanc, str(model),
          "--interval", "0.3", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "COLUMNS": "200"})
+        env={**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+    seen: list[str] = []
     try:
+        lines = _lines_of(process)
+        _wait_for_line(lines, seen, lambda line: line.startswith("watching "),
+                       "'watching' line (bundle loaded, PACS answered)")
         studies = [upload(orthanc, tmp_path / f"s{i}", f"w{i}", seed=10 + i) for i in range(2)]
-        client = PacsClient(orthanc)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if all(_cadx_srs(client, s.study_uid) for s in studies):
-                break
-            if process.poll() is not None:
-                break
-            time.sleep(0.3)
+        for study in studies:  # in any order: each study's own result line
+            if not any(line.startswith(f"study {study.study_uid} ") for line in seen):
+                _wait_for_line(lines, seen, lambda line, uid=study.study_uid: line.startswith(
+                    f"study {uid} "), f"result line of study {study.study_uid}")
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+        process.wait(timeout=_HANG_GUARD_S)
+        while (line := lines.get(timeout=_HANG_GUARD_S)) is not None:
+            seen.append(line)
     finally:
         if process.poll() is None:
             process.kill()
+    output = "".join(seen)
     assert process.returncode == 0, output
     assert "2 studies scored, 0 failed" in output
     for study in studies:

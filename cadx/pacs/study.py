@@ -93,14 +93,28 @@ def diagnose_study(client: PacsClient, bundle: PatchModelBundle, study_uid: str,
     """Pull, score and (if `push`) answer one study; results are built completely before the
     single STOW-RS request, so a failure leaves the PACS without any cadx object. Without an
     organ SEG in the study, the bundle's embedded organ segmenter (if any) finds the organ."""
-    case = pull_case(client, study_uid, series_uid)
-    diagnosis = _diagnose(bundle, case)
-    pushed: list[Dataset] = []
+    result = score_study(client, bundle, study_uid, series_uid=series_uid)
     if push:
-        pushed.append(diagnosis_sr(diagnosis, case))
-        thickness_mm = bundle.config.preprocess.slice_thickness_mm
-        seg = positive_patches_seg(diagnosis, case, thickness_mm) if with_seg else None
-        if seg is not None:
-            pushed.append(seg)
-        client.store(pushed, study_uid)
-    return StudyResult(study_uid, diagnosis, case, pushed)
+        push_result(client, bundle, result, with_seg=with_seg)
+    return result
+
+
+def score_study(client: PacsClient, bundle: PatchModelBundle, study_uid: str, *,
+                series_uid: str | None = None) -> StudyResult:
+    """Pull and score one study; nothing is stored (`pushed` is empty)."""
+    case = pull_case(client, study_uid, series_uid)
+    return StudyResult(study_uid, _diagnose(bundle, case), case, [])
+
+
+def push_result(client: PacsClient, bundle: PatchModelBundle, result: StudyResult, *,
+                with_seg: bool = True) -> None:
+    """Build the SR (and the SEG of the positive patches) of a scored study, then store them in
+    one STOW-RS request; they are listed in `result.pushed`."""
+    pushed = [diagnosis_sr(result.diagnosis, result.case)]
+    thickness_mm = bundle.config.preprocess.slice_thickness_mm
+    seg = (positive_patches_seg(result.diagnosis, result.case, thickness_mm) if with_seg
+           else None)
+    if seg is not None:
+        pushed.append(seg)
+    client.store(pushed, result.study_uid)
+    result.pushed = pushed

@@ -4,7 +4,9 @@ A study is scored once its instance count has stayed the same over two polls (so
 is still arriving is not scored half-way). Studies that already hold a cadx SR are skipped,
 so restarting the watcher does not answer a study twice. A study that fails (bad input) is
 reported and not retried; a PACS outage is reported and polling goes on. Ctrl-C (or SIGTERM)
-stops it; a result is either pushed whole (one STOW-RS request) or not at all.
+stops it at once, even mid-scoring: a study is pulled and scored in a worker thread while the
+main thread waits on it and stays free to take the signal (the abandoned scoring ends with the
+process); a result is either pushed whole (one STOW-RS request) or not at all.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 
@@ -22,7 +26,12 @@ from cadx.errors import CadxError
 from cadx.io.atomic import write_json_atomic
 from cadx.io.dicom import IMAGE_MODALITIES
 from cadx.pacs.client import PacsClient, PacsError
-from cadx.pacs.study import diagnose_study, has_cadx_result, summary_line
+from cadx.pacs.study import has_cadx_result, push_result, score_study, summary_line
+
+T = TypeVar("T")
+# How often the main thread looks up from waiting on a scoring thread; a signal interrupts the
+# wait itself, this only bounds the wait of a platform whose lock waits are not interruptible.
+_WAIT_SLICE_S = 0.2
 
 
 @dataclass
@@ -77,7 +86,7 @@ def watch(client: PacsClient, bundle: PatchModelBundle, *, interval_s: float = 5
                     handled.discard(uid)  # the PACS failed, not the study: try it again
             time.sleep(interval_s)
     except KeyboardInterrupt:
-        console.print("stopping (interrupted)")
+        console.print("stopping (interrupted); a study being scored was not answered")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -98,6 +107,29 @@ def _stop_on_sigterm() -> object | None:
     return signal.signal(signal.SIGTERM, interrupt)
 
 
+def _in_worker(work: Callable[[], T], name: str) -> T:
+    """Run `work` in a daemon thread and return its result (or raise its exception), waiting in
+    the main thread, where Ctrl-C and SIGTERM arrive as KeyboardInterrupt at once: torch and
+    numpy hold the main thread inside long C calls, during which Python runs no handler."""
+    done = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the waiting thread  # noqa: BLE001
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    while not done.wait(_WAIT_SLICE_S):
+        pass
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
 def _score(client: PacsClient, bundle: PatchModelBundle, study_uid: str, push: bool,
            out_dir: str | Path | None, console: Console, summary: WatchSummary) -> bool:
     """Score one study; False if the PACS failed (worth another try), True otherwise."""
@@ -105,7 +137,10 @@ def _score(client: PacsClient, bundle: PatchModelBundle, study_uid: str, push: b
         if has_cadx_result(client, study_uid):
             summary.skipped.append(study_uid)
             return True
-        result = diagnose_study(client, bundle, study_uid, push=push)
+        result = _in_worker(lambda: score_study(client, bundle, study_uid),
+                            f"cadx-score-{study_uid}")
+        if push:
+            push_result(client, bundle, result)
     except PacsError as exc:
         console.print(f"[yellow]warning[/]: study {study_uid}: {exc}; trying again")
         return False
