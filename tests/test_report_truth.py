@@ -151,3 +151,34 @@ def test_a_report_without_synthetic_data_does_not_say_so(tmp_path):
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert not any("synthetic" in line for line in metrics["provenance"])
     assert metrics["provenance"][-1] == NOT_A_DEVICE
+
+
+def test_2d_report_names_its_exam_score_threshold_scales_and_synthetic_data(tmp_path, capsys):
+    from cadx.config import ImageModelConfig, ImageTrainConfig
+    from cadx.image_bundle import load_image_bundle, save_image_bundle
+    from cadx.io.images import load_image_dataset
+    from cadx.synth.us_lesions import UltrasoundCohortSpec, write_us_cohort
+    from cadx.train.image_pipeline import train_image_ensemble
+
+    cohort = write_us_cohort(tmp_path / "us", UltrasoundCohortSpec(
+        n_patients=16, images_per_patient=(2, 2), image_size_px=40, seed=5), progress=False)
+    tiny = ImageModelConfig(size_px=32, width=0.125, seed=0, train=ImageTrainConfig(
+        batch_size=16, max_epochs=1, early_stop_patience=1))
+    outcome = train_image_ensemble(load_image_dataset(cohort, progress=False), ["resnet18"],
+                                   tiny, progress=False, n_boot=20)
+    model = save_image_bundle(outcome.bundle, tmp_path / "us.cadx")
+    out = tmp_path / "report"
+    capsys.readouterr()
+    assert main(["evaluate-images", str(model), str(cohort / "manifest.csv"), "--out", str(out),
+                 "--no-cam", "--n-boot", "20", "--quiet"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    metrics = json.loads((out / "metrics.json").read_text())
+    exam = metrics["levels"]["exams (theta)"]
+    theta = load_image_bundle(model).exam_threshold
+    assert f"theta {theta:.4f}" in exam["threshold_note"]
+    assert f"{exam['threshold']:.4f}" in exam["threshold_note"]
+    html = (out / "report.html").read_text()
+    assert "1 - exp(-theta)" in html and "fraction of the patient&#x27;s patches" not in html
+    assert any("synthetic ultrasound" in line for line in metrics["provenance"])
+    assert metrics["warnings"] and all(" ".join(w.split()) in printed
+                                       for w in metrics["warnings"])
