@@ -95,8 +95,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
                    help="patches per step (default %(default)s; the seed used 2560)")
-    # The 2D commands' recipe as measured on BUS-BRA (docs/images-2d.md): 8 one-cycle epochs.
-    g.add_argument("--epochs", type=int, default=IMAGE_CLI_EPOCHS,
+    g.add_argument("--epochs", type=int, default=d_train.max_epochs,
                    help="maximum epochs (default %(default)s)")
     g.add_argument("--lr", type=float, default=d_train.learning_rate,
                    help="Adam learning rate (default %(default)s)")
@@ -181,7 +180,8 @@ def _add_image_options(parser: argparse.ArgumentParser, *, trains_networks: bool
         "CNN training", None if trains_networks else
         "train-features trains no network (its backbones are used as they are): these options "
         "are accepted and ignored")
-    g.add_argument("--epochs", type=int, default=d_train.max_epochs,
+    # The 2D commands' recipe as measured on BUS-BRA (docs/images-2d.md): 8 one-cycle epochs.
+    g.add_argument("--epochs", type=int, default=IMAGE_CLI_EPOCHS,
                    help="maximum epochs (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
                    help="images per step (default %(default)s)")

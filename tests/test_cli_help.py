@@ -111,3 +111,14 @@ def test_missing_input_in_process_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "r")]) == 2
     expected = f"cadx: error: {tmp_path / 'nope.csv'}: file not found"
     assert capsys.readouterr().err.strip() == expected
+
+
+def test_ct_and_2d_training_keep_their_own_epoch_defaults():
+    # The two --epochs options read alike; a 2D default once landed on the CT one.
+    from cadx.config import IMAGE_CLI_EPOCHS, IMAGE_CLI_SCHEDULE
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "d", "--out", "m"]).epochs == TrainConfig().max_epochs
+    for command in ("train-images", "train-features"):
+        args = parser.parse_args([command, "d", "--out", "m"])
+        assert (args.epochs, args.lr_schedule) == (IMAGE_CLI_EPOCHS, IMAGE_CLI_SCHEDULE)
