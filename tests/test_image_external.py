@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cadx.cli import main
 from cadx.config import ImageModelConfig, ImageTrainConfig
+from cadx.diagnose.cam import grad_cam
 from cadx.errors import ConfigError
 from cadx.evaluate.cam_quality import cam_localisation
 from cadx.image_bundle import load_image_bundle, save_image_bundle
@@ -116,3 +118,28 @@ def test_pretrained_network_fine_tunes_and_records_its_weights(cohort) -> None:
     # The stored weights rebuild without the weights package's help.
     probabilities = outcome.bundle.predict(outcome.data.images["validation"][:3])
     assert probabilities.shape == (3,) and np.all((probabilities >= 0) & (probabilities <= 1))
+
+
+class _BrightSpotNet(torch.nn.Module):
+    """logit = mean of relu(image): the evidence is where the image is bright."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.ReLU())
+        torch.nn.init.ones_(self.features[0].weight)
+        torch.nn.init.zeros_(self.features[0].bias)
+        self.fc = torch.nn.Linear(1, 1)
+        torch.nn.init.ones_(self.fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def test_grad_cam_is_highest_where_the_evidence_is() -> None:
+    images = np.full((2, 1, 16, 16), 0.1, np.float32)
+    images[0, 0, 2:5, 10:13] = 1.0
+    images[1, 0, 11:14, 3:6] = 1.0
+    cams = grad_cam([_BrightSpotNet()], ["darknet19"], [1.0], images)
+    masks = images[:, 0] > 0.5
+    assert cam_localisation(cams, masks).pointing_hits == 2
+    assert cams[masks].min() > 0.9 and cams[~masks].max() < 0.2

@@ -21,24 +21,39 @@ from cadx.io.atomic import atomic_path
 CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features"}
 
 
+OVERLAY_ALPHA = 0.45
+
+
 def cam_layer(model: nn.Module, arch: str) -> str:
     """The name of the module of `model` whose output Grad-CAM weights."""
     return getattr(model, "cam_layer", None) or CAM_LAYERS[arch]
-OVERLAY_ALPHA = 0.45
+
+
+def _unit_range(maps: torch.Tensor) -> torch.Tensor:
+    """Each (1, H, W) map scaled to 0..1 with its largest value at 1 (a flat map gives 0).
+
+    MONAI's default Grad-CAM post-processing maps (min, max) to (1, 0): the most activated
+    region would come out as the least. cadx wants high = evidence for malignancy.
+    """
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *([1] * (maps.dim() - 1)))
+    span = flat.max(dim=1).values.view_as(lo) - lo
+    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, 1.0), 0.0)
 
 
 def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequence[float],
              images: np.ndarray) -> np.ndarray:
     """Grad-CAM of the malignancy logit for each (C, H, W) image: (N, H, W) in 0..1.
 
-    For an ensemble the members' maps (each normalised to 0..1 by MONAI) are averaged with the
-    ensemble weights, then rescaled to 0..1 per image.
+    For an ensemble the members' maps (each scaled to 0..1, most activated = 1) are averaged
+    with the ensemble weights, then rescaled to 0..1 per image.
     """
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     total = np.zeros((len(images), *images.shape[2:]), dtype=np.float64)
     for model, arch, weight in zip(models, archs, weights, strict=True):
         model.eval()
-        cam = GradCAM(nn_module=model, target_layers=cam_layer(model, arch))
+        cam = GradCAM(nn_module=model, target_layers=cam_layer(model, arch),
+                      postprocessing=_unit_range)
         with torch.enable_grad():
             maps = cam(x=x.clone().requires_grad_(True), class_idx=0)
         total += float(weight) * maps.detach().numpy()[:, 0].astype(np.float64)
