@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cadx.config import PRETRAINED_SIZE_PX, ImageModelConfig, ImageTrainConfig
 from cadx.evaluate.images import cam_quality
+from cadx.image_bundle import save_image_bundle
 from cadx.io.images import load_image_dataset
 from cadx.io.public_datasets import busbra_manifest, ddti_manifest, mmotu_manifest
 from cadx.models.backbones import is_pretrained_arch
@@ -53,6 +54,8 @@ def main() -> int:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--width", type=float, default=0.5, help="from-scratch networks")
     parser.add_argument("--no-cam", action="store_true")
+    parser.add_argument("--out", type=Path, help="also save each bundle here "
+                                                 "(<dataset>_<arch>_seed<k>.cadx)")
     args = parser.parse_args()
     make_manifest, folder = DATASETS[args.dataset]
     if not (SHARED / folder).is_dir():
@@ -77,6 +80,9 @@ def main() -> int:
             start = time.perf_counter()
             outcome = train_image_ensemble(dataset, [arch], config, progress=False)
             wall = time.perf_counter() - start
+            if args.out is not None:
+                save_image_bundle(outcome.bundle,
+                                  args.out / f"{args.dataset}_{arch}_seed{seed}.cadx")
             images, exams = outcome.test_levels
             pointing = "-"
             if not args.no_cam and any(r.mask for r in outcome.data.records["test"]):
