@@ -502,12 +502,12 @@ def _cmd_train_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from cadx.workflows import evaluate_dataset
-
-    decide = None
+    decide = None  # checked before the heavy import below, so a bad value is answered at once
     if args.patient_score is not None or args.top_k is not None:
         decide = DecideConfig(args.patient_score or "topk",
                               DecideConfig().top_k if args.top_k is None else args.top_k)
+    from cadx.workflows import evaluate_dataset
+
     evaluate_dataset(args.model, args.dataset, args.out, console=console, decide=decide,
                      progress=not args.quiet, n_boot=args.n_boot, seed=args.seed,
                      keep_in_plane_spacing=args.keep_in_plane_spacing)
@@ -906,8 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "max_voxels", None) is not None:
             set_default_volume_limits(VolumeLimits(max_voxels=args.max_voxels))
-        _check_inputs(args)
         _check_outputs(args)
+        _check_inputs(args)
         return args.func(args)
     except CadxError as exc:
         print(f"cadx: error: {exc}", file=sys.stderr)

@@ -287,6 +287,8 @@ def test_out_of_range_lever_flags_are_one_line_errors(tmp_path, capsys):
         assert main(["train", str(dataset), "--out", str(tmp_path / "m.cadx"), *flags]) == 2
         assert "Traceback" not in _error_line(capsys)
         assert not (tmp_path / "m.cadx").exists()
+    # a model file that exists (a missing one is refused first, before any option is read)
+    (tmp_path / "m.cadx").write_bytes(b"")
     assert main(["evaluate", str(tmp_path / "m.cadx"), str(dataset), "--out",
                  str(tmp_path / "r"), "--top-k", "0"]) == 2
     assert "top-k must be an integer >= 1, got 0" in _error_line(capsys)
