@@ -62,6 +62,7 @@ def _argv(bad: str) -> list[list[str]]:
         ["train-images", "data", "--out", "ok.cadx", "--report", bad],
         ["train-features", "data", "--out", bad],
         ["train-features", "data", "--out", "ok.cadx", "--report", bad],
+        ["triage-train", "data", "--out", bad],
         ["train-router", "data", "--out", bad],
         ["train-qc", "data", "--flags", "target", "--out", bad],
         ["pipeline", "init", bad],
