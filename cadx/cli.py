@@ -496,7 +496,8 @@ def _cmd_train_features(args: argparse.Namespace) -> int:
     train_features(args.dataset, args.out, backbones, args.layers, args.classifier,
                    args.texture, _image_model_config(args, backbones),
                    backbones_from=args.backbones_from,
-                   init_weights=_init_weights(args.init_weights), report_dir=args.report,
+                   init_weights=_init_weights(args.init_weights),
+                   feature_cache=args.feature_cache, report_dir=args.report,
                    console=console, progress=not args.quiet)
     return 0
 
@@ -793,6 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the backbones' weights from a train-images bundle (otherwise "
                         "--init-weights files, or random initialisation)")
     _add_image_options(p, trains_networks=False)
+    p.add_argument("--feature-cache", metavar="DIR",
+                   help="keep the feature matrices here and reuse them when the images, "
+                        "backbones and settings are the same (re-runs take seconds)")
     p.set_defaults(func=_cmd_train_features)
 
     p = sub.add_parser("evaluate-images",

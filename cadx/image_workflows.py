@@ -100,10 +100,11 @@ def train_features(dataset: str | Path, out_path: str | Path, backbones: Sequenc
                    layers: Sequence[str], classifiers: Sequence[str], texture: bool,
                    config: ImageModelConfig, *, backbones_from: str | Path | None = None,
                    init_weights: Mapping[str, str] | None = None,
+                   feature_cache: str | Path | None = None,
                    report_dir: str | Path | None = None, console: Console | None = None,
                    progress: bool = True) -> ImageTrainingOutcome:
     """Deep (and/or texture) features + SVM / random forest on an image dataset; write the
-    bundle."""
+    bundle. `feature_cache` keeps the feature matrices for later runs."""
     console = console or Console()
     source = load_image_bundle(backbones_from) if backbones_from else None
     data = load_image_dataset(dataset, progress=progress)
@@ -114,11 +115,13 @@ def train_features(dataset: str | Path, out_path: str | Path, backbones: Sequenc
                   f"{' + '.join(what)}; classifier: {' + '.join(classifiers)}")
     outcome = train_feature_model(data, backbones, layers, classifiers, texture, config,
                                   source_bundle=source, init_weights=init_weights,
-                                  progress=progress)
+                                  feature_cache=feature_cache, progress=progress)
     save_image_bundle(outcome.bundle, out_path)
     for arch, origin in outcome.bundle.summary["backbones"].items():
         console.print(f"  {arch} weights: {origin}")
-    console.print(f"  {outcome.bundle.summary['n_features']} features per image")
+    reused = outcome.bundle.summary.get("features_from_cache", [])
+    console.print(f"  {outcome.bundle.summary['n_features']} features per image"
+                  + (f" ({', '.join(reused)} read from {feature_cache})" if reused else ""))
     _print_outcome(outcome, console)
     _report(outcome, Path(out_path), report_dir, console)
     console.print(f"model bundle written to {out_path}")

@@ -143,3 +143,22 @@ def test_grad_cam_is_highest_where_the_evidence_is() -> None:
     masks = images[:, 0] > 0.5
     assert cam_localisation(cams, masks).pointing_hits == 2
     assert cams[masks].min() > 0.9 and cams[~masks].max() < 0.2
+
+
+def test_feature_cache_is_reused_only_for_the_same_inputs(cohort, tmp_path) -> None:
+    from cadx.train.image_pipeline import train_feature_model
+
+    dataset = load_image_dataset(cohort / "manifest.csv", progress=False)
+    cache = tmp_path / "features"
+
+    def run(config):
+        return train_feature_model(dataset, ["resnet18"], ["avgpool"], ["rf"], False, config,
+                                   feature_cache=cache, progress=False, n_boot=10).bundle
+
+    first = run(TINY)
+    again = run(TINY)
+    assert first.summary["features_from_cache"] == []
+    assert again.summary["features_from_cache"] == ["train", "validation", "test"]
+    assert len(list(cache.glob("*.npy"))) == 3
+    other_size = run(replace(TINY, size_px=40))
+    assert other_size.summary["features_from_cache"] == []

@@ -23,6 +23,7 @@ from cadx.decide.exam import (
 from cadx.decide.roc import OperatingPoint, youden_operating_point
 from cadx.errors import ConfigError, InputError, SplitError
 from cadx.evaluate.levels import LevelResult, evaluate_level
+from cadx.features.cache import cached, feature_key
 from cadx.features.classifiers import AveragingEnsemble, fit_classifier
 from cadx.image_bundle import ImageModelBundle, NetworkSpec, ensemble_specs, image_features
 from cadx.io.images import (
@@ -304,9 +305,11 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
                         config: ImageModelConfig, *,
                         source_bundle: ImageModelBundle | None = None,
                         init_weights: Mapping[str, str | Path] | None = None,
+                        feature_cache: str | Path | None = None,
                         progress: bool = True, n_boot: int = 1000) -> ImageTrainingOutcome:
     """Deep features of `layers` of each backbone (concatenated across backbones) and/or
-    texture features, classified by each of `classifiers` (averaged when several).
+    texture features, classified by each of `classifiers` (averaged when several). With
+    `feature_cache` (a folder) the feature matrices are stored and reused by later runs.
 
     The backbones come from `source_bundle` (CNNs trained by `train_image_ensemble`), from
     `init_weights` files, or are randomly initialised (seeded) otherwise.
@@ -341,8 +344,16 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
         specs.append(NetworkSpec(arch, width, layers=tuple(layers)))
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         models.append(model.eval())
-    features = {split: image_features(data.images[split], specs, models, texture)
-                for split in SPLITS if len(data.records[split])}
+    features, reused = {}, []
+    for split in SPLITS:
+        if not len(data.records[split]):
+            continue
+        key = feature_key([r.sha256 for r in data.records[split]], config.size_px,
+                          config.channels, [(s.arch, s.width, s.layers) for s in specs], states,
+                          texture)
+        features[split], hit = cached(feature_cache, key, lambda split=split: image_features(
+            data.images[split], specs, models, texture))
+        reused += [split] if hit else []
     y_train, y_val = data.labels("train"), data.labels("validation")
     fitted = [fit_classifier(kind, features["train"], y_train, data.patient_ids("train"),
                              config.seed) for kind in classifiers]
@@ -357,5 +368,6 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
         class_names=dataset.class_names)
     bundle.summary = _summary(data, config, dataset, {
         "backbones": sources, "layers": list(layers), "texture": texture,
-        "classifiers": list(classifiers), "n_features": int(features["train"].shape[1])})
+        "classifiers": list(classifiers), "n_features": int(features["train"].shape[1]),
+        "features_from_cache": reused})
     return _finish(bundle, data, {}, n_boot)
