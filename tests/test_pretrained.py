@@ -97,7 +97,7 @@ def test_width_and_pretrained_flags_are_checked() -> None:
         build_backbone("resnet18", 1, 1, pretrained=True)
 
 
-def test_grad_cam_layer_is_at_least_7x7_at_the_default_size() -> None:
+def test_grad_cam_layer_and_map_size_at_the_default_size() -> None:
     from cadx.config import PRETRAINED_SIZE_PX
     from cadx.diagnose.cam import grad_cam
 
@@ -108,5 +108,6 @@ def test_grad_cam_layer_is_at_least_7x7_at_the_default_size() -> None:
     images = torch.rand(2, 1, PRETRAINED_SIZE_PX, PRETRAINED_SIZE_PX).numpy()
     cams = grad_cam([model], ["efficientnet_lite0"], [1.0], images)
     handle.remove()
-    assert min(shapes[0][-2:]) >= 7
+    assert model.cam_layer == "blocks.14"
+    assert tuple(shapes[0][-2:]) == (PRETRAINED_SIZE_PX // 32,) * 2
     assert cams.shape == (2, PRETRAINED_SIZE_PX, PRETRAINED_SIZE_PX)
