@@ -126,12 +126,63 @@ def test_non_dicom_and_truncated_files_are_skipped_and_counted(study, tmp_path):
     assert "skipped 2 files" in case.meta["warnings"][0]
 
 
-def test_truncated_pixel_data_inside_the_stack_is_refused_as_a_gap(study):
+def test_truncated_pixel_data_inside_the_stack_names_the_file(study):
     middle = sorted(study.ct_files, key=lambda p: float(
         pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))[4]
     middle.write_bytes(middle.read_bytes()[:-500])
-    with pytest.raises(GeometryError, match="irregular slice spacing"):
+    with pytest.raises(GeometryError, match="irregular slice spacing") as refused:
         read_dicom_case(study.folder)
+    # the cause comes first: the file whose pixels could not be decoded, not only the gap
+    assert str(refused.value).startswith(f"{middle}: pixel data cannot be decoded")
+
+
+def test_a_slice_unreadable_even_as_a_header_is_named_with_the_gap(study):
+    middle = sorted(study.ct_files, key=lambda p: float(
+        pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))[4]
+    middle.write_bytes(middle.read_bytes()[:300])
+    with pytest.raises(GeometryError, match=rf"irregular slice spacing.*{middle.name}"):
+        read_dicom_case(study.folder)
+
+
+def _save_series(datasets, folder: Path, prefix: str) -> str:
+    for i, ds in enumerate(datasets):
+        ds.save_as(folder / f"{prefix}{i:03d}.dcm", enforce_file_format=True)
+    return str(datasets[0].SeriesInstanceUID)
+
+
+def test_a_binary_mask_series_labelled_ct_is_not_scored(study, toy):
+    # A 0/255 mask exported as CT ORIGINAL/PRIMARY, same slice count, names sorting first.
+    image, label = toy
+    first = pydicom.dcmread(study.ct_files[0], stop_before_pixels=True)
+    mask = ct_series_datasets((label > 0) * 255, (2.5, 0.8, 0.8), patient_id="p1",
+                              study_uid=str(first.StudyInstanceUID))
+    for ds, plane in zip(mask, (label > 0).astype(np.uint16) * 255, strict=True):
+        ds.RescaleIntercept, ds.PixelData = 0, plane.tobytes()
+    mask_uid = _save_series(mask, study.folder, "a_")
+    scan = scan_folder(study.folder)
+    with pytest.raises(InputError, match="tie") as refused:
+        select_series(scan.series)  # headers alone cannot tell them apart
+    assert mask_uid in str(refused.value) and study.ct_series_uid in str(refused.value)
+    assert "--series" in str(refused.value)
+    case = read_dicom_case(study.folder)
+    assert case.meta["dicom"]["series_uid"] == study.ct_series_uid
+    np.testing.assert_array_equal(case.image, image.astype(np.float32))
+    [note] = [w for w in case.meta["warnings"] if mask_uid in w]
+    assert "binary" in note and "0, 255" in note
+
+
+def test_two_image_series_that_tie_are_refused_listing_both(study, toy):
+    image, _ = toy
+    first = pydicom.dcmread(study.ct_files[0], stop_before_pixels=True)
+    copy = ct_series_datasets(image + 1, (2.5, 0.8, 0.8), patient_id="p1",
+                              study_uid=str(first.StudyInstanceUID))
+    copy_uid = _save_series(copy, study.folder, "a_")
+    with pytest.raises(InputError, match=r"2 series tie .*8 slices") as refused:
+        read_dicom_case(study.folder)
+    message = str(refused.value)
+    assert copy_uid in message and study.ct_series_uid in message and "--series" in message
+    case = read_dicom_case(study.folder, series_uid=copy_uid)
+    np.testing.assert_array_equal(case.image, image + 1)
 
 
 def test_mixed_patients_are_refused(tmp_path, toy):

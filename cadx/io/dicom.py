@@ -11,6 +11,7 @@ handles is refused with its name and the package that would decode it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,9 +162,17 @@ def scan_folder(folder: str | Path) -> FolderScan:
 
 
 def select_series(series: list[SeriesInfo], series_uid: str | None = None,
-                  source: str = "") -> SeriesInfo:
+                  source: str = "", *,
+                  not_an_image: Callable[[SeriesInfo], str | None] | None = None,
+                  notes: list[str] | None = None) -> SeriesInfo:
     """The series to score: `series_uid` if given, else the CT/MR ORIGINAL/PRIMARY axial
-    series with the most slices. Raises InputError listing what was found when none fits."""
+    series with the most slices. Raises InputError listing what was found when none fits,
+    and when several series share the most slices (listing them: choose with --series).
+
+    `not_an_image(series)`: a look at the pixels, asked only of series that tie for the lead;
+    a reason (e.g. binary pixels: a mask exported as CT) sets that series aside, and the
+    selection goes on without it. Each series set aside is one line appended to `notes`.
+    """
     found = "; ".join(s.describe() for s in series) or "nothing"
     if series_uid is not None:
         for info in series:
@@ -175,7 +184,53 @@ def select_series(series: list[SeriesInfo], series_uid: str | None = None,
         reasons = "; ".join(f"{s.series_uid}: {s.rejection()}" for s in series)
         raise InputError(f"{source}: no CT/MR ORIGINAL/PRIMARY axial series with 2 or more "
                          f"slices ({reasons}); choose one with --series")
-    return max(candidates, key=lambda s: len(s.datasets))
+    set_aside: list[tuple[SeriesInfo, str]] = []
+    while True:
+        most = max(len(s.datasets) for s in candidates)
+        leading = [s for s in candidates if len(s.datasets) == most]
+        if len(leading) == 1 or not_an_image is None:
+            break
+        refused = [(s, why) for s in leading if (why := not_an_image(s)) is not None]
+        if not refused:
+            break
+        set_aside += refused
+        candidates = [s for s in candidates if all(s is not r for r, _ in refused)]
+        if not candidates:
+            reasons = "; ".join(f"{s.series_uid}: {why}" for s, why in set_aside)
+            raise InputError(f"{source}: no series holds an image to score ({reasons}); "
+                             "choose one with --series")
+    if len(leading) > 1:
+        raise InputError(f"{source}: {len(leading)} series tie for selection (CT/MR "
+                         f"ORIGINAL/PRIMARY axial, {most} slices each): "
+                         f"{'; '.join(s.describe() for s in leading)}; choose one with "
+                         "--series UID")
+    if notes is not None:
+        notes.extend(f"series {s.describe()} not scored: {why}" for s, why in set_aside)
+    return leading[0]
+
+
+def binary_pixels(info: SeriesInfo, n_samples: int = 3) -> str | None:
+    """Why a series of files is not an image to score: a few of its slices (quartiles of the
+    list) hold two values or fewer together, i.e. a mask (0/255, 0/1) exported as CT/MR; no
+    CT or MR slice is that flat. None when its pixels vary, or cannot be read here (decoding
+    the series will say why)."""
+    n = len(info.datasets)
+    picks = sorted({min(n - 1, n * (k + 1) // (n_samples + 1)) for k in range(n_samples)})
+    values: set[float] = set()
+    for index in picks:
+        header = info.datasets[index]
+        try:
+            ds = pydicom.dcmread(header.filename)
+            pixels = ds.pixel_array.astype(np.float64)
+        except Exception:  # pydicom and its decoders raise many types for damaged files
+            return None
+        pixels = (pixels * float(ds.get("RescaleSlope", 1) or 1)
+                  + float(ds.get("RescaleIntercept", 0) or 0))
+        values.update(np.unique(pixels).tolist())
+        if len(values) > 2:
+            return None
+    shown = ", ".join(f"{v:g}" for v in sorted(values))
+    return f"its pixels are binary ({shown} only): a mask, not an image"
 
 
 def check_decodable(ds: Dataset, source: str) -> None:
@@ -285,16 +340,17 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
         if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
             raise InputError(f"{_name(ds)}: no pixel data")
         check_decodable(ds, _name(ds))
-    slices, kept, warnings = [], [], []
+    slices, kept, undecodable = [], [], []
     for ds in datasets:
         try:
             slices.append(ds.pixel_array)
             kept.append(ds)
         except Exception as exc:  # decoders raise many types for damaged data
-            warnings.append(f"skipped {_name(ds)}: pixel data cannot be decoded "
-                            f"({type(exc).__name__}: {str(exc)[:100]})")
+            undecodable.append(f"{_name(ds)}: pixel data cannot be decoded "
+                               f"({type(exc).__name__}: {str(exc)[:160]})")
+    warnings = [f"skipped {line}" for line in undecodable]
     if not kept:
-        raise InputError(f"{source}: no slice could be decoded ({warnings[0]})")
+        raise InputError(f"{source}: no slice could be decoded ({undecodable[0]})")
     datasets = kept
     row_cos, col_cos, positions, pixel_mm = _slice_geometry(datasets, source)
     normal = np.cross(row_cos, col_cos)
@@ -304,8 +360,15 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
     positions, offsets = positions[order], offsets[order]
     in_plane = (positions - positions[0]) @ np.stack([row_cos, col_cos], axis=1)
     if len(datasets) > 1:
-        spacing_z = _check_stack(offsets, in_plane, pixel_mm,
-                                 datasets[0].get("GantryDetectorTilt"), source)
+        try:
+            spacing_z = _check_stack(offsets, in_plane, pixel_mm,
+                                     datasets[0].get("GantryDetectorTilt"), source)
+        except GeometryError as exc:
+            if not undecodable:
+                raise
+            # The skipped slice is the cause of the gap: name it first.
+            more = f" (and {len(undecodable) - 1} more)" if len(undecodable) > 1 else ""
+            raise GeometryError(f"{undecodable[0]}{more}; without it, {exc}") from None
     else:
         spacing_z = float(datasets[0].get("SliceThickness", 1.0) or 1.0)
     check_spacing((spacing_z, *pixel_mm), source, limits)
@@ -457,29 +520,47 @@ def find_organ_seg(series: list[SeriesInfo], image_series_uid: str) -> SeriesInf
 
 def read_dicom_case(path: str | Path, *, series_uid: str | None = None,
                     organ_mask_path: str | Path | None = None,
-                    limits: VolumeLimits | None = None) -> Case:
+                    limits: VolumeLimits | None = None,
+                    organ_mask_required: str | None = None) -> Case:
     """Folder (or one file) of DICOM -> Case in HU with the organ mask when one is available.
 
-    The organ mask comes from `organ_mask_path` (DICOM SEG or volume file) or else from a SEG
-    in the folder that references the chosen series; otherwise `case.organ_mask` stays None.
-    Skipped files are counted in `case.meta['skipped_files']` and described in
-    `case.meta['warnings']`. The chosen series' headers are checked against `limits` before
-    its files are read.
+    The series is chosen by :func:`select_series`, which sets aside series whose pixels are
+    binary (a mask exported as CT) and refuses ties. The organ mask comes from
+    `organ_mask_path` (DICOM SEG or volume file) or else from a SEG in the folder that
+    references the chosen series; otherwise `case.organ_mask` stays None, unless
+    `organ_mask_required` (the reason one is needed) is given: then the series is refused
+    with that reason before its pixel data are read. Skipped files and series are counted in
+    `case.meta['skipped_files']` and described in `case.meta['warnings']`. The chosen
+    series' headers are checked against `limits` before its files are read.
     """
     scan = scan_folder(path)
-    info = select_series(scan.series, series_uid, source=str(path))
+    notes: list[str] = []
+    info = select_series(scan.series, series_uid, source=str(path), not_an_image=binary_pixels,
+                         notes=notes)
     check_series_size(info.datasets, str(path), limits)
-    case = case_from_datasets(read_series_files(info), str(path), limits=limits)
+    if organ_mask_path is not None and not Path(organ_mask_path).exists():
+        raise InputError(f"{organ_mask_path}: file not found")
+    seg_info = find_organ_seg(scan.series, info.series_uid)
+    if organ_mask_required is not None and organ_mask_path is None and seg_info is None:
+        raise InputError(f"{path}: no organ mask: no DICOM SEG in the folder references "
+                         f"series {info.series_uid}; {organ_mask_required}")
+    unreadable = (f"{len(scan.skipped)} files that are not readable DICOM (e.g. "
+                  f"{scan.skipped[0][0].name}: {scan.skipped[0][1]})" if scan.skipped else "")
+    try:
+        case = case_from_datasets(read_series_files(info), str(path), limits=limits)
+    except GeometryError as exc:
+        if not unreadable:
+            raise
+        raise GeometryError(f"{exc}; skipped {unreadable}, perhaps the missing "
+                            "slice") from None
+    case.meta["warnings"][:0] = notes
     if scan.skipped:
-        case.meta["warnings"].insert(0, f"skipped {len(scan.skipped)} files that are not "
-                                        f"readable DICOM (e.g. {scan.skipped[0][0].name}: "
-                                        f"{scan.skipped[0][1]})")
+        case.meta["warnings"].insert(0, f"skipped {unreadable}")
     case.meta["skipped_files"] = len(scan.skipped) + case.meta["undecodable_files"]
     if organ_mask_path is not None:
         case.organ_mask = organ_mask_from_file(organ_mask_path, case, limits)
         case.meta["organ_mask_source"] = "given"
         return case
-    seg_info = find_organ_seg(scan.series, info.series_uid)
     if seg_info is not None:
         seg_path = seg_info.datasets[0].filename
         case.organ_mask = organ_mask_from_seg(pydicom.dcmread(seg_path), case, str(seg_path),
