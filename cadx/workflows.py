@@ -20,7 +20,7 @@ from cadx.evaluate.report import print_evaluation, print_levels, write_cohort_re
 from cadx.io.atomic import write_json_atomic
 from cadx.io.dataset import CaseRef, load_dataset
 from cadx.io.dicom import is_dicom_path, read_dicom_case
-from cadx.io.dicom_results import write_dicom_results
+from cadx.io.dicom_results import result_datasets, write_dicom_results
 from cadx.io.provenance import fingerprints, seen_before
 from cadx.io.volumes import read_case
 from cadx.patches.cohort import PatchedCase, patch_cohort
@@ -142,8 +142,9 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
     """Diagnose one patient from files; write JSON atomically when `out_path` is given.
 
     `image_path` is a volume file or a DICOM folder/file (`series_uid` picks the series; an
-    organ SEG in the folder that references it is used when no `organ_mask_path` is given);
-    for DICOM input, `dicom_out` receives the result as an SR (+ SEG) file.
+    organ SEG in the folder that references it is used when no `organ_mask_path` is given;
+    the JSON names the study and series scored); for DICOM input, `dicom_out` receives the
+    result as an SR (+ SEG) file.
     `keep_in_plane_spacing`: score the scan's own pixels instead of resampling them to the
     bundle's training pixel size (the seed's behaviour; bundles from before cadx recorded that
     size always do).
@@ -162,24 +163,33 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
                          "`cadx train --seg seg.cadx`)")
     start = time.perf_counter()
     if dicom:
-        case = read_dicom_case(image_path, series_uid=series_uid, organ_mask_path=organ_mask_path)
+        # Without a segmenter, a missing organ mask is refused before the pixels are read.
+        required = (None if bundle.segmenter is not None else
+                    "give --organ-mask (NIfTI or DICOM SEG) or put the organ SEG of this "
+                    f"series in the folder: {model_path} embeds no organ segmenter")
+        case = read_dicom_case(image_path, series_uid=series_uid, organ_mask_path=organ_mask_path,
+                               organ_mask_required=required)
         for warning in case.meta["warnings"]:
             console.print(f"[yellow]warning[/]: {image_path}: {warning}")
-        if case.organ_mask is None and bundle.segmenter is None:
-            raise InputError(f"{image_path}: no organ mask: give --organ-mask (NIfTI or DICOM "
-                             "SEG) or put the organ SEG of this series in the folder")
     else:
         case = read_case(image_path, organ_mask_path=organ_mask_path)
     read_s = time.perf_counter() - start
     diagnosis = _diagnose_given_or_predicted_organ(bundle, case, console)
     diagnosis.timings_s = {"read": round(read_s, 4), **diagnosis.timings_s}
+    # Built before the JSON is written, so that its warnings (e.g. no SEG, and why) are in it.
+    datasets = (None if dicom_out is None else
+                result_datasets(diagnosis, case, bundle.config.preprocess.slice_thickness_mm))
     for warning in diagnosis.warnings:
         console.print(f"[yellow]warning[/]: {image_path}: {warning}")
     if out_path is not None:
-        write_json_atomic(out_path, diagnosis.to_dict())
-    if dicom_out is not None:
-        written = write_dicom_results(dicom_out, diagnosis, case,
-                                      bundle.config.preprocess.slice_thickness_mm)
+        scored = ({} if not dicom else {"study_uid": case.meta["dicom"]["study_uid"],
+                                        "series_uid": case.meta["dicom"]["series_uid"]})
+        result = {**scored, **diagnosis.to_dict()}
+        if dicom:  # what reading the folder set aside or skipped belongs to the result too
+            result["warnings"] = [*case.meta["warnings"], *diagnosis.warnings]
+        write_json_atomic(out_path, result)
+    if datasets is not None:
+        written = write_dicom_results(dicom_out, datasets)
         console.print(f"DICOM results written to {dicom_out}: "
                       f"{', '.join(path.name for path in written)}")
     if diagnosis.patient_score is not None:

@@ -22,7 +22,7 @@ from cadx.diagnose.patient import diagnose_case
 from cadx.io.dicom import read_dicom_case
 from cadx.io.dicom_results import diagnosis_sr, positive_patches_seg, read_sr_result
 from cadx.models.patch_cnn import PatchCNN
-from cadx.synth.dicom_series import write_dicom_study
+from cadx.synth.dicom_series import ct_series_datasets, write_dicom_study
 from tests.conftest import toy_case, write_volume
 
 SPACING = (2.5, 1.0, 1.0)
@@ -158,3 +158,77 @@ def test_synth_dicom_studies_hold_the_same_phantoms_as_the_msd_layout(tmp_path):
         np.testing.assert_array_equal(dicom.image, nifti.image)
         np.testing.assert_array_equal(dicom.organ_mask, nifti.organ_mask)
         assert dicom.spacing_zyx_mm == pytest.approx(nifti.spacing_zyx_mm)
+
+
+def test_sources_without_frame_of_reference_still_get_the_sr_and_a_seg(tmp_path, capsys):
+    # Real exports without FrameOfReferenceUID: highdicom refuses such sources for a SEG.
+    study, _, _ = write_toy_study(tmp_path / "s", "p5", seed=5)
+    for path in study.ct_files:
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.save_as(path)
+    model = random_bundle(tmp_path / "low.cadx", patch_threshold=0.0)  # every patch positive
+    results, out = tmp_path / "results", tmp_path / "result.json"
+    assert main(["diagnose", str(model), str(study.folder), "--out", str(out),
+                 "--dicom-out", str(results)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    [sr_path] = results.glob("SR_*.dcm")
+    result = json.loads(out.read_text())
+    assert read_sr_result(pydicom.dcmread(sr_path))["patient_score"] == result["patient_score"]
+    [seg_path] = results.glob("SEG_*.dcm")
+    seg = pydicom.dcmread(seg_path)
+    assert seg.FrameOfReferenceUID  # a new one, said in a warning (printed and in the JSON)
+    [warning] = [w for w in result["warnings"] if "FrameOfReferenceUID" in w]
+    assert str(seg.FrameOfReferenceUID) in warning and " ".join(warning.split()) in printed
+
+
+def test_a_seg_that_cannot_be_built_leaves_the_sr_and_one_line(model, tmp_path, capsys,
+                                                               monkeypatch):
+    import highdicom as hd
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Source images are not what the IOD wants.")
+
+    study, _, _ = write_toy_study(tmp_path / "s", "p6", seed=6)
+    monkeypatch.setattr(hd.seg.Segmentation, "__init__", refuse)  # reading a SEG still works
+    low = random_bundle(tmp_path / "low.cadx", patch_threshold=0.0)
+    results, out = tmp_path / "results", tmp_path / "result.json"
+    assert main(["diagnose", str(low), str(study.folder), "--out", str(out),
+                 "--dicom-out", str(results)]) == 0
+    assert len(list(results.glob("SR_*.dcm"))) == 1 and not list(results.glob("SEG_*.dcm"))
+    [warning] = [w for w in json.loads(out.read_text())["warnings"] if "no SEG" in w]
+    assert "not what the IOD wants" in warning
+    assert "no SEG" in " ".join(capsys.readouterr().out.split())
+
+
+def test_result_json_names_the_series_scored_not_a_mask_that_ties(model, tmp_path, capsys):
+    study, _, label = write_toy_study(tmp_path / "s", "p8", seed=8)
+    first = pydicom.dcmread(study.ct_files[0], stop_before_pixels=True)
+    mask = ct_series_datasets((label > 0) * 255, SPACING, patient_id="p8",
+                              study_uid=str(first.StudyInstanceUID))
+    for i, (ds, plane) in enumerate(zip(mask, (label > 0).astype(np.uint16) * 255,
+                                        strict=True)):
+        ds.RescaleIntercept, ds.PixelData = 0, plane.tobytes()
+        ds.save_as(study.folder / f"a_{i:03d}.dcm", enforce_file_format=True)
+    out = tmp_path / "result.json"
+    assert main(["diagnose", str(model), str(study.folder), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["series_uid"] == study.ct_series_uid
+    assert result["study_uid"] == str(first.StudyInstanceUID)
+    assert str(mask[0].SeriesInstanceUID) in " ".join(capsys.readouterr().out.split())
+
+
+def test_no_mask_and_no_segmenter_is_refused_before_the_pixels_are_read(model, tmp_path,
+                                                                        capsys, monkeypatch):
+    import cadx.io.dicom
+
+    study, _, _ = write_toy_study(tmp_path / "s", "p9", seed=9)
+    study.seg_file.unlink()
+
+    def read_pixels(info):
+        raise AssertionError("the series was read before the bundle was checked")
+
+    monkeypatch.setattr(cadx.io.dicom, "read_series_files", read_pixels)
+    assert main(["diagnose", str(model), str(study.folder)]) == 2
+    err = capsys.readouterr().err
+    assert "no organ mask" in err and study.ct_series_uid in err and "segmenter" in err

@@ -6,6 +6,10 @@ and the model (name, version) as the algorithm identification; it lists every so
 evidence and as the measurement group's source images. Concept names use the private coding
 scheme ``99CADX`` (no standard code exists for a CAD patient score); :func:`read_sr_result`
 reads them back with plain pydicom.
+
+Source slices that break the DICOM rules highdicom enforces for a SEG do not cost the SR: a
+missing FrameOfReferenceUID gets the SEG a new frame of reference, anything else leaves the
+SEG out; either is one line in the diagnosis' warnings.
 """
 
 from __future__ import annotations
@@ -86,11 +90,15 @@ def diagnosis_sr(diagnosis: Diagnosis, case: Case, *, series_number: int = 901) 
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=[group])
-    return hd.sr.Comprehensive3DSR(
-        evidence=headers, content=report[0], series_instance_uid=generate_uid(),
-        series_number=series_number, sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer="cadx", is_complete=True, is_final=False, is_verified=False,
-        series_description=SR_SERIES_DESCRIPTION, software_versions=__version__)
+    try:
+        return hd.sr.Comprehensive3DSR(
+            evidence=headers, content=report[0], series_instance_uid=generate_uid(),
+            series_number=series_number, sop_instance_uid=generate_uid(), instance_number=1,
+            manufacturer="cadx", is_complete=True, is_final=False, is_verified=False,
+            series_description=SR_SERIES_DESCRIPTION, software_versions=__version__)
+    except (ValueError, TypeError, AttributeError) as exc:  # highdicom's checks of the sources
+        raise InputError(f"{case.source}: no DICOM SR can reference these source slices "
+                          f"(highdicom: {str(exc)[:200]})") from None
 
 
 def _content_items(items: Dataset | list) -> list[Dataset]:
@@ -130,14 +138,37 @@ def read_sr_result(sr: Dataset) -> dict[str, object]:
     return values
 
 
+def _with_frame_of_reference(headers: list[Dataset], diagnosis: Diagnosis) -> list[Dataset]:
+    """The headers, or copies sharing a new FrameOfReferenceUID when any lacks one (the CT and
+    MR IODs require it, and so does highdicom for a SEG of them); says so in a warning."""
+    if all("FrameOfReferenceUID" in ds for ds in headers):
+        return headers
+    frame_uid = generate_uid()
+    copies = []
+    for ds in headers:
+        copy = Dataset({tag: ds[tag] for tag in ds.keys()})  # the sources stay as they are
+        if hasattr(ds, "file_meta"):
+            copy.file_meta = ds.file_meta
+        copy.FrameOfReferenceUID = frame_uid
+        copies.append(copy)
+    diagnosis.warnings.append(
+        "the source slices carry no FrameOfReferenceUID (required for CT/MR images); the SEG "
+        f"of the positive patches has a new frame of reference {frame_uid}: it references "
+        "the source slices by SOP instance, but a viewer that matches frames of reference "
+        "will not overlay it")
+    return copies
+
+
 def positive_patches_seg(diagnosis: Diagnosis, case: Case, thickness_mm: float, *,
                          series_number: int = 902) -> Dataset | None:
-    """A binary SEG marking the positive patches on the source slices (None if none).
+    """A binary SEG marking the positive patches on the source slices (None if none, or if
+    highdicom refuses the source slices: the reason is then a line in `diagnosis.warnings`).
 
     Patches live on the preprocessed grid: slices every `thickness_mm` from the first slice,
     and the source pixels in-plane, or pixels of `diagnosis.in_plane_spacing_mm` from the
     first pixel when the scan was resampled (mapped back by scaling); each patch is drawn on
-    the source slices within half a preprocessed slice of its centre.
+    the source slices within half a preprocessed slice of its centre. Source slices without a
+    FrameOfReferenceUID get the SEG a new one (also said in `diagnosis.warnings`).
     """
     if not diagnosis.positive_patches:
         return None
@@ -154,6 +185,18 @@ def positive_patches_seg(diagnosis: Diagnosis, case: Case, thickness_mm: float, 
     algorithm = hd.AlgorithmIdentificationSequence(
         name=diagnosis.model["name"], version=diagnosis.model["cadx_version"],
         family=codes.cid7162.ArtificialIntelligence)
+    try:
+        return _segmentation(_with_frame_of_reference(headers, diagnosis), mask, algorithm,
+                             diagnosis, series_number)
+    except (ValueError, TypeError, AttributeError) as exc:  # highdicom's checks of the sources
+        diagnosis.warnings.append(f"no SEG of the positive patches: highdicom refused the "
+                                  f"source slices ({str(exc)[:200]})")
+        return None
+
+
+def _segmentation(headers: list[Dataset], mask: np.ndarray,
+                  algorithm: hd.AlgorithmIdentificationSequence, diagnosis: Diagnosis,
+                  series_number: int) -> Dataset:
     return hd.seg.Segmentation(
         source_images=headers, pixel_array=mask.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -169,14 +212,19 @@ def positive_patches_seg(diagnosis: Diagnosis, case: Case, thickness_mm: float, 
         device_serial_number="0", series_description=SEG_SERIES_DESCRIPTION)
 
 
-def write_dicom_results(out_dir: str | Path, diagnosis: Diagnosis, case: Case,
-                        thickness_mm: float) -> list[Path]:
-    """Write the SR (and the positive-patch SEG, if any) as DICOM files in `out_dir`, each
-    atomically, named `<Modality>_<SOPInstanceUID>.dcm`; returns their paths."""
+def result_datasets(diagnosis: Diagnosis, case: Case, thickness_mm: float) -> list[Dataset]:
+    """The SR, and the positive-patch SEG when there is one and highdicom accepts the source
+    slices (else the reason is in `diagnosis.warnings`)."""
     datasets = [diagnosis_sr(diagnosis, case)]
     seg = positive_patches_seg(diagnosis, case, thickness_mm)
     if seg is not None:
         datasets.append(seg)
+    return datasets
+
+
+def write_dicom_results(out_dir: str | Path, datasets: list[Dataset]) -> list[Path]:
+    """Write `datasets` (see :func:`result_datasets`) as DICOM files in `out_dir`, each
+    atomically, named `<Modality>_<SOPInstanceUID>.dcm`; returns their paths."""
     paths = []
     for dataset in datasets:
         path = Path(out_dir) / f"{dataset.Modality}_{dataset.SOPInstanceUID}.dcm"
