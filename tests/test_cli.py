@@ -182,5 +182,8 @@ def test_csv_manifest_with_missing_file(tmp_path, capsys):
 def test_corrupt_bundle(tmp_path, capsys):
     bad = tmp_path / "m.cadx"
     bad.write_bytes(b"PK\x03\x04 garbage")
-    assert main(["diagnose", str(bad), "x.nii.gz", "--organ-mask", "m.nii.gz"]) == 2
+    for name in ("x.nii.gz", "m.nii.gz"):  # inputs are checked to exist before the bundle
+        (tmp_path / name).write_bytes(b"")
+    assert main(["diagnose", str(bad), str(tmp_path / "x.nii.gz"), "--organ-mask",
+                 str(tmp_path / "m.nii.gz")]) == 2
     assert "m.cadx: not a cadx model bundle" in _error_line(capsys)
