@@ -56,3 +56,12 @@ def test_one_class_training_set_is_refused():
     x, y = _images(8, 0)
     with pytest.raises(SplitError, match="training images are all of one class"):
         fit_image_model(_tiny_net(), x, np.zeros(8), x, y, ImageTrainConfig(), progress=False)
+
+
+def test_bf16_without_cpu_support_falls_back_to_fp32_with_one_warning(monkeypatch):
+    from cadx.train import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no bf16 instructions; training in fp32"):
+        assert precision.resolve_precision("bf16") == "fp32"
+    assert precision.resolve_precision("fp32") == "fp32"
