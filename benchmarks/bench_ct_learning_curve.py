@@ -68,7 +68,7 @@ def _lever_config(base: PipelineConfig, lever: str) -> PipelineConfig:
     return replace(base, train=train, patches=patches, model=model)
 
 
-def _cohort(data: Path, name: str, n: int, seed: int, tiny: bool) -> Path:
+def cached_cohort(data: Path, name: str, n: int, seed: int, tiny: bool) -> Path:
     """A phantom cohort of `n` patients in data/name, written unless it is already there."""
     folder = data / name
     if (folder / "dataset.json").exists() and len(load_dataset(folder)) == n:
@@ -183,9 +183,9 @@ def main() -> None:
                                  seed=args.seed))
     data = Path(args.data)
     pool = 2 * max((n + 1) // 2 for n in sizes)
-    train_folder = _cohort(data, f"train_seed{args.train_seed}_n{pool}", pool, args.train_seed,
-                           args.tiny)
-    val_folder = _cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
+    train_folder = cached_cohort(data, f"train_seed{args.train_seed}_n{pool}", pool,
+                                 args.train_seed, args.tiny)
+    val_folder = cached_cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
                          args.val_patients, args.val_seed, args.tiny)
     rows = []
     for n in sizes:

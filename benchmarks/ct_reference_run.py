@@ -40,33 +40,21 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
+
+from bench_ct_learning_curve import cached_cohort
 
 from cadx.bundle import save_bundle
 from cadx.cli import _add_pipeline_options, _pipeline_config
 from cadx.config import PipelineConfig
 from cadx.io.dataset import load_dataset
 from cadx.scale.distributed import patched_cases
-from cadx.synth.ct_phantom import CohortSpec, write_msd_cohort
 from cadx.train.pipeline import train_patch_model
 from cadx.workflows import DEMO_CONFIG, evaluate_dataset
 
 TRAIN_SEED = 101  # the learning curve's training cohort (benchmarks/bench_ct_learning_curve.py)
 TEST_SEED = 14014  # used by nothing else: the reference run's test cohort
-TINY_SHAPE, TINY_SPACING = (12, 128, 128), (2.5, 2.7, 2.7)
 MIN_TEST_PATIENTS = 60  # issue 14: the reference numbers are on >= 60 test phantoms
-
-
-def _cohort(data: Path, name: str, n: int, seed: int, tiny: bool) -> Path:
-    """A phantom cohort of `n` patients in data/name, written unless it is already there."""
-    folder = data / name
-    if (folder / "dataset.json").exists() and len(load_dataset(folder)) == n:
-        return folder
-    spec = CohortSpec(n_patients=n, seed=seed)
-    if tiny:
-        spec = replace(spec, shape_zyx=TINY_SHAPE, spacing_zyx_mm=TINY_SPACING)
-    return write_msd_cohort(folder, spec)
 
 
 def _parser(tiny: bool) -> argparse.ArgumentParser:
@@ -141,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, float] = {}
     started = time.perf_counter()
 
-    train_folder = _cohort(data, f"train_seed{args.train_seed}_n{args.train_patients}{suffix}",
-                           args.train_patients, args.train_seed, args.tiny)
-    test_folder = _cohort(data, f"test_seed{args.test_seed}_n{args.test_patients}{suffix}",
-                          args.test_patients, args.test_seed, args.tiny)
+    train_name = f"train_seed{args.train_seed}_n{args.train_patients}{suffix}"
+    train_folder = cached_cohort(data, train_name, args.train_patients, args.train_seed,
+                                 args.tiny)
+    test_name = f"test_seed{args.test_seed}_n{args.test_patients}{suffix}"
+    test_folder = cached_cohort(data, test_name, args.test_patients, args.test_seed, args.tiny)
     walls["synthesise"] = time.perf_counter() - started
 
     start = time.perf_counter()

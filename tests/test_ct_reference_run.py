@@ -2,6 +2,7 @@
 through, and the test cohort stays separate (the run itself is a benchmark, not a test)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ct_reference_run.
 
 @pytest.fixture(scope="module")
 def reference_run():
+    # The script imports its cohort helper from the learning-curve benchmark beside it.
+    sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("ct_reference_run", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

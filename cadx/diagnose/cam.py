@@ -30,7 +30,8 @@ def cam_layer(model: nn.Module, arch: str) -> str:
 
 
 def _unit_range(maps: torch.Tensor) -> torch.Tensor:
-    """Each (1, H, W) map scaled to 0..1 with its largest value at 1 (a flat map gives 0).
+    """Each map of a batch ((N, ...) maps) scaled to 0..1 with its largest value at 1 (a flat
+    map gives 0).
 
     MONAI's default Grad-CAM post-processing maps (min, max) to (1, 0): the most activated
     region would come out as the least. cadx wants high = evidence for malignancy.
@@ -49,17 +50,15 @@ def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequenc
     with the ensemble weights, then rescaled to 0..1 per image.
     """
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    total = np.zeros((len(images), *images.shape[2:]), dtype=np.float64)
+    total = torch.zeros((len(images), *images.shape[2:]), dtype=torch.float64)
     for model, arch, weight in zip(models, archs, weights, strict=True):
         model.eval()
         cam = GradCAM(nn_module=model, target_layers=cam_layer(model, arch),
                       postprocessing=_unit_range)
         with torch.enable_grad():
             maps = cam(x=x.clone().requires_grad_(True), class_idx=0)
-        total += float(weight) * maps.detach().numpy()[:, 0].astype(np.float64)
-    lo = total.min(axis=(1, 2), keepdims=True)
-    span = total.max(axis=(1, 2), keepdims=True) - lo
-    return np.where(span > 0, (total - lo) / np.where(span > 0, span, 1.0), 0.0)
+        total += float(weight) * maps.detach()[:, 0].double()
+    return _unit_range(total).numpy()
 
 
 def cam_overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from cadx.errors import ConfigError
 from cadx.io.images import ImageRecord
@@ -51,23 +53,6 @@ def near_duplicate_pairs(images: np.ndarray,
     return torch.cat(pairs).numpy() if pairs else np.zeros((0, 2), dtype=np.int64)
 
 
-def _components(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Connected-component label of each of n nodes linked by `pairs` (union-find)."""
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs.tolist():
-        a, b = root(i), root(j)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(n)])
-
-
 def group_near_duplicates(records: Sequence[ImageRecord], images: np.ndarray,
                           min_correlation: float = DEFAULT_CORRELATION,
                           ) -> tuple[list[ImageRecord], int]:
@@ -79,8 +64,13 @@ def group_near_duplicates(records: Sequence[ImageRecord], images: np.ndarray,
     index = {pid: k for k, pid in enumerate(patients)}
     patient_pairs = np.array([(index[records[i].patient_id], index[records[j].patient_id])
                               for i, j in pairs.tolist()], dtype=np.int64).reshape(-1, 2)
-    component = _components(len(patients), patient_pairs)
-    merged_id = {pid: patients[component[k]] for k, pid in enumerate(patients)}
+    links = coo_matrix((np.ones(len(patient_pairs)), (patient_pairs[:, 0], patient_pairs[:, 1])),
+                       shape=(len(patients), len(patients)))
+    _, component = connected_components(links, directed=False)
+    first = {}  # each group takes the first (sorted) patient id among its members
+    for k, label in enumerate(component.tolist()):
+        first.setdefault(label, k)
+    merged_id = {pid: patients[first[component[k]]] for k, pid in enumerate(patients)}
     merged = len(patients) - len(set(merged_id.values()))
     return [replace(r, patient_id=merged_id[r.patient_id]) for r in records], merged
 

@@ -157,8 +157,9 @@ def fit_image_model(model: torch.nn.Module, train_images: np.ndarray, train_labe
     # Frozen parameters (early blocks of a pretrained network) are left out.
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = sum(len(range(start, min(start + config.batch_size, len(train_images))))
-                          >= 2 for start in range(0, len(train_images), config.batch_size))
+    # Full batches, and a last partial one unless it is a single image (skipped below).
+    steps_per_epoch = (len(train_images) // config.batch_size
+                       + (len(train_images) % config.batch_size >= 2))
     scheduler = (torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.learning_rate, pct_start=0.15,
         total_steps=max(config.max_epochs * steps_per_epoch, 1))

@@ -87,14 +87,10 @@ class ImageTrainingOutcome:
 
 def _refuse_conflicting_copies(records: Sequence[ImageRecord], source: Path) -> None:
     """InputError if one file's bytes appear with two different labels."""
-    label_of: dict[str, ImageRecord] = {}
-    for record in records:
-        if not record.sha256:
-            continue
-        first = label_of.setdefault(record.sha256, record)
-        if first.label != record.label:
-            raise InputError(f"{source}: {first.path} (label {first.label}) and {record.path} "
-                             f"(label {record.label}) are the same file with different labels")
+    for first, second in find_duplicate_images(records):
+        if first.label != second.label:
+            raise InputError(f"{source}: {first.path} (label {first.label}) and {second.path} "
+                             f"(label {second.label}) are the same file with different labels")
 
 
 def split_image_dataset(dataset: ImageDataset, config: ImageModelConfig,
