@@ -256,13 +256,16 @@ _INPUT_ARGS: dict[str, dict[str, str]] = {
     "diagnose": {"model": "model bundle", "images": "file", "organ_mask": "organ mask"},
     "watch": {"model": "model bundle"},
     "score-batch": {"model": "model bundle", "input": "input"},
-    "evaluate": {"model": "model bundle", "dataset": "dataset"},
+    "evaluate": {"model": "model bundle", "dataset": "dataset",
+                 "clinical_schema": "clinical schema"},
     "report": {"predictions": "file"},
     "compare": {"predictions": "file"},
     "manifest": {"root": "dataset folder"},
     "train-images": {"dataset": "dataset", "backbones_from": "model bundle"},
     "train-features": {"dataset": "dataset", "backbones_from": "model bundle"},
-    "evaluate-images": {"model": "model bundle", "dataset": "dataset"},
+    "evaluate-images": {"model": "model bundle", "dataset": "dataset",
+                        "clinical_schema": "clinical schema"},
+    "fuse": {"model": "model bundle", "dataset": "dataset", "clinical_schema": "clinical schema"},
     "train-router": {"dataset": "dataset"},
     "train-qc": {"dataset": "dataset"},
     "triage-train": {"data_root": "data folder"},
@@ -281,6 +284,32 @@ def _check_inputs(args: argparse.Namespace) -> None:
         for path in value if isinstance(value, list) else [value]:
             if path and not Path(path).exists():
                 raise InputError(f"{path}: {what} not found")
+
+
+def _add_clinical_options(parser: argparse.ArgumentParser, *, bins: bool = True,
+                          schema: bool = True) -> None:
+    """--subgroup-bins, --clinical-schema and --out-of-range (see cadx.io.clinical)."""
+    g = parser.add_argument_group("clinical columns")
+    if bins:
+        g.add_argument("--subgroup-bins", action="append", default=[],
+                       metavar="COLUMN=EDGE,EDGE,...",
+                       help="tabulate a numeric column in bins [a, b) (below the first edge and "
+                            "at or above the last are groups too), e.g. lesion_size_mm=0,20,40; "
+                            "repeatable (default: none)")
+    if schema:
+        g.add_argument("--clinical-schema", metavar="YAML",
+                       help="schema of the clinical columns (type, unit, plausible range, "
+                            "leaks_label); their values are checked against it (default: none, "
+                            "columns read as categories)")
+        g.add_argument("--out-of-range", choices=("error", "missing"), default="error",
+                       help="a value outside the schema's range is refused (error) or set "
+                            "missing with a warning each (default %(default)s)")
+
+
+def _subgroup_bins(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    from cadx.evaluate.subgroups import parse_subgroup_bins
+
+    return parse_subgroup_bins(getattr(args, "subgroup_bins", None) or [])
 
 
 def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
@@ -382,9 +411,11 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
     if read_manifest(args.model).get("format") == IMAGE_BUNDLE_FORMAT:
         from cadx.image_workflows import diagnose_images_command
+        from cadx.io.clinical import parse_clinical_items
 
         diagnose_images_command(args.model, args.images, args.patient, args.cam, args.out,
-                                console=console)
+                                console=console,
+                                clinical=parse_clinical_items(args.clinical))
         return 0
     from cadx.workflows import diagnose_file
 
@@ -483,6 +514,8 @@ def _cmd_evaluate_images(args: argparse.Namespace) -> int:
     evaluate_images_command(args.model, args.dataset, args.out, split=args.split,
                             fold=args.fold,
                             subgroup_columns=args.subgroups or [],
+                            subgroup_bins=_subgroup_bins(args),
+                            schema_path=args.clinical_schema, out_of_range=args.out_of_range,
                             each_image_a_patient=args.each_image_a_patient,
                             with_cam=not args.no_cam, n_boot=args.n_boot, seed=args.seed,
                             console=console, progress=not args.quiet)
@@ -511,7 +544,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     evaluate_dataset(args.model, args.dataset, args.out, console=console, decide=decide,
                      progress=not args.quiet, n_boot=args.n_boot, seed=args.seed,
-                     keep_in_plane_spacing=args.keep_in_plane_spacing)
+                     keep_in_plane_spacing=args.keep_in_plane_spacing,
+                     subgroup_bins=_subgroup_bins(args), schema_path=args.clinical_schema,
+                     out_of_range=args.out_of_range)
     return 0
 
 
@@ -519,7 +554,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from cadx.evaluate.predictions import report_predictions
 
     report_predictions(args.predictions, args.out, threshold=args.threshold, n_boot=args.n_boot,
-                       seed=args.seed, console=console)
+                       seed=args.seed, console=console, subgroup_bins=_subgroup_bins(args))
+    return 0
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from cadx.image_workflows import fuse_command
+
+    fuse_command(args.model, args.dataset, args.clinical, args.out,
+                 schema_path=args.clinical_schema, out_of_range=args.out_of_range,
+                 seed=args.seed, console=console, progress=not args.quiet)
     return 0
 
 
@@ -682,6 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", metavar="DIR",
                    help="image models: write a Grad-CAM overlay PNG per image into DIR")
     p.add_argument("--out", help="write the result as JSON here (default: print only)")
+    p.add_argument("--clinical", action="append", default=[], metavar="NAME=VALUE,...",
+                   help="image models with a fusion model (cadx fuse): the patient's clinical "
+                        "values, e.g. age=54,device=GE; the fused score is shown beside the "
+                        "image-only one, which stands alone when a value is missing (default: "
+                        "none)")
     g = p.add_argument_group("DICOM and PACS")
     g.add_argument("--series", metavar="UID",
                    help="DICOM: score this SeriesInstanceUID (default: the CT/MR "
@@ -737,6 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, metavar="K", help="k of --patient-score topk")
     _add_keep_in_plane_spacing(p)
     _add_bootstrap_options(p)
+    _add_clinical_options(p)
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -748,6 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score > threshold is positive (default: max Youden on these data, "
                         "which is optimistic)")
     _add_bootstrap_options(p)
+    _add_clinical_options(p, schema=False)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("compare", help="DeLong test of two models' AUCs, paired by patient")
@@ -821,7 +872,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_clinical_options(p)
     p.set_defaults(func=_cmd_evaluate_images)
+
+    p = sub.add_parser("fuse", help="2D model + clinical columns: logistic regression on the "
+                                    "exam score, fitted on the model's validation patients")
+    p.add_argument("model", help="a train-images or train-features bundle (.cadx)")
+    p.add_argument("dataset", help="the manifest it was trained on, with the clinical columns "
+                                   "(only its validation patients are used)")
+    p.add_argument("--clinical", required=True, type=_names, metavar="COLS",
+                   help="clinical columns to fuse, e.g. age,device (label, BI-RADS, histology, "
+                        "pathology and schema leaks_label columns are refused)")
+    p.add_argument("--out", required=True, help="bundle to write, with the fusion model (.cadx)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the logistic regression (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_clinical_options(p, bins=False)
+    p.set_defaults(func=_cmd_fuse)
 
     add_triage_parsers(sub, console)
 

@@ -28,6 +28,7 @@ from torch import nn
 from cadx import __version__
 from cadx.bundle import PatchModelBundle, load_bundle, read_archive, read_manifest, write_archive
 from cadx.decide.ensemble import auc_weights, weighted_ensemble
+from cadx.decide.fusion import FusionModel
 from cadx.decide.roc import OperatingPoint
 from cadx.errors import BundleError, ConfigError
 from cadx.features.deep import concat_features, extract_deep_features
@@ -73,6 +74,8 @@ class ImageModelBundle:
     class_names: tuple[str, ...] = ("benign", "malignant")
     organ: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    # Exam score + clinical columns, fitted on the validation patients (cadx fuse); optional.
+    fusion: FusionModel | None = None
     name: str = "cadx-image-model"
     cadx_version: str = __version__
     created_utc: str = field(
@@ -134,6 +137,7 @@ class ImageModelBundle:
             "image_operating_point": self.image_operating_point.to_dict(),
             "exam_operating_point": self.exam_operating_point.to_dict(),
             "summary": self.summary,
+            **({"fusion": self.fusion.to_dict()} if self.fusion is not None else {}),
         }
 
 
@@ -194,6 +198,7 @@ def load_image_bundle(path: str | Path) -> ImageModelBundle:
         aggregation=manifest["aggregation"], texture=bool(manifest["texture"]),
         classifier=classifier, class_names=tuple(manifest["class_names"]),
         organ=manifest.get("organ"), summary=manifest.get("summary", {}),
+        fusion=FusionModel.from_dict(manifest["fusion"]) if manifest.get("fusion") else None,
         name=manifest["name"], cadx_version=manifest["cadx_version"],
         created_utc=manifest["created_utc"],
     )

@@ -14,8 +14,9 @@ from cadx.diagnose.images import ImageDiagnosis, diagnose_image_files
 from cadx.errors import InputError
 from cadx.evaluate.images import ImageEvaluation, evaluate_image_model
 from cadx.evaluate.report import print_levels, write_report
-from cadx.image_bundle import load_image_bundle, save_image_bundle
+from cadx.image_bundle import ImageModelBundle, load_image_bundle, save_image_bundle
 from cadx.io.atomic import write_json_atomic
+from cadx.io.clinical import load_clinical_schema
 from cadx.io.images import load_image_dataset, patient_id_from_filename
 from cadx.models.backbones import is_pretrained_arch
 from cadx.synth.us_lesions import UltrasoundCohortSpec, write_us_cohort
@@ -130,15 +131,19 @@ def train_features(dataset: str | Path, out_path: str | Path, backbones: Sequenc
 
 def diagnose_images_command(model_path: str | Path, image_paths: Sequence[str | Path],
                             patient_id: str | None, cam_dir: str | Path | None,
-                            out_path: str | Path | None,
-                            console: Console | None = None) -> ImageDiagnosis:
-    """Diagnose one patient's exam from image files; JSON written atomically to `out_path`."""
+                            out_path: str | Path | None, console: Console | None = None,
+                            clinical: Mapping[str, str] | None = None) -> ImageDiagnosis:
+    """Diagnose one patient's exam from image files; JSON written atomically to `out_path`.
+    `clinical` values (column -> text) feed the bundle's fusion model, if it has one."""
+    from cadx.diagnose.clinical import add_fusion
+
     console = console or Console()
     if not image_paths:
         raise InputError("no images given: cadx diagnose MODEL IMAGE [IMAGE ...]")
     bundle = load_image_bundle(model_path)
     patient_id = patient_id or patient_id_from_filename(image_paths[0])
     diagnosis = diagnose_image_files(bundle, image_paths, patient_id, cam_dir)
+    add_fusion(bundle, diagnosis, clinical or {})
     if out_path is not None:
         write_json_atomic(out_path, diagnosis.to_dict())
     for result in diagnosis.images:
@@ -155,6 +160,11 @@ def diagnose_images_command(model_path: str | Path, image_paths: Sequence[str | 
     console.print(f"{escape(patient_id)}: [bold]{diagnosis.decision}[/] (exam score "
                   f"{diagnosis.aggregation} = {diagnosis.exam_score:.3f} vs threshold "
                   f"{diagnosis.exam_threshold:.3f}; {len(diagnosis.images)} images)")
+    fused = diagnosis.fusion
+    if fused is not None and fused["score"] is not None:
+        console.print(f"{escape(patient_id)} with {escape(', '.join(fused['columns']))}: "
+                      f"[bold]{fused['decision']}[/] (fused score {fused['score']:.3f} vs "
+                      f"threshold {fused['threshold']:.3f})")
     if out_path is not None:
         console.print(f"result written to {out_path}")
     return diagnosis
@@ -163,12 +173,16 @@ def diagnose_images_command(model_path: str | Path, image_paths: Sequence[str | 
 def evaluate_images_command(model_path: str | Path, dataset_path: str | Path,
                             out_dir: str | Path | None, *, split: str | None = None,
                             fold: str | None = None, subgroup_columns: Sequence[str] = (),
+                            subgroup_bins: Mapping[str, Sequence[float]] | None = None,
+                            schema_path: str | Path | None = None,
+                            out_of_range: str = "error",
                             each_image_a_patient: bool = False, with_cam: bool = True,
                             n_boot: int = 1000, seed: int = 0, console: Console | None = None,
                             progress: bool = True) -> ImageEvaluation:
     """Apply an image bundle with its stored thresholds to a labelled dataset (an external
     validation); print the levels and write the report folder to `out_dir`."""
     console = console or Console()
+    schema = load_clinical_schema(schema_path) if schema_path else None
     bundle = load_image_bundle(model_path)
     data = load_image_dataset(dataset_path, progress=progress)
     console.print(f"[bold]cadx evaluate-images[/]: {Path(model_path).name} on "
@@ -177,6 +191,8 @@ def evaluate_images_command(model_path: str | Path, dataset_path: str | Path,
                   + (f" (fold {fold})" if fold else "") + "; thresholds as stored")
     result = evaluate_image_model(bundle, data, split=split, fold=fold,
                                   subgroup_columns=subgroup_columns,
+                                  subgroup_bins=subgroup_bins, schema=schema,
+                                  out_of_range=out_of_range,
                                   each_image_a_patient=each_image_a_patient, with_cam=with_cam,
                                   n_boot=n_boot, seed=seed, progress=progress)
     for warning in result.warnings:
@@ -184,7 +200,7 @@ def evaluate_images_command(model_path: str | Path, dataset_path: str | Path,
     for note in result.notes:
         console.print(f"  note: {escape(note)}")
     title = f"{Path(model_path).name} on {Path(dataset_path).name}"
-    print_levels(result.levels, console, title)
+    print_levels(result.levels, console, title, result.comparisons)
     for name, cam in result.cam.items():
         ci = cam.pointing_game_ci
         console.print(f"  Grad-CAM on {cam.n} {name} images: pointing game "
@@ -198,6 +214,43 @@ def evaluate_images_command(model_path: str | Path, dataset_path: str | Path,
                 "(Youden on its validation patients)",
                 "grad_cam": {name: cam.to_dict() for name, cam in result.cam.items()},
                 "notes": result.notes}
-        write_report(out_dir, result.levels, title=title, meta=meta, warnings=result.warnings)
+        if result.clinical is not None:
+            meta["clinical"] = result.clinical.to_dict()
+        if bundle.fusion is not None:
+            meta["fusion"] = bundle.fusion.describe()
+        write_report(out_dir, result.levels, title=title, meta=meta, warnings=result.warnings,
+                     comparisons=result.comparisons)
         console.print(f"report written to {out_dir}")
     return result
+
+
+def fuse_command(model_path: str | Path, dataset_path: str | Path, columns: Sequence[str],
+                 out_path: str | Path, *, schema_path: str | Path | None = None,
+                 out_of_range: str = "error", seed: int = 0, console: Console | None = None,
+                 progress: bool = True) -> ImageModelBundle:
+    """`cadx fuse`: fit the fusion of the bundle's exam score with clinical `columns` on its
+    validation patients (found in the manifest `dataset_path`) and write the bundle with it to
+    `out_path`."""
+    from cadx.decide.image_fusion import fit_image_fusion, fusion_inputs_note
+
+    console = console or Console()
+    schema = load_clinical_schema(schema_path) if schema_path else None
+    bundle = load_image_bundle(model_path)
+    data = load_image_dataset(dataset_path, progress=progress)
+    fit = fit_image_fusion(bundle, data, columns, schema=schema, out_of_range=out_of_range,
+                           seed=seed, progress=progress)
+    bundle.fusion = fit.fusion
+    save_image_bundle(bundle, out_path)
+    console.print(f"[bold]cadx fuse[/]: {escape(fit.fusion.describe())}")
+    for warning in fit.warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
+    for note in fit.notes:
+        console.print(f"  note: {escape(note)}")
+    for name, weight in fit.fusion.coefficients.items():
+        console.print(f"  coefficient of {escape(name)}: {weight:+.3f} (per SD)"
+                      if "=" not in name
+                      else f"  coefficient of {escape(name)}: {weight:+.3f}")
+    console.print(f"  {escape(fusion_inputs_note(fit.fusion))}")
+    console.print(f"  fusion threshold (Youden on those patients): {fit.fusion.threshold:.4f}")
+    console.print(f"model bundle with fusion written to {out_path}")
+    return bundle

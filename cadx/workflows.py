@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -262,20 +263,39 @@ def cohort_spacing_warning(bundle: PatchModelBundle, cases: list[PatchedCase]) -
 def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str | Path,
                      console: Console | None = None, progress: bool = True, n_boot: int = 1000,
                      seed: int = 0, decide: DecideConfig | None = None,
-                     keep_in_plane_spacing: bool = False) -> CohortEvaluation:
+                     keep_in_plane_spacing: bool = False,
+                     subgroup_bins: Mapping[str, Sequence[float]] | None = None,
+                     schema_path: str | Path | None = None,
+                     out_of_range: str = "error") -> CohortEvaluation:
     """Score a labelled dataset with a bundle and write the report folder (95 % CIs from
     `n_boot` bootstrap resamples where needed, seeded). `decide`: decide with this
     patient score at the threshold the bundle stores for it (chosen on its validation patients)
     instead of the bundle's own. The scans are resampled in-plane to the bundle's training
-    pixel size unless `keep_in_plane_spacing` (see `diagnose_file`)."""
+    pixel size unless `keep_in_plane_spacing` (see `diagnose_file`). The dataset's clinical
+    columns are checked against `schema_path` (a YAML schema, see `cadx.io.clinical`) and
+    those of `subgroup_bins` (column -> edges) tabulated in bins."""
+    from cadx.evaluate.subgroups import clinical_subgroups
+    from cadx.io.clinical import case_rows, load_clinical_schema, validate_clinical
+
     console = console or Console()
+    schema = load_clinical_schema(schema_path) if schema_path else None
+    subgroup_bins = dict(subgroup_bins or {})
     bundle = load_bundle(model_path)
     if decide is not None:
         bundle = bundle.with_patient_score(decide)
     if keep_in_plane_spacing:
         bundle = bundle.with_native_in_plane_spacing()
     refs = load_dataset(dataset)
+    clinical = None
+    if schema is not None or subgroup_bins:
+        clinical = validate_clinical(case_rows(refs), str(dataset), schema,
+                                     numeric=list(subgroup_bins), out_of_range=out_of_range)
+        clinical.raise_errors()
     warnings, overlap = training_overlap_warnings(bundle, refs)
+    if clinical is not None:
+        warnings += clinical.warnings
+        for note in clinical.notes:
+            console.print(f"  note: {escape(note)}")
     for warning in warnings:
         console.print(f"[yellow]warning[/]: {escape(warning)}")
     cases = patch_cohort(refs, bundle.config, progress=progress)
@@ -287,7 +307,18 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
     evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,
                                  bundle.patient_threshold, config=bundle.config)
     title = f"Evaluation of {model_path} on {dataset}"
+    subgroups, order = {}, {}
+    if clinical is not None:
+        ids = [str(row["patient_id"]) for row in evaluation.patients]
+        subgroups, order = clinical_subgroups(
+            [], subgroup_bins,
+            {c: [clinical.patients[p].get(c) for p in ids] for c in clinical.columns},
+            clinical.units, clinical.kinds)
+        subgroups.update({c: [clinical.patients[p].get(c) for p in ids]
+                          for c in clinical.columns
+                          if c not in subgroups and clinical.kinds[c] == "categorical"})
     levels = write_cohort_report(out_dir, evaluation, title=title, warnings=warnings,
+                                 subgroups=subgroups, subgroup_order=order,
                                  meta={"model": str(model_path), "dataset": str(dataset),
                                        "patient_score": bundle.config.decide.score_name,
                                        "training_patients_evaluated": overlap,

@@ -49,6 +49,9 @@ class ImageDiagnosis:
     model: dict[str, str]
     notes: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    # The exam score fused with clinical values (cadx.diagnose.clinical), when the bundle has a
+    # fusion model: its score and decision, or why the image-only score is the answer.
+    fusion: dict[str, object] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

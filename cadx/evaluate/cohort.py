@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,9 +143,13 @@ def _seed_size_group(row: dict[str, object]) -> str:
 
 
 def cohort_levels(evaluation: CohortEvaluation, *, source: str = "", n_boot: int = 1000,
-                  seed: int = 0) -> list[LevelResult]:
+                  seed: int = 0, subgroups: Mapping[str, Sequence[object]] | None = None,
+                  subgroup_order: Mapping[str, Sequence[str]] | None = None,
+                  ) -> list[LevelResult]:
     """The patch level (patient-level cluster bootstrap CIs) and the patient level (Wilson and
     DeLong CIs, subgroups by tumour size and by each metadata column) of `evaluation`.
+    `subgroups` (a value per patient row, e.g. a clinical column in bins) replace or add
+    columns, their groups listed in `subgroup_order` first.
 
     A cohort with one class only raises InputError naming `source` (e.g. the dataset).
     """
@@ -156,18 +160,20 @@ def cohort_levels(evaluation: CohortEvaluation, *, source: str = "", n_boot: int
         threshold_note="stored in the model bundle (max Youden on the validation patches)",
         source=f"{prefix}patch level", n_boot=n_boot, seed=seed)
     rows = evaluation.patients
+    extra, extra_order = dict(subgroups or {}), dict(subgroup_order or {})
     subgroups: dict[str, list[object]] = {
         "size_bin": [(r["size_bin"] or MISSING_GROUP) if r["has_tumour"] else NO_TUMOUR_GROUP
                      for r in rows],
         "size_2cm": [_seed_size_group(r) for r in rows]}
     subgroups.update({column: [r[column] for r in rows]
                       for column in evaluation.metadata_columns})
+    subgroups.update({column: list(values) for column, values in extra.items()})
     patient = evaluate_level(
         "patient", [r["has_tumour"] for r in rows], [r["patient_score"] for r in rows],
         evaluation.patient_threshold, unit="patients", subgroups=subgroups,
         subgroup_order={"size_bin": [name for _, _, name in SIZE_BINS_MM] + [NO_TUMOUR_GROUP],
                         "size_2cm": [SMALL_TUMOUR_GROUP, LARGER_TUMOUR_GROUP,
-                                     NO_TUMOUR_GROUP]},
+                                     NO_TUMOUR_GROUP], **extra_order},
         score_kind="score", score_description=evaluation.patient_score_description,
         threshold_note="stored in the model bundle (max Youden on the validation patients)",
         source=f"{prefix}patient level", n_boot=n_boot, seed=seed)

@@ -5,16 +5,30 @@ masks, how well the Grad-CAM maps point at the lesion."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from cadx.decide.exam import exam_probability, exam_scores
 from cadx.diagnose.cam import grad_cam
 from cadx.errors import ConfigError, InputError
 from cadx.evaluate.cam_quality import CamLocalisation, cam_localisation
-from cadx.evaluate.levels import LevelResult
+from cadx.evaluate.levels import LevelResult, evaluate_level
+from cadx.evaluate.stats import delong_test
+from cadx.evaluate.subgroups import clinical_subgroups
 from cadx.image_bundle import ImageModelBundle
+from cadx.io.clinical import (
+    ClinicalSchema,
+    ClinicalValidation,
+    image_rows,
+    schema_from_columns,
+    split_header_unit,
+    validate_clinical,
+    with_columns,
+)
 from cadx.io.images import ImageDataset, ImageRecord, read_image, read_images
 from cadx.train.image_pipeline import evaluate_images
 
@@ -29,6 +43,8 @@ class ImageEvaluation:
     cam: dict[str, CamLocalisation] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    comparisons: list[dict[str, object]] = field(default_factory=list)  # fusion vs image only
+    clinical: ClinicalValidation | None = None
 
 
 def select_split(dataset: ImageDataset, split: str | None,
@@ -87,15 +103,77 @@ def cam_quality(bundle: ImageModelBundle, records: Sequence[ImageRecord], images
     return out
 
 
+def clinical_values(records: Sequence[ImageRecord], source: str,
+                    schema: ClinicalSchema | None, columns: Sequence[str],
+                    numeric: Sequence[str] = (), out_of_range: str = "error",
+                    ) -> ClinicalValidation:
+    """Validate the clinical columns of `records` (InputError listing the problems)."""
+    validation = validate_clinical(image_rows(records), source, schema, columns=columns,
+                                   numeric=numeric, out_of_range=out_of_range)
+    validation.raise_errors()
+    return validation
+
+
+def fusion_level(bundle: ImageModelBundle, records: Sequence[ImageRecord],
+                 probabilities: np.ndarray, patient_ids: np.ndarray,
+                 validation: ClinicalValidation, n_boot: int = 1000, seed: int = 0,
+                 ) -> tuple[LevelResult | None, dict[str, object] | None, list[str]]:
+    """The fused exam level of the bundle's fusion model, its DeLong comparison with the
+    image-only exam score on the same patients, and notes (patients not fused and why)."""
+    fusion = bundle.fusion
+    scores = exam_scores(patient_ids.tolist(), probabilities, bundle.aggregation)
+    ids = sorted(scores)
+    exam_values = exam_probability([scores[p] for p in ids], bundle.aggregation)
+    truth: dict[str, int] = {}
+    for pid, record in zip(patient_ids.tolist(), records, strict=True):
+        truth[pid] = max(truth.get(pid, 0), record.label)
+    y = np.array([truth[p] for p in ids])
+    fused, reasons = fusion.predict_many(exam_values,
+                                         [validation.patients.get(p, {}) for p in ids])
+    notes = []
+    left_out = Counter(r for r in reasons if r is not None)
+    if left_out:
+        notes.append(f"{sum(left_out.values())} of {len(ids)} patients not fused (image-only "
+                     "score only): " + "; ".join(f"{n} x {reason}"
+                                                 for reason, n in left_out.most_common(3)))
+    keep = ~np.isnan(fused)
+    name = f"exams + {', '.join(fusion.columns)} (fusion)"
+    if len(set(y[keep].tolist())) < 2:
+        notes.append("fusion not evaluated: the fused patients are of one class")
+        return None, None, notes
+    level = evaluate_level(
+        name, y[keep], fused[keep], fusion.threshold, unit="patients",
+        threshold_note="Youden on the validation patients the fusion was fitted on",
+        score_description=fusion.describe(), n_boot=n_boot, seed=seed)
+    image_name = f"exams ({bundle.aggregation})" + ("" if keep.all() else ", same patients")
+    comparison: dict[str, object] = {"model_a": name, "model_b": image_name,
+                                     "n": int(keep.sum()), "n_positive": int(y[keep].sum()),
+                                     "n_negative": int((1 - y[keep]).sum())}
+    try:
+        test = delong_test(y[keep], fused[keep], exam_values[keep])
+    except InputError as exc:
+        comparison["error"] = str(exc)
+    else:
+        if not math.isfinite(test["z"]):
+            test["z"] = None
+        comparison.update(test)
+    return level, comparison, notes
+
+
 def evaluate_image_model(bundle: ImageModelBundle, dataset: ImageDataset, *,
                          split: str | None = None, fold: str | None = None,
                          subgroup_columns: Sequence[str] = (),
+                         subgroup_bins: Mapping[str, Sequence[float]] | None = None,
+                         schema: ClinicalSchema | None = None, out_of_range: str = "error",
                          each_image_a_patient: bool = False, with_cam: bool = True,
                          n_boot: int = 1000, seed: int = 0,
                          progress: bool = True) -> ImageEvaluation:
     """Score every image (or those of `split` / `fold`) with the bundle and evaluate at its stored
-    image and exam thresholds. `subgroup_columns` are manifest columns (e.g. device); with
-    masks in the manifest and a CNN model, Grad-CAM localisation is measured too."""
+    image and exam thresholds. `subgroup_columns` are manifest columns (e.g. device) tabulated
+    as they are, `subgroup_bins` numeric columns tabulated in bins (column -> edges); `schema`
+    checks the clinical columns (see `cadx.io.clinical`). With masks in the manifest and a CNN
+    model, Grad-CAM localisation is measured too; with a fusion model in the bundle, the fused
+    exam score is a level of its own, compared with the image-only one by DeLong's test."""
     _check_labels(dataset, bundle)
     records = select_split(dataset, split, fold)
     labels = np.array([r.label for r in records], dtype=int)
@@ -109,17 +187,46 @@ def evaluate_image_model(bundle: ImageModelBundle, dataset: ImageDataset, *,
                      "level)")
     else:
         patient_ids = np.array([r.patient_id for r in records])
-    available = {name for r in records for name, _ in r.attributes}
-    unknown = [c for c in subgroup_columns if c not in available]
+    subgroup_bins = dict(subgroup_bins or {})
+    available = {split_header_unit(name)[0].lower() for r in records for name, _ in r.attributes}
+    unknown = [c for c in dict.fromkeys([*subgroup_columns, *subgroup_bins])
+               if c not in available]
     if unknown:
         raise ConfigError(f"{dataset.source}: no column {', '.join(unknown)} for subgroups "
                           f"(columns: {', '.join(sorted(available)) or 'none'})")
-    subgroups = {c: [r.attribute(c) for r in records] for c in subgroup_columns}
+    fusion_columns = list(bundle.fusion.columns) if bundle.fusion is not None else []
+    validation = None
+    if fusion_columns:  # the fusion's columns are read as they were when it was fitted
+        fusion = bundle.fusion
+        schema = with_columns(schema, schema_from_columns(
+            {c: fusion.column_specs.get(c, {"kind": fusion.kinds[c]}) for c in fusion.columns},
+            source=f"the fusion model of {bundle.name}"))
+    if subgroup_columns or subgroup_bins or schema is not None:
+        validation = clinical_values(records, str(dataset.source), schema,
+                                     [*subgroup_columns, *fusion_columns],
+                                     numeric=list(subgroup_bins), out_of_range=out_of_range)
+        subgroups, order = clinical_subgroups(
+            [*subgroup_columns], subgroup_bins,
+            {c: validation.column_values(c) for c in validation.columns},
+            validation.units, validation.kinds)
+    else:
+        subgroups, order = {}, {}
     images = read_images(records, bundle.size_px, bundle.channels, progress)
     probabilities = bundle.predict(images)
     levels = evaluate_images(bundle, labels, probabilities, patient_ids, subgroups=subgroups,
-                             n_boot=n_boot, seed=seed)
-    result = ImageEvaluation(levels, notes=notes, warnings=_overlap_warning(records, bundle))
+                             subgroup_order=order, n_boot=n_boot, seed=seed)
+    result = ImageEvaluation(levels, notes=notes, warnings=_overlap_warning(records, bundle),
+                             clinical=validation)
+    if validation is not None:
+        result.warnings += validation.warnings
+        result.notes += validation.notes
+    if bundle.fusion is not None and not each_image_a_patient:
+        level, comparison, fusion_notes = fusion_level(bundle, records, probabilities,
+                                                       patient_ids, validation, n_boot, seed)
+        result.notes += fusion_notes
+        if level is not None:
+            result.levels.append(level)
+            result.comparisons.append(comparison)
     if with_cam and any(r.mask is not None for r in records):
         if bundle.method == "cnn-ensemble":
             result.cam = cam_quality(bundle, records, images, labels)

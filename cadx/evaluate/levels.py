@@ -80,22 +80,23 @@ def _ordered_groups(labels: np.ndarray, order: Sequence[str]) -> list[str]:
     return first + rest + ([MISSING_GROUP] if MISSING_GROUP in present - set(first) else [])
 
 
-def _subgroup_rows(y: np.ndarray, predicted: np.ndarray, labels: np.ndarray,
-                   groups: list[str], clusters: np.ndarray | None, n_boot: int,
-                   seed: int) -> list[dict[str, object]]:
-    """n, positives, detected, sensitivity and specificity (with CIs) for each group."""
+def _subgroup_rows(y: np.ndarray, predicted: np.ndarray, scores: np.ndarray,
+                   labels: np.ndarray, groups: list[str], clusters: np.ndarray | None,
+                   n_boot: int, seed: int) -> list[dict[str, object]]:
+    """n, positives, detected, sensitivity, specificity and AUC (with CIs) for each group; the
+    AUC is None in a group of one class."""
     rows = []
     for group in groups:
         member = labels == group
         y_g, pred_g = y[member], predicted[member]
-        ci = binary_metrics_with_ci(y_g, pred_g, clusters=None if clusters is None
+        ci = binary_metrics_with_ci(y_g, pred_g, scores[member], clusters=None if clusters is None
                                     else clusters[member], n_boot=n_boot, seed=seed)
         positives, negatives = int(y_g.sum()), int((1 - y_g).sum())
         rows.append({
             "group": group, "n": int(member.sum()), "positives": positives,
             "detected": int((y_g & pred_g).sum()), "sensitivity": ci["sensitivity"].to_dict(),
             "negatives": negatives, "true_negatives": int(((1 - y_g) & (1 - pred_g)).sum()),
-            "specificity": ci["specificity"].to_dict(),
+            "specificity": ci["specificity"].to_dict(), "auc": ci["auc"].to_dict(),
         })
     return rows
 
@@ -112,7 +113,7 @@ def evaluate_level(name: str, y_true, scores, threshold: float, *, unit: str = "
     `clusters` (e.g. the patient id of each patch) switches every metric's interval to a
     patient-level cluster bootstrap; without it proportions get Wilson intervals and the AUC
     DeLong's. `subgroups` maps a column name to a group name per row (None/blank = missing);
-    each column gets a table of sensitivity and specificity per group, its groups listed in
+    each column gets a table of sensitivity, specificity and AUC per group, its groups listed in
     `subgroup_order[column]` first. Bad labels or scores raise InputError naming `source`.
     """
     if not math.isfinite(threshold):
@@ -152,6 +153,6 @@ def evaluate_level(name: str, y_true, scores, threshold: float, *, unit: str = "
             result.notes.append(f"column '{column}' not tabulated: {len(groups)} distinct values "
                                 f"(more than {MAX_SUBGROUP_VALUES}); bin it first")
             continue
-        result.subgroups[column] = _subgroup_rows(y, predicted, labels, groups, cluster_ids,
+        result.subgroups[column] = _subgroup_rows(y, predicted, s, labels, groups, cluster_ids,
                                                   n_boot, seed)
     return result

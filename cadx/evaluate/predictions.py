@@ -13,6 +13,7 @@ import csv
 import itertools
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ from cadx.evaluate.lesion_size import SIZE_GROUP_ORDER
 from cadx.evaluate.levels import LevelResult, evaluate_level
 from cadx.evaluate.report import comparisons_table, print_levels, write_report
 from cadx.evaluate.stats import delong_test, validate_scores
+from cadx.evaluate.subgroups import clinical_subgroups
 from cadx.io.atomic import write_json_atomic
+from cadx.io.clinical import ClinicalRow, validate_clinical
 
 REQUIRED_COLUMNS = ("patient_id", "y_true", "score")
 MODEL_COLUMN = "model"
@@ -141,16 +144,44 @@ def read_predictions(path: str | Path) -> Predictions:
 # --------------------------------------------------------------------------- levels
 
 
+def binned_subgroups(predictions: Predictions, bins: Mapping[str, Sequence[float]],
+                     ) -> dict[str, tuple[dict[str, list[object]], dict[str, list[str]]]]:
+    """Per model: (column -> bin of each row, column -> bin order) for the numeric columns of
+    `bins`; InputError naming the file, column and row of a value that is not a number."""
+    if not bins:
+        return {}
+    columns = list(predictions.models[0].subgroups) if predictions.models else []
+    absent = [c for c in bins if c not in columns]
+    if absent:
+        raise ConfigError(f"{predictions.path}: no column {', '.join(absent)} to bin (columns: "
+                          f"{', '.join(columns) or 'none'})")
+    out = {}
+    for model in predictions.models:
+        rows = [ClinicalRow(f"model '{model.model}' row {k + 1}", str(pid),
+                            {c: str(model.subgroups[c][k]) for c in bins})
+                for k, pid in enumerate(model.patient_ids.tolist())]
+        validation = validate_clinical(rows, str(predictions.path), numeric=list(bins))
+        validation.raise_errors()
+        out[model.model] = clinical_subgroups(
+            [], bins, {c: validation.column_values(c) for c in bins})
+    return out
+
+
 def predictions_levels(predictions: Predictions, threshold: float | None = None, *,
-                       n_boot: int = 1000, seed: int = 0) -> list[LevelResult]:
+                       n_boot: int = 1000, seed: int = 0,
+                       subgroup_bins: Mapping[str, Sequence[float]] | None = None,
+                       ) -> list[LevelResult]:
     """One level per model at `threshold`, or at each model's own max-Youden threshold.
 
-    A threshold chosen on the evaluated data is flagged optimistic.
+    A threshold chosen on the evaluated data is flagged optimistic. `subgroup_bins` (column ->
+    edges) tabulates those numeric columns in bins instead of by value.
     """
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold must lie in [0, 1], got {threshold}")
+    binned = binned_subgroups(predictions, subgroup_bins or {})
     levels = []
     for model in predictions.models:
+        groups, order = binned.get(model.model, ({}, {}))
         if threshold is None:
             chosen = youden_operating_point(model.y_true, model.scores, model.model).threshold
             note = "chosen on the evaluated data (max Youden index): optimistic"
@@ -160,8 +191,8 @@ def predictions_levels(predictions: Predictions, threshold: float | None = None,
         levels.append(evaluate_level(
             model.model, model.y_true, model.scores, chosen,
             unit="rows" if clustered else "patients",
-            clusters=model.patient_ids if clustered else None, subgroups=model.subgroups,
-            subgroup_order=SUBGROUP_ORDER,
+            clusters=model.patient_ids if clustered else None,
+            subgroups={**model.subgroups, **groups}, subgroup_order={**SUBGROUP_ORDER, **order},
             threshold_note=note, threshold_optimistic=threshold is None,
             source=f"{predictions.path}: model '{model.model}'", n_boot=n_boot, seed=seed))
     return levels
@@ -234,12 +265,15 @@ def pairwise_comparisons(predictions: Predictions) -> list[dict[str, object]]:
 
 
 def report_predictions(path: str | Path, out_dir: str | Path, *, threshold: float | None = None,
-                       n_boot: int = 1000, seed: int = 0,
-                       console: Console | None = None) -> list[LevelResult]:
-    """`cadx report`: evaluate every model of a predictions CSV and write the report folder."""
+                       n_boot: int = 1000, seed: int = 0, console: Console | None = None,
+                       subgroup_bins: Mapping[str, Sequence[float]] | None = None,
+                       ) -> list[LevelResult]:
+    """`cadx report`: evaluate every model of a predictions CSV and write the report folder;
+    `subgroup_bins` tabulates numeric columns in bins (column -> edges)."""
     console = console or Console()
     predictions = read_predictions(path)
-    levels = predictions_levels(predictions, threshold, n_boot=n_boot, seed=seed)
+    levels = predictions_levels(predictions, threshold, n_boot=n_boot, seed=seed,
+                                subgroup_bins=subgroup_bins)
     comparisons = pairwise_comparisons(predictions)
     title = f"Evaluation of {predictions.path.name}"
     meta = {"predictions": str(predictions.path),

@@ -14,7 +14,7 @@ import csv
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -224,18 +224,24 @@ def metrics_table(levels: Sequence[LevelResult], title: str = "") -> Table:
 
 
 def subgroup_table(level: LevelResult, column: str) -> Table:
-    """Sensitivity and specificity [95 % CI] per value of one subgroup column."""
+    """Sensitivity, specificity and AUC [95 % CI] per value of one subgroup column."""
     table = Table(title=escape(f"{level.name}: by {column}"), box=box.SIMPLE_HEAD,
                   show_edge=False, collapse_padding=True)
     table.add_column("group", no_wrap=True)
-    for name in ("n", "TP/pos", "SN [95 % CI]", "TN/neg", "SP [95 % CI]"):
+    for name in ("n", "TP/pos", "SN [95 % CI]", "TN/neg", "SP [95 % CI]", "AUC [95 % CI]"):
         table.add_column(name, justify="right", no_wrap=True)
     for row in level.subgroups[column]:
         _add_row(table, str(row["group"]), str(row["n"]), f"{row['detected']}/{row['positives']}",
                  format_interval(_interval(row["sensitivity"])),
                  f"{row['true_negatives']}/{row['negatives']}",
-                 format_interval(_interval(row["specificity"])))
+                 format_interval(_interval(row["specificity"])), _subgroup_auc(row))
     return table
+
+
+def _subgroup_auc(row: dict) -> str:
+    """A group's AUC [95 % CI]; 'n/a' in a group of one class (or a report made before
+    subgroups carried AUCs)."""
+    return format_interval(_interval(row["auc"])) if row.get("auc") else "n/a"
 
 
 def comparisons_table(comparisons: Sequence[dict]) -> Table:
@@ -435,15 +441,18 @@ def _html_subgroups(levels: Sequence[LevelResult]) -> str:
         for column, groups in level.subgroups.items():
             rows = [[_esc(g["group"]), str(g["n"]), str(g["positives"]), str(g["detected"]),
                      _ci_cell(_interval(g["sensitivity"])), str(g["negatives"]),
-                     _ci_cell(_interval(g["specificity"]))] for g in groups]
+                     _ci_cell(_interval(g["specificity"])),
+                     _ci_cell(_interval(g["auc"])) if g.get("auc") else "n/a"] for g in groups]
             parts.append(f"<h3>{_esc(level.name)}: by {_esc(column)}</h3>" + _html_table(
                 ["group", _esc(level.unit), "positives", "detected",
-                 "sensitivity [95 % CI]", "negatives", "specificity [95 % CI]"], rows))
+                 "sensitivity [95 % CI]", "negatives", "specificity [95 % CI]",
+                 "AUC [95 % CI]"], rows))
         parts += [f"<p class=note>{_esc(level.name)}: {_esc(note)}</p>" for note in level.notes]
     if not parts:
         return "<p class=note>No subgroup columns.</p>"
     return "".join(parts) + ("<p class=note>Sensitivity and specificity use the same threshold "
-                             "and interval method as the level's own metrics.</p>")
+                             "and interval method as the level's own metrics; the AUC is n/a "
+                             "in a group of one class.</p>")
 
 
 def _html_comparisons(comparisons: Sequence[dict]) -> str:
@@ -554,10 +563,14 @@ def write_report(out_dir: str | Path, levels: Sequence[LevelResult], *, title: s
 
 def write_cohort_report(out_dir: str | Path, evaluation: CohortEvaluation, *, title: str,
                         meta: dict[str, object], warnings: Sequence[str] = (),
-                        source: str = "", n_boot: int = 1000,
-                        seed: int = 0) -> list[LevelResult]:
-    """Report a CT cohort evaluation (patch and patient level, patients.csv); return the levels."""
-    levels = cohort_levels(evaluation, source=source, n_boot=n_boot, seed=seed)
+                        source: str = "", n_boot: int = 1000, seed: int = 0,
+                        subgroups: Mapping[str, Sequence[object]] | None = None,
+                        subgroup_order: Mapping[str, Sequence[str]] | None = None,
+                        ) -> list[LevelResult]:
+    """Report a CT cohort evaluation (patch and patient level, patients.csv); return the levels.
+    `subgroups` / `subgroup_order`: extra patient-level columns (see `cohort_levels`)."""
+    levels = cohort_levels(evaluation, source=source, n_boot=n_boot, seed=seed,
+                           subgroups=subgroups, subgroup_order=subgroup_order)
     write_report(out_dir, levels, title=title, meta=meta, patients_rows=evaluation.patients,
                  warnings=warnings)
     return levels

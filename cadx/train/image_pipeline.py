@@ -163,6 +163,7 @@ def operating_points(labels: np.ndarray, probabilities: np.ndarray, patient_ids:
 def evaluate_images(bundle: ImageModelBundle, labels: np.ndarray, probabilities: np.ndarray,
                     patient_ids: np.ndarray, *,
                     subgroups: Mapping[str, Sequence[object]] | None = None,
+                    subgroup_order: Mapping[str, Sequence[str]] | None = None,
                     n_boot: int = 1000, seed: int = 0) -> list[LevelResult]:
     """Image level (patient cluster-bootstrap CIs) and exam level (Wilson/DeLong CIs) at the
     bundle's validation thresholds. Exam scores are reported as 1 - exp(-theta) for theta
@@ -172,7 +173,8 @@ def evaluate_images(bundle: ImageModelBundle, labels: np.ndarray, probabilities:
     subgroups = dict(subgroups or {})
     image_level = evaluate_level("images", labels, probabilities, bundle.image_threshold,
                                  unit="images", clusters=patient_ids, threshold_note=note,
-                                 subgroups=subgroups, n_boot=n_boot, seed=seed)
+                                 subgroups=subgroups, subgroup_order=subgroup_order,
+                                 n_boot=n_boot, seed=seed)
     scores = exam_scores(patient_ids.tolist(), probabilities, bundle.aggregation)
     truth = _patient_labels(patient_ids, labels)
     ids = sorted(scores)
@@ -185,7 +187,7 @@ def evaluate_images(bundle: ImageModelBundle, labels: np.ndarray, probabilities:
         threshold_note=f"{note}: {exam_threshold_text(bundle.exam_threshold, bundle.aggregation)}",
         score_description=exam_score_description(bundle.aggregation),
         subgroups={c: [values[first[p]] for p in ids] for c, values in subgroups.items()},
-        n_boot=n_boot, seed=seed)
+        subgroup_order=subgroup_order, n_boot=n_boot, seed=seed)
     return [image_level, exam_level]
 
 

@@ -1,0 +1,51 @@
+"""Clinical values beside one patient's images: when the bundle holds a fusion model, the fused
+score and its decision sit beside the image-only ones; when a value the fusion needs is missing
+or refused, the image-only result stands and the diagnosis says why."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cadx.decide.exam import exam_probability
+from cadx.diagnose.images import NEGATIVE, POSITIVE, ImageDiagnosis
+from cadx.image_bundle import ImageModelBundle
+from cadx.io.clinical import ClinicalRow, schema_from_columns, validate_clinical
+
+
+def add_fusion(bundle: ImageModelBundle, diagnosis: ImageDiagnosis,
+               clinical: Mapping[str, str]) -> ImageDiagnosis:
+    """Fill `diagnosis.fusion` from the raw `clinical` values (column -> text, e.g. from
+    ``--clinical age=54,device=GE`` or the page's form fields) and return the diagnosis."""
+    clinical = {k.strip().lower(): str(v) for k, v in clinical.items() if str(v).strip()}
+    fusion = bundle.fusion
+    if fusion is None:
+        if clinical:
+            diagnosis.notes.append("clinical values ignored: this model has no fusion model "
+                                   "(cadx fuse adds one)")
+        return diagnosis
+    unused = sorted(set(clinical) - set(fusion.columns))
+    if unused:
+        diagnosis.notes.append(f"clinical value(s) not used by the fusion model: "
+                               f"{', '.join(unused)} (it uses {', '.join(fusion.columns)})")
+    schema = schema_from_columns({c: fusion.column_specs.get(c, {"kind": fusion.kinds[c]})
+                                  for c in fusion.columns})
+    given = {c: clinical[c] for c in fusion.columns if c in clinical}
+    validation = validate_clinical([ClinicalRow("--clinical", diagnosis.patient_id, given)],
+                                   "clinical values", schema, columns=list(given))
+    values = validation.patients.get(diagnosis.patient_id, {})
+    reason = "; ".join(validation.errors) if validation.errors else fusion.missing_reason(values)
+    exam = float(exam_probability([diagnosis.exam_score], bundle.aggregation)[0])
+    result: dict[str, object] = {
+        "columns": list(fusion.columns), "values": {c: values.get(c) for c in fusion.columns},
+        "units": fusion.units, "threshold": fusion.threshold, "model": fusion.describe(),
+        "image_only_score": round(exam, 6), "score": None, "decision": None,
+        "not_fused": None}
+    if reason is not None:
+        result["not_fused"] = f"image-only score given: {reason}"
+        diagnosis.notes.append(str(result["not_fused"]))
+    else:
+        score = fusion.predict(exam, values)
+        result["score"] = round(score, 6)
+        result["decision"] = POSITIVE if score > fusion.threshold else NEGATIVE
+    diagnosis.fusion = result
+    return diagnosis
