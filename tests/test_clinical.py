@@ -377,3 +377,23 @@ def test_fuse_then_evaluate_and_diagnose_show_both_scores(image_model, tmp_path,
     assert fusion["score"] is None
     assert fusion["not_fused"] == ("image-only score given: the fusion model needs device: "
                                    "missing")
+
+
+def test_schema_groups_put_categories_in_named_groups_and_say_so(tmp_path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("columns:\n  histology:\n    type: categorical\n    groups:\n"
+                    "      carcinoma: [invasive ductal carcinoma, invasive lobular carcinoma]\n")
+    rows = _rows({"histology": "invasive ductal carcinoma"}, {"histology": "fibroadenoma"},
+                 {"histology": "invasive lobular carcinoma"})
+    result = validate_clinical(rows, "m.csv", load_clinical_schema(path))
+    assert result.column_values("histology") == ["carcinoma", "fibroadenoma", "carcinoma"]
+    assert result.notes == ["column 'histology': 2 value(s) reported in the schema's groups "
+                            "(carcinoma)"]
+
+
+def test_the_busbra_schema_of_the_docs_loads_and_marks_its_leaking_columns() -> None:
+    schema = load_clinical_schema(Path(__file__).resolve().parents[1] / "docs"
+                                  / "busbra_clinical_schema.yaml")
+    assert schema.leaking == ("histology", "birads")
+    assert dict(schema.column("histology").groups)["ductal carcinoma in situ"] == \
+        "carcinoma in situ"

@@ -17,8 +17,10 @@ same quantity under another name: CA125 in kU/L is CA125 in U/mL); ``range`` the
 [low, high] in ``unit`` (either end may be null); ``values`` the allowed categories; ``level``
 ``patient`` (default: every image of a patient must carry the same value) or ``image``
 (a column without a schema entry is read as image-level categories);
-``required`` true makes a missing value an error; ``leaks_label`` true refuses the column as a
-fusion input (see `cadx.decide.fusion`).
+``required`` true makes a missing value an error; ``groups`` (categorical) maps a group name
+to the categories reported in it (e.g. 28 histologies in a handful of groups; the others stay
+as they are, and a note counts the regrouped values); ``leaks_label`` true refuses the column
+as a fusion input (see `cadx.decide.fusion`).
 
 A value may carry its unit ("35 kU/L"), and a header may name it ("ca125 [kU/L]"). The validator
 (`validate_clinical`) reports one message per problem, naming the file, the column and the row:
@@ -55,8 +57,8 @@ MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null", "missing", "
 _SHOW = 5  # problems quoted in one error message
 _NUMBER = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(.*?)\s*$")
 _HEADER_UNIT = re.compile(r"^(.*?)\s*[\[(]\s*([^\])]+?)\s*[\])]\s*$")
-_SCHEMA_KEYS = {"type", "unit", "units", "range", "values", "level", "required", "leaks_label",
-                "description"}
+_SCHEMA_KEYS = {"type", "unit", "units", "range", "values", "groups", "level", "required",
+                "leaks_label", "description"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class ClinicalColumn:
     low: float | None = None
     high: float | None = None
     values: tuple[str, ...] = ()
+    groups: tuple[tuple[str, str], ...] = ()  # category -> the group it is reported in
     level: str = "patient"
     required: bool = False
     leaks_label: bool = False
@@ -157,9 +160,21 @@ def _schema_column(name: str, spec: object, where: str) -> ClinicalColumn:
         raise ConfigError(f"{what}: a numeric column has a range, not values")
     if isinstance(values, str) or not isinstance(values, Sequence):
         raise ConfigError(f"{what}: values must be a list of categories")
+    groups = spec.get("groups") or {}
+    if kind == "numeric" and groups:
+        raise ConfigError(f"{what}: a numeric column is grouped by --subgroup-bins, not groups")
+    if not isinstance(groups, Mapping) or not all(
+            isinstance(members, Sequence) and not isinstance(members, str)
+            for members in groups.values()):
+        raise ConfigError(f"{what}: groups must map a group name to a list of categories")
+    pairs = [(str(v).strip(), str(g)) for g, members in groups.items() for v in members]
+    repeated = sorted({v for v, _ in pairs if [w for w, _ in pairs].count(v) > 1})
+    if repeated:
+        raise ConfigError(f"{what}: {', '.join(repeated)} listed in two groups")
     return ClinicalColumn(name=name, kind=kind, unit=None if unit is None else str(unit),
                           units=factors, low=low, high=high,
-                          values=tuple(str(v).strip() for v in values), level=level,
+                          values=tuple(str(v).strip() for v in values), groups=tuple(pairs),
+                          level=level,
                           required=bool(spec.get("required", False)),
                           leaks_label=bool(spec.get("leaks_label", False)))
 
@@ -329,6 +344,7 @@ def _validate_column(validation: ClinicalValidation, rows: Sequence[ClinicalRow]
     validation.kinds[name] = spec.kind
     validation.units[name] = spec.unit
     errors, missing, converted = validation.errors, [], defaultdict(int)
+    group_of, grouped = dict(spec.groups), 0
     if header_unit is not None and spec.kind == "numeric" and spec.factor(header_unit) is None:
         errors.append(f"column '{name}': header unit '{header_unit}' is not accepted "
                       f"(accepted: {spec.accepted_units()})")
@@ -348,7 +364,8 @@ def _validate_column(validation: ClinicalValidation, rows: Sequence[ClinicalRow]
             if spec.values and text not in spec.values:
                 errors.append(f"{where}: '{text}' is not one of {', '.join(spec.values)}")
                 continue
-            cleaned[name] = text
+            cleaned[name] = group_of.get(text, text)
+            grouped += text in group_of
             continue
         number, unit, problem = _parse_number(text)
         if problem:
@@ -379,6 +396,9 @@ def _validate_column(validation: ClinicalValidation, rows: Sequence[ClinicalRow]
                 validation.set_missing.append(f"{row.where}, column '{name}'")
             continue
         cleaned[name] = value
+    if grouped:
+        validation.notes.append(f"column '{name}': {grouped} value(s) reported in the schema's "
+                                f"groups ({', '.join(dict.fromkeys(group_of.values()))})")
     for unit, count in converted.items():
         factor = spec.factor(unit)
         validation.notes.append(f"column '{name}': {count} value(s) in {unit} read as "
