@@ -111,6 +111,12 @@ class PatchModelBundle:
             self.config.preprocess.in_plane_spacing_mm is not None,
             self.config.patches.size_px, source)
 
+    @property
+    def precision(self) -> str:
+        """"fp32" or "bf16": how the patches were scored when the thresholds were chosen, and
+        so how diagnose and evaluate score them (bundles from before bf16 training: fp32)."""
+        return self.config.train.precision
+
     def build_model(self) -> PatchCNN:
         """The network with its trained weights, in eval mode."""
         model = PatchCNN(self.config.patches.size_px, self.config.model.batch_norm,

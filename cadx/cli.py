@@ -17,6 +17,7 @@ from cadx.config import (
     IMAGE_CLI_SCHEDULE,
     LR_SCHEDULES,
     PATIENT_SCORES,
+    PRECISIONS,
     PRETRAINED_SIZE_PX,
     DecideConfig,
     ImageModelConfig,
@@ -124,6 +125,11 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-positive-fraction", type=float,
                    default=d_train.batch_positive_fraction,
                    help="share of cancerous patches per balanced batch (default %(default)s)")
+    g.add_argument("--precision", choices=PRECISIONS, default=d_train.precision,
+                   help="bf16: bfloat16 autocast of the forward passes on CPUs with bf16 "
+                        "instructions (fp32 with a warning elsewhere); the bundle records it "
+                        "and its thresholds, diagnose and evaluate score in it (default "
+                        "%(default)s)")
     g = parser.add_argument_group("patient decision")
     _add_patient_score_options(g, DecideConfig())
     g.add_argument("--tta", action="store_true",
@@ -196,7 +202,7 @@ def _add_image_options(parser: argparse.ArgumentParser, *, trains_networks: bool
     g.add_argument("--vertical-flip", action="store_true",
                    help="also flip images upside down when augmenting (off: ultrasound has a "
                         "top and a bottom)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default=d_train.precision,
+    g.add_argument("--precision", choices=PRECISIONS, default=d_train.precision,
                    help="bf16: autocast training to bfloat16 on CPUs with bf16 instructions "
                         "(fp32 with a warning elsewhere); validation and inference stay fp32 "
                         "(default %(default)s)")
@@ -337,7 +343,8 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           augment_flips=_AUGMENTATIONS[args.augment_patches][0],
                           augment_rotations=_AUGMENTATIONS[args.augment_patches][1],
                           balanced_sampling=args.balanced_sampling,
-                          batch_positive_fraction=args.batch_positive_fraction),
+                          batch_positive_fraction=args.batch_positive_fraction,
+                          precision=args.precision),
         decide=DecideConfig(args.patient_score, args.top_k, test_time_flips=args.tta),
     )
 
@@ -399,7 +406,8 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
                        in_plane_spacing_mm=args.pixel_spacing, max_epochs=args.epochs,
                        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                        learning_rate=args.lr, validation_fraction=args.val_fraction,
-                       seed=args.seed, min_organ_volume_ml=args.min_organ_volume)
+                       seed=args.seed, min_organ_volume_ml=args.min_organ_volume,
+                       precision=args.precision)
     train_segmenter_from_dataset(args.dataset, args.out, config, console=console,
                                  progress=not args.quiet)
     return 0
@@ -641,6 +649,10 @@ def _add_train_seg_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-organ-volume", type=float, default=d.min_organ_volume_ml,
                    help="smaller predictions mean 'organ not found', ml (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="default %(default)s")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="bf16: bfloat16 autocast of the training forward pass on CPUs with "
+                        "bf16 instructions (fp32 with a warning elsewhere); validation and "
+                        "segmentation stay fp32 (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_train_seg)

@@ -12,6 +12,8 @@ from cadx.errors import ConfigError
 EXAM_SCORES = ("theta", "mean", "max")
 # CT patient scores from patch probabilities, see cadx.decide.aggregate.
 PATIENT_SCORES = ("fraction", "topk", "cluster")
+# Training (and, for CT patch models, scoring) precision, see cadx.train.precision.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -139,10 +141,16 @@ class TrainConfig:
     # Every batch holds this share of cancerous patches (oversampled) instead of a plain shuffle.
     balanced_sampling: bool = False
     batch_positive_fraction: float = 0.5
+    # "bf16": bfloat16 autocast of the forward passes (CPUs with bf16 instructions), fp32
+    # weights and loss. The validation scores that choose the thresholds, and diagnose and
+    # evaluate, score in the same precision. Bundles written before this field are fp32.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.monitor not in ("loss", "auc"):
             raise ConfigError(f"monitor must be 'loss' or 'auc', got {self.monitor!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if not 0.0 < self.batch_positive_fraction < 1.0:
             raise ConfigError("batch positive fraction must be in (0, 1), got "
                               f"{self.batch_positive_fraction}")
@@ -253,7 +261,7 @@ class ImageTrainConfig:
             raise ConfigError("batch size, epochs and patience must be >= 1")
         if self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError("learning rate must be > 0 and weight decay >= 0")
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.schedule not in LR_SCHEDULES:
             raise ConfigError(f"learning-rate schedule must be one of {LR_SCHEDULES}, "

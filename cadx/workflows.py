@@ -303,7 +303,8 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
     if spacing_warning is not None:
         warnings.append(spacing_warning)
         console.print(f"[yellow]warning[/]: {spacing_warning}")
-    scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips)
+    scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips,
+                         bundle.precision)
     evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,
                                  bundle.patient_threshold, config=bundle.config)
     title = f"Evaluation of {model_path} on {dataset}"

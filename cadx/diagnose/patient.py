@@ -59,9 +59,11 @@ class Diagnosis:
 
 
 def score_patches(model: torch.nn.Module, patches: PatchSet,
-                  flip_average: bool = False) -> np.ndarray:
-    """Cancer probability of every patch, batched (averaged over flips with `flip_average`)."""
-    return predict_patch_probabilities(model, patches.patches, flip_average=flip_average)
+                  flip_average: bool = False, precision: str = "fp32") -> np.ndarray:
+    """Cancer probability of every patch, batched (averaged over flips with `flip_average`,
+    in `precision`: the bundle's, in which its thresholds were chosen)."""
+    return predict_patch_probabilities(model, patches.patches, flip_average=flip_average,
+                                       precision=precision)
 
 
 def organ_not_found(bundle: PatchModelBundle, case: Case) -> Diagnosis:
@@ -96,7 +98,8 @@ def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: st
     timings["patches"] = time.perf_counter() - start
     start = time.perf_counter()
     model = model if model is not None else bundle.build_model()
-    scores = score_patches(model, patches, bundle.config.decide.test_time_flips)
+    scores = score_patches(model, patches, bundle.config.decide.test_time_flips,
+                           bundle.precision)
     timings["score"] = time.perf_counter() - start
     start = time.perf_counter()
     score = score_patients(bundle.config.decide, patches.patient_ids, scores,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from cadx.config import PRECISIONS
 from cadx.errors import ConfigError
 
 
@@ -36,10 +37,15 @@ class SegConfig:
     # Smaller predicted components are noise, not an organ ("organ not found"). A pancreas is
     # ~50-100 ml; at 3 ml a phantom-trained segmenter passed a 3.2 ml speck on a water cylinder.
     min_organ_volume_ml: float = 10.0
+    # "bf16": bfloat16 autocast of the training forward pass (CPUs with bf16 instructions);
+    # validation Dice and segmentation stay fp32. Bundles written before this field: fp32.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not self.organ_values:
             raise ConfigError("the segmenter needs at least one organ label value")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.slice_thickness_mm <= 0 or self.in_plane_spacing_mm <= 0:
             raise ConfigError("segmenter slice thickness and pixel spacing must be > 0 mm")
         if self.window_width_hu <= 0:

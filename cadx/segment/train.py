@@ -4,7 +4,7 @@ centred on organ or body voxels, best epoch by validation Dice, Dice per validat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from cadx.segment.grid import context_stack, image_to_seg_grid, mask_to_seg_grid
 from cadx.segment.infer import predict_probability, segment_organ
 from cadx.segment.network import build_network
 from cadx.train.fit import EarlyStopping, epoch_progress
+from cadx.train.precision import autocast, resolve_precision
 from cadx.train.splits import PatientSplit, split_patients
 
 CASES_PER_STEP = 4  # a batch draws its crops from this many patients
@@ -120,6 +121,9 @@ def train_segmenter(refs: Sequence[CaseRef], config: SegConfig,
                            config.validation_fraction, 0.0, config.seed)
     train = [v for v in volumes if v.patient_id in set(split.train)]
     validation = [v for v in volumes if v.patient_id in set(split.validation)]
+    precision = resolve_precision(config.precision)
+    if precision != config.precision:  # the bundle records what training ran in
+        config = replace(config, precision=precision)
     torch.manual_seed(config.seed)
     network = build_network(config)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
@@ -138,14 +142,16 @@ def train_segmenter(refs: Sequence[CaseRef], config: SegConfig,
             for _ in range(config.steps_per_epoch):
                 inputs, target = sampler.batch()
                 optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(network(inputs), target)
+                with autocast(precision):
+                    logits = network(inputs)
+                loss = loss_fn(logits.float(), target)
                 loss.backward()
                 optimiser.step()
                 scheduler.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss.detach())
             network.eval()
             validation_dice.append(_seg_grid_dice(network, validation, config))
-            train_loss.append(float(np.mean(losses)))
+            train_loss.append(float(np.mean([float(loss) for loss in losses])))
             best.update(validation_dice[-1], epoch, network)
             bar.update(task, advance=1, status=f"loss {train_loss[-1]:.3f} "
                                                f"val Dice {validation_dice[-1]:.3f}")

@@ -21,6 +21,7 @@ from cadx.io.atomic import atomic_path
 from cadx.models.patch_cnn import PatchCNN
 from cadx.patches.grid import PatchSet
 from cadx.train.loss import WeightedBCELoss
+from cadx.train.precision import autocast, resolve_precision
 from cadx.train.sampling import BalancedBatchSampler
 
 
@@ -183,6 +184,10 @@ def fit_patch_cnn(
     an existing checkpoint is loaded and training goes on after its epoch, exactly as if it
     had not stopped. `device` ("cuda", "cuda:1", "cpu"; default the CPU) trains a single
     process there; under torch.distributed each rank uses its own (nccl: its GPU).
+
+    `config.precision` "bf16" runs the forward passes under bfloat16 autocast (weights, the
+    optimiser, BatchNorm and the loss stay fp32), the validation scores too; on a device
+    without bf16 instructions it warns once and trains in fp32. "fp32" is the plain loop.
     """
     _check_labelled(train, "training")
     _check_labelled(validation, "validation")
@@ -202,6 +207,7 @@ def fit_patch_cnn(
     on_gpu = distributed and dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device(
         device if device is not None and not distributed else "cpu")
+    precision = resolve_precision(config.precision, device.type)
     model = PatchCNN(train.patch_size_px, model_config.batch_norm, train.channels)
     saved = _read_checkpoint(checkpoint_path) if resume and checkpoint_path else None
     if saved is not None:
@@ -247,18 +253,25 @@ def fit_patch_cnn(
             batches = (_distributed_batches(sampler, epoch, config.batch_size // world, config)
                        if distributed else
                        _single_process_batches(train.labels, config, generator))
-            loss_sum = torch.zeros(2, dtype=torch.float64)  # summed loss, patches seen
+            # Summed on the device and read once per epoch: reading it every step would wait
+            # for each step to finish on a GPU.
+            summed_loss = torch.zeros((), dtype=torch.float64, device=device)
+            n_seen = 0
             for index, augmentation in batches:
                 batch = _batch_tensor(train.patches, index.numpy()).to(device)
                 batch = augment_patches(
                     batch, None if augmentation is None else augmentation.to(device))
                 optimiser.zero_grad(set_to_none=True)
-                loss = train_loss_fn(network(batch), y_train[index].to(device))
+                with autocast(precision, device.type):
+                    logits = network(batch)
+                loss = train_loss_fn(logits.float(), y_train[index].to(device))
                 loss.backward()
                 optimiser.step()
-                loss_sum += torch.tensor([float(loss.detach()) * len(index), len(index)],
-                                         dtype=torch.float64)
-            val_logits = predict_logits(model, validation.patches)
+                summed_loss += loss.detach().to(torch.float64) * len(index)
+                n_seen += len(index)
+            loss_sum = torch.stack([summed_loss.cpu(),
+                                    torch.tensor(n_seen, dtype=torch.float64)])
+            val_logits = predict_logits(model, validation.patches, precision=precision)
             scores = torch.tensor([float(loss_fn(val_logits, y_val)),
                                    roc_auc_score(validation.labels, val_logits.numpy())],
                                   dtype=torch.float64)
@@ -334,16 +347,19 @@ def _flip_views(batch: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, patches: np.ndarray | torch.Tensor,
-                   batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
-    """Logits for (N, P, P) or (N, C, P, P) patches (array, memory map or tensor), batch by
-    batch, in eval mode."""
+                   batch_size: int = INFERENCE_BATCH, *, precision: str = "fp32"
+                   ) -> torch.Tensor:
+    """fp32 logits for (N, P, P) or (N, C, P, P) patches (array, memory map or tensor), batch
+    by batch, in eval mode; `precision` "bf16" runs the network under bfloat16 autocast (as a
+    bundle trained in bf16 had its thresholds chosen)."""
     was_training = model.training
     model.eval().to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     if isinstance(patches, torch.Tensor):
         patches = patches.cpu().numpy()
-    outputs = [model(_batch_tensor(patches, slice(i, i + batch_size)).to(device)).cpu()
-               for i in range(0, len(patches), batch_size)]
+    with autocast(precision, device.type):
+        outputs = [model(_batch_tensor(patches, slice(i, i + batch_size)).to(device)).float().cpu()
+                   for i in range(0, len(patches), batch_size)]
     model.train(was_training)
     if not outputs:
         return torch.empty(0)
@@ -352,7 +368,7 @@ def predict_logits(model: torch.nn.Module, patches: np.ndarray | torch.Tensor,
 
 @torch.inference_mode()
 def _flip_averaged_probabilities(model: torch.nn.Module, patches: np.ndarray,
-                                 batch_size: int) -> torch.Tensor:
+                                 batch_size: int, precision: str = "fp32") -> torch.Tensor:
     """Mean probability over each patch and its three flips, the four views in one forward
     pass per batch."""
     was_training = model.training
@@ -361,7 +377,9 @@ def _flip_averaged_probabilities(model: torch.nn.Module, patches: np.ndarray,
     outputs = []
     for i in range(0, len(patches), batch_size):
         batch = _batch_tensor(patches, slice(i, i + batch_size)).to(device)
-        views = torch.sigmoid(model(_flip_views(batch))).cpu()
+        with autocast(precision, device.type):
+            logits = model(_flip_views(batch))
+        views = torch.sigmoid(logits.float()).cpu()
         outputs.append(views.view(4, len(batch)).mean(dim=0))
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
@@ -369,13 +387,17 @@ def _flip_averaged_probabilities(model: torch.nn.Module, patches: np.ndarray,
 
 def predict_patch_probabilities(model: torch.nn.Module, patches: np.ndarray,
                                 batch_size: int = INFERENCE_BATCH,
-                                flip_average: bool = False) -> np.ndarray:
+                                flip_average: bool = False, *,
+                                precision: str = "fp32") -> np.ndarray:
     """Cancer probability of each (N, P, P) or (N, C, P, P) patch; with `flip_average` the mean
-    over the patch and its left-right, up-down and double flips (test-time augmentation)."""
+    over the patch and its left-right, up-down and double flips (test-time augmentation).
+    `precision`: the bundle's (`PatchModelBundle.precision`), so that scores are computed as
+    when its thresholds were chosen."""
     if flip_average:
         if isinstance(patches, torch.Tensor):
             patches = patches.cpu().numpy()
-        probabilities = _flip_averaged_probabilities(model, patches, batch_size)
+        probabilities = _flip_averaged_probabilities(model, patches, batch_size, precision)
     else:
-        probabilities = torch.sigmoid(predict_logits(model, patches, batch_size))
+        probabilities = torch.sigmoid(predict_logits(model, patches, batch_size,
+                                                     precision=precision))
     return probabilities.numpy().astype(np.float64)

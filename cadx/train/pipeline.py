@@ -18,6 +18,7 @@ from cadx.evaluate.cohort import CohortEvaluation, cohort_patient_scores, evalua
 from cadx.patches.cohort import PatchedCase
 from cadx.patches.store import join_patches
 from cadx.train.fit import TrainingHistory, fit_patch_cnn, predict_patch_probabilities
+from cadx.train.precision import resolve_precision
 from cadx.train.splits import PatientSplit, assert_disjoint, split_patients
 
 
@@ -38,13 +39,13 @@ STORED_TOP_K = (1, 3, 5, 10, 20)
 
 
 def score_cases(model: torch.nn.Module, cases: Sequence[PatchedCase],
-                flip_average: bool = False) -> list[np.ndarray]:
-    """Score all cases' patches in one batched pass (averaged over flips with `flip_average`);
-    one score array per case."""
+                flip_average: bool = False, precision: str = "fp32") -> list[np.ndarray]:
+    """Score all cases' patches in one batched pass (averaged over flips with `flip_average`,
+    in `precision`: a bundle's `precision`); one score array per case."""
     if not cases:
         return []
     scores = predict_patch_probabilities(model, join_patches(cases).patches,
-                                         flip_average=flip_average)
+                                         flip_average=flip_average, precision=precision)
     bounds = np.cumsum([len(c.patches) for c in cases])[:-1]
     return np.split(scores, bounds)
 
@@ -94,10 +95,12 @@ def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase],
     patches above the patch threshold).
 
     Also returns the validation operating point of every candidate patient score (fraction,
-    cluster, top-k for k in STORED_TOP_K), keyed by `DecideConfig.score_name`.
+    cluster, top-k for k in STORED_TOP_K), keyed by `DecideConfig.score_name`. The patches are
+    scored in `config.train.precision`, as diagnose and evaluate will score them.
     """
     config = config or PipelineConfig()
-    per_case = score_cases(model, validation, config.decide.test_time_flips)
+    per_case = score_cases(model, validation, config.decide.test_time_flips,
+                           config.train.precision)
     scores = np.concatenate(per_case)
     labels = np.concatenate([c.patches.labels for c in validation])
     patch_point = youden_operating_point(labels, scores, "validation patches")
@@ -124,6 +127,11 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
     """
     if not cases:
         raise SplitError("no cases to train on")
+    # The bundle records the precision training ran in (fp32 where bf16 was asked for on a
+    # device without it), and its thresholds and every later score use that one.
+    device_type = "cpu" if device is None else torch.device(device).type
+    config = replace(config, train=replace(
+        config.train, precision=resolve_precision(config.train.precision, device_type)))
     train_cfg = config.train
     split = split_patients([c.patient_id for c in cases], [c.has_tumour for c in cases],
                            train_cfg.validation_fraction, train_cfg.test_fraction, train_cfg.seed)
@@ -146,7 +154,8 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
     test_evaluation = None
     if parts["test"]:
         test_evaluation = evaluate_cohort(
-            parts["test"], score_cases(model, parts["test"], config.decide.test_time_flips),
+            parts["test"], score_cases(model, parts["test"], config.decide.test_time_flips,
+                                       train_cfg.precision),
             patch_point.threshold, patient_point.threshold, config=config)
     summary = {
         "split": {"train": list(split.train), "validation": list(split.validation),

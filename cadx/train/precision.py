@@ -1,6 +1,11 @@
 """Mixed precision for training on the CPU: bf16 autocast where the processor has bf16
 instructions (AVX512-BF16 or AMX), fp32 otherwise, with one warning instead of a crash or a
-silent many-fold slowdown (bf16 emulated in software is slower than fp32)."""
+silent many-fold slowdown (bf16 emulated in software is slower than fp32).
+
+The master weights, the optimiser, BatchNorm and the loss stay fp32: autocast only runs the
+convolutions and matrix products of the forward pass (and so their gradients) in bf16, and the
+training loops cast the logits back to fp32 before the loss.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from collections.abc import Iterator
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+from cadx.config import PRECISIONS
+
+__all__ = ["PRECISIONS", "autocast", "cpu_has_bf16", "resolve_precision"]
 
 
 def cpu_has_bf16() -> bool:
@@ -19,17 +26,25 @@ def cpu_has_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_precision(precision: str) -> str:
-    """`precision` if this machine can run it fast, else "fp32" with a one-line warning."""
-    if precision == "bf16" and not cpu_has_bf16():
-        warnings.warn("--precision bf16: this CPU has no bf16 instructions; training in fp32",
-                      RuntimeWarning, stacklevel=2)
+def _device_has_bf16(device_type: str) -> bool:
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """`precision` if this machine (its CPU, or its GPU for `device_type` "cuda") can run it
+    fast, else "fp32" with a one-line warning."""
+    if precision == "bf16" and not _device_has_bf16(device_type):
+        where = "GPU" if device_type == "cuda" else "CPU"
+        warnings.warn(f"--precision bf16: this {where} has no bf16 instructions; training in "
+                      "fp32", RuntimeWarning, stacklevel=2)
         return "fp32"
     return precision
 
 
 @contextlib.contextmanager
-def autocast(precision: str) -> Iterator[None]:
-    """bf16 autocast on the CPU for "bf16"; nothing for "fp32"."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+def autocast(precision: str, device_type: str = "cpu") -> Iterator[None]:
+    """bf16 autocast on `device_type` ("cpu" or "cuda") for "bf16"; nothing for "fp32"."""
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         yield

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from cadx.config import ImageModelConfig, ImageTrainConfig
+from cadx.config import PRECISIONS, ImageModelConfig, ImageTrainConfig
 from cadx.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def _config(args: argparse.Namespace) -> ImageModelConfig:
         train=ImageTrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                                learning_rate=args.lr, weight_decay=args.weight_decay,
                                early_stop_patience=args.early_stop_patience,
-                               augment=not args.no_augment, seed=args.seed))
+                               augment=not args.no_augment, precision=args.precision,
+                               seed=args.seed))
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="epochs without validation-loss improvement before stopping "
                              "(default %(default)s)")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--precision", choices=PRECISIONS, default=d_train.precision,
+                        help="bf16: bfloat16 autocast of the training forward pass on CPUs "
+                             "with bf16 instructions (fp32 with a warning elsewhere); "
+                             "validation, thresholds and inference stay fp32 (default "
+                             "%(default)s)")
     parser.add_argument("--val-fraction", type=float, default=d_model.validation_fraction)
     parser.add_argument("--test-fraction", type=float, default=d_model.test_fraction)
     parser.add_argument("--seed", type=int, default=d_model.seed)
