@@ -69,3 +69,30 @@ def write_png_images(folder: Path, n: int = 2, seed: int = 0) -> list[Path]:
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+def write_fused_image_bundle(path: Path) -> Path:
+    """`write_image_bundle` (no organ) with a fusion model on age (years, 0..120) and device
+    (GE, Toshiba), fitted on synthetic validation patients as tests/test_clinical.py does."""
+    from cadx.decide.fusion import FusionInputs, fit_fusion
+    from cadx.image_bundle import load_image_bundle, save_image_bundle
+    from cadx.io.clinical import column_spec, schema_from_columns
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.arange(n) % 2
+    age = 45 + 12 * y + rng.normal(0, 8, n)
+    score = np.clip(0.5 + 0.15 * (y - 0.5) + rng.normal(0, 0.15, n), 0.01, 0.99)
+    device = np.where(rng.random(n) < 0.5, "GE", "Toshiba")
+    inputs = FusionInputs([f"P{k}" for k in range(n)], y.tolist(), score.tolist(),
+                          {"age": age.tolist(), "device": device.tolist()})
+    specs = {"age": {"kind": "numeric", "unit": "years", "low": 0, "high": 120},
+             "device": {"kind": "categorical"}}
+    schema = schema_from_columns(specs)
+    bundle = load_image_bundle(write_image_bundle(path, organ=None))
+    bundle.fusion, _ = fit_fusion(inputs, ["age", "device"],
+                                  {"age": "numeric", "device": "categorical"},
+                                  {"age": "years", "device": None},
+                                  column_specs={c: column_spec(schema.columns[c])
+                                                for c in specs})
+    return save_image_bundle(bundle, path)

@@ -33,6 +33,7 @@ from tests.conftest import toy_case
 from tests.serve_support import (
     write_ct_bundle,
     write_ct_upload,
+    write_fused_image_bundle,
     write_image_bundle,
     write_png_images,
 )
@@ -287,3 +288,86 @@ def test_cli_refuses_public_bind_without_token(served, monkeypatch, capsys):
     assert "without a token" in capsys.readouterr().err
     assert main(["serve", "--models", str(served["image"].parent / "none")]) == 2
     assert "model folder not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------- clinical values (issue 17)
+
+
+@pytest.fixture
+def fused_models(tmp_path: Path) -> dict:
+    """A 2D bundle with a fusion model on age and device, beside a CT bundle."""
+    models_dir = tmp_path / "fused_models"
+    path = write_fused_image_bundle(models_dir / "breast_us.cadx")
+    write_ct_bundle(models_dir / "pancreas_ct.cadx")
+    return {"models": load_model_folder(models_dir), "bundle": path,
+            "pngs": write_png_images(tmp_path / "pngs")}
+
+
+def test_models_listing_names_the_fusion_columns(fused_models):
+    client = TestClient(create_app(fused_models["models"]))
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
+    assert listed["pancreas_ct"]["fusion"] is None
+    fusion = listed["breast_us"]["fusion"]
+    assert [c["name"] for c in fusion["columns"]] == ["age", "device"]
+    age, device = fusion["columns"]
+    assert age["kind"] == "numeric" and age["unit"] == "years" and age["range"] == [0, 120]
+    assert device["kind"] == "categorical" and device["values"] == ["GE", "Toshiba"]
+    assert 0.0 < fusion["threshold"] < 1.0 and "age, device" in fusion["model"]
+
+
+def test_clinical_values_give_both_scores_as_diagnose_does(fused_models):
+    from cadx.diagnose.clinical import add_fusion
+
+    client = TestClient(create_app(fused_models["models"]))
+    pngs = fused_models["pngs"]
+    bundle = load_image_bundle(fused_models["bundle"])
+    diagnosis = add_fusion(bundle, diagnose_image_files(bundle, pngs, "exam"),
+                           {"age": "61", "device": "GE"})
+    expected = diagnosis.fusion
+    # One field as `diagnose --clinical` takes it, or one field per column: the same answer.
+    for clinical in (["age=61,device=GE"], ["age=61 years", "device=GE"]):
+        response = client.post("/v1/diagnose?model=breast_us", data={"clinical": clinical},
+                               files=_files(*pngs))
+        assert response.status_code == 200, response.text
+        result = response.json()
+        fusion = result["fusion"]
+        assert result["score"] == pytest.approx(diagnosis.exam_score)
+        assert result["decision"] == diagnosis.decision
+        assert fusion["values"] == {"age": 61.0, "device": "GE"}
+        assert fusion["score"] == pytest.approx(expected["score"])
+        assert fusion["decision"] == expected["decision"] and fusion["not_fused"] is None
+        assert fusion["image_only_score"] == pytest.approx(expected["image_only_score"])
+    # A value the fusion needs is missing: the image-only score stands, saying why.
+    response = client.post("/v1/diagnose?model=breast_us", data={"clinical": "age=61"},
+                           files=_files(*pngs))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["score"] is not None and result["fusion"]["score"] is None
+    assert result["fusion"]["not_fused"] == ("image-only score given: the fusion model needs "
+                                             "device: missing")
+    out_of_range = client.post("/v1/diagnose?model=breast_us",
+                               data={"clinical": "age=130,device=GE"}, files=_files(*pngs))
+    assert out_of_range.status_code == 200, out_of_range.text
+    assert out_of_range.json()["fusion"]["not_fused"] == (
+        "image-only score given: clinical, column 'age': '130' is outside the plausible range "
+        "0..120 years")
+    none_given = client.post("/v1/diagnose?model=breast_us", files=_files(*pngs)).json()
+    assert none_given["fusion"]["not_fused"] == ("image-only score given: the fusion model "
+                                                 "needs age, device: missing")
+    assert none_given["score"] == result["score"]
+
+
+@pytest.mark.parametrize(("model", "clinical", "words"), [
+    ("breast_us", "age54", ["clinical expects NAME=VALUE", "'age54'"]),
+    ("breast_us", "age=54,age=60", ["clinical names 'age' twice"]),
+    ("breast_us", "x=" + "9" * 3000, ["clinical: more than 2000 characters"]),
+    ("pancreas_ct", "age=54", ["clinical", "CT model", "no fusion model"]),
+])
+def test_a_malformed_clinical_field_is_a_one_line_422(fused_models, model, clinical, words):
+    client = TestClient(create_app(fused_models["models"]))
+    response = client.post(f"/v1/diagnose?model={model}", data={"clinical": clinical},
+                           files=_files(fused_models["pngs"][0]))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert all(word in error for word in words), error
+    assert "\n" not in error and len(error) < 300

@@ -25,6 +25,7 @@ from cadx.serve.registry import load_model_folder
 from tests.serve_support import (
     write_ct_bundle,
     write_ct_upload,
+    write_fused_image_bundle,
     write_image_bundle,
     write_png_images,
 )
@@ -46,10 +47,12 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    """The service (a CT and a thyroid ultrasound model) on a free loopback port, in a thread."""
+    """The service (a CT, a thyroid ultrasound and a fused breast model) on a free loopback
+    port, in a thread."""
     models_dir = tmp_path_factory.mktemp("models")
     write_ct_bundle(models_dir / "pancreas_ct.cadx")
     write_image_bundle(models_dir / "thyroid_us.cadx")
+    write_fused_image_bundle(models_dir / "breast_fused.cadx")
     app = create_app(load_model_folder(models_dir))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -164,3 +167,50 @@ def test_thyroid_images_show_cams_and_fna_advice(server, browser, tmp_path):
     cards = browser.find_elements(By.CSS_SELECTOR, ".image-card p")
     assert [c.text.split(":")[0] for c in cards] == ["nodule_1.png", "nodule_2.png"]
     assert browser.save_screenshot(str(_artifacts(tmp_path) / "serve_page_thyroid.png"))
+
+
+def test_fused_model_asks_for_its_clinical_values_and_shows_both_scores(server, browser,
+                                                                        tmp_path):
+    from cadx.diagnose.clinical import add_fusion
+
+    base_url, models_dir = server
+    pngs = write_png_images(tmp_path / "pngs")
+    wait = WebDriverWait(browser, 30)
+    browser.set_window_size(1000, 1500)
+    browser.get(base_url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+    Select(browser.find_element(By.ID, "model")).select_by_value("thyroid_us")
+    assert not browser.find_element(By.ID, "clinical-row").is_displayed()
+    Select(browser.find_element(By.ID, "model")).select_by_value("breast_fused")
+    assert browser.find_element(By.ID, "clinical-row").is_displayed()
+    assert "age (years)" in browser.find_element(By.ID, "clinical-fields").text
+    device = Select(browser.find_element(By.ID, "clinical-device"))
+    assert [o.text for o in device.options] == ["(not given)", "GE", "Toshiba"]
+
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in pngs))
+    browser.find_element(By.ID, "clinical-age").send_keys("61")
+    device.select_by_value("GE")
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "fusion").is_displayed())
+    bundle = load_image_bundle(models_dir / "breast_fused.cadx")
+    expected = add_fusion(bundle, diagnose_image_files(bundle, pngs, "exam"),
+                          {"age": "61", "device": "GE"})
+    assert browser.find_element(By.ID, "score-label").text == "image-only score"
+    assert browser.find_element(By.ID, "score").text == f"{expected.exam_score:.3f}"
+    assert browser.find_element(By.ID, "fusion-score").text == \
+        f"{expected.fusion['score']:.3f}"
+    assert browser.find_element(By.ID, "fusion-decision").text == \
+        f"Image + age, device: {expected.fusion['decision']}"
+    assert browser.save_screenshot(str(_artifacts(tmp_path) / "serve_page_fusion.png"))
+    browser.set_window_size(390, 1400)  # a phone's width: the clinical fields fit too
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth")
+    browser.set_window_size(1000, 1500)
+
+    device.select_by_value("")  # a value missing: the image-only score, and why
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "fusion-decision").text
+               == "Fused score not given")
+    assert browser.find_element(By.ID, "fusion-score").text == (
+        "image-only score given: the fusion model needs device: missing")
+    assert browser.find_element(By.ID, "score").text == f"{expected.exam_score:.3f}"

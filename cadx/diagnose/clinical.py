@@ -9,13 +9,19 @@ from collections.abc import Mapping
 from cadx.decide.exam import exam_probability
 from cadx.diagnose.images import NEGATIVE, POSITIVE, ImageDiagnosis
 from cadx.image_bundle import ImageModelBundle
-from cadx.io.clinical import ClinicalRow, schema_from_columns, validate_clinical
+from cadx.io.clinical import (
+    OUT_OF_RANGE_HINT,
+    ClinicalRow,
+    schema_from_columns,
+    validate_clinical,
+)
 
 
 def add_fusion(bundle: ImageModelBundle, diagnosis: ImageDiagnosis,
-               clinical: Mapping[str, str]) -> ImageDiagnosis:
+               clinical: Mapping[str, str], source: str = "--clinical") -> ImageDiagnosis:
     """Fill `diagnosis.fusion` from the raw `clinical` values (column -> text, e.g. from
-    ``--clinical age=54,device=GE`` or the page's form fields) and return the diagnosis."""
+    ``--clinical age=54,device=GE`` or the service's `clinical` form field, named by `source`
+    in the messages) and return the diagnosis."""
     clinical = {k.strip().lower(): str(v) for k, v in clinical.items() if str(v).strip()}
     fusion = bundle.fusion
     if fusion is None:
@@ -30,10 +36,11 @@ def add_fusion(bundle: ImageModelBundle, diagnosis: ImageDiagnosis,
     schema = schema_from_columns({c: fusion.column_specs.get(c, {"kind": fusion.kinds[c]})
                                   for c in fusion.columns})
     given = {c: clinical[c] for c in fusion.columns if c in clinical}
-    validation = validate_clinical([ClinicalRow("--clinical", diagnosis.patient_id, given)],
+    validation = validate_clinical([ClinicalRow(source, diagnosis.patient_id, given)],
                                    "clinical values", schema, columns=list(given))
     values = validation.patients.get(diagnosis.patient_id, {})
-    reason = "; ".join(validation.errors) if validation.errors else fusion.missing_reason(values)
+    errors = [error.removesuffix(OUT_OF_RANGE_HINT) for error in validation.errors]
+    reason = "; ".join(errors) if errors else fusion.missing_reason(values)
     exam = float(exam_probability([diagnosis.exam_score], bundle.aggregation)[0])
     result: dict[str, object] = {
         "columns": list(fusion.columns), "values": {c: values.get(c) for c in fusion.columns},

@@ -57,6 +57,9 @@ MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "none", "null", "missing", "
 _SHOW = 5  # problems quoted in one error message
 _NUMBER = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(.*?)\s*$")
 _HEADER_UNIT = re.compile(r"^(.*?)\s*[\[(]\s*([^\])]+?)\s*[\])]\s*$")
+# Ends an out-of-range refusal of a file; a single patient's values (diagnose, the service)
+# have no such option.
+OUT_OF_RANGE_HINT = " (or pass --out-of-range missing)"
 _SCHEMA_KEYS = {"type", "unit", "units", "range", "values", "groups", "level", "required",
                 "leaks_label", "description"}
 
@@ -390,7 +393,7 @@ def _validate_column(validation: ClinicalValidation, rows: Sequence[ClinicalRow]
             shown = f"'{text}'" + (f" (= {value:g} {spec.unit})" if factor != 1.0 else "")
             message = f"{where}: {shown} is outside the plausible range {spec.range_text()}"
             if out_of_range == "error":
-                errors.append(message + " (or pass --out-of-range missing)")
+                errors.append(message + OUT_OF_RANGE_HINT)
             else:
                 validation.warnings.append(message + "; set missing (--out-of-range missing)")
                 validation.set_missing.append(f"{row.where}, column '{name}'")
@@ -489,9 +492,10 @@ def column_spec(column: ClinicalColumn) -> dict[str, object]:
             "level": column.level}
 
 
-def parse_clinical_items(items: Sequence[str]) -> dict[str, str]:
+def parse_clinical_items(items: Sequence[str], option: str = "--clinical") -> dict[str, str]:
     """'--clinical age=54,device=GE' items -> {column: text}. A comma piece without '=' belongs
-    to the previous value (so 'device=GE Logiq 7, 10 MHz' stays one value)."""
+    to the previous value (so 'device=GE Logiq 7, 10 MHz' stays one value). `option` names the
+    source in messages (the service's form field is `clinical`)."""
     values: dict[str, str] = {}
     for item in items:
         last = None
@@ -500,11 +504,11 @@ def parse_clinical_items(items: Sequence[str]) -> dict[str, str]:
             if sep and name.strip():
                 last = name.strip().lower()
                 if last in values:
-                    raise ConfigError(f"--clinical names '{last}' twice")
+                    raise ConfigError(f"{option} names '{last[:40]}' twice")
                 values[last] = text.strip()
             elif last is not None:
                 values[last] += "," + piece
             elif piece.strip():
-                raise ConfigError(f"--clinical expects NAME=VALUE[,NAME=VALUE...] "
-                                  f"(e.g. age=54,device=GE), got {item!r}")
+                raise ConfigError(f"{option} expects NAME=VALUE[,NAME=VALUE...] "
+                                  f"(e.g. age=54,device=GE), got {item[:80]!r}")
     return values

@@ -26,7 +26,13 @@ from cadx.io.limits import VolumeTooLargeError
 from cadx.serve.connections import ConnectionLimits
 from cadx.serve.guards import SLOT_KEY, AdmissionMiddleware, ErrorMiddleware, HostMiddleware
 from cadx.serve.inputs import UnsupportedFileError, Upload, UploadLimits, UploadTooLargeError
-from cadx.serve.jobs import DiagnoseRequest, clear_stale_workdirs, parse_size_mm, run_diagnosis
+from cadx.serve.jobs import (
+    DiagnoseRequest,
+    clear_stale_workdirs,
+    parse_clinical_field,
+    parse_size_mm,
+    run_diagnosis,
+)
 from cadx.serve.pool import InferencePool, PoolFullError
 from cadx.serve.registry import ServedModel
 
@@ -89,7 +95,8 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
     app = FastAPI(title="cadx diagnosis service", version=__version__, docs_url=None,
                   redoc_url=None, lifespan=lifespan,
                   description="Upload a patient's images, get the model's score, decision, "
-                              "heat map and (thyroid models) FNA advice.")
+                              "heat map, (thyroid models) FNA advice and (models with a "
+                              "fusion model) the score fused with clinical values.")
     app.state.pool = pool
     # The last added runs first: errors -> host -> token, size, model, slot -> the routes.
     app.add_middleware(AdmissionMiddleware, token=token, max_bytes=limits.max_request_bytes,
@@ -140,6 +147,10 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
             description="organ mask on the volume's grid (CT models)")] = None,
         lesion_size_mm: Annotated[str | None, Form(
             description="largest nodule diameter in mm (thyroid FNA advice)")] = None,
+        clinical: Annotated[list[str] | None, Form(
+            description="image models with a fusion model: the patient's clinical values as "
+                        "NAME=VALUE[,NAME=VALUE...], e.g. age=54,device=GE (the field may be "
+                        "repeated); the columns are in GET /v1/models (`fusion`)")] = None,
     ) -> JSONResponse:
         started = time.perf_counter()
         if model_query and model_form and model_query != model_form:
@@ -153,7 +164,8 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
             return _error(404, f"unknown model {model[:80]!r}; loaded: {', '.join(models)}")
         try:
             request = DiagnoseRequest(served, [u for f in files if (u := _upload(f))],
-                                      _upload(organ_mask), parse_size_mm(lesion_size_mm))
+                                      _upload(organ_mask), parse_size_mm(lesion_size_mm),
+                                      parse_clinical_field(clinical, served))
             result = await pool.run(run_diagnosis, request, limits,
                                     slot=http_request.scope.get("state", {}).get(SLOT_KEY))
         except PoolFullError as exc:

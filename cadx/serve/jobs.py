@@ -10,18 +10,21 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cadx.bundle import PatchModelBundle
 from cadx.case import Case
+from cadx.diagnose.clinical import add_fusion
 from cadx.diagnose.fna import RULE, SOURCE, fna_advice
 from cadx.diagnose.heatmap import ct_heatmap
 from cadx.diagnose.images import diagnose_images
 from cadx.diagnose.patient import Diagnosis, diagnose_case, organ_not_found
-from cadx.errors import CadxError, InputError
+from cadx.errors import CadxError, ConfigError, InputError
 from cadx.image_bundle import ImageModelBundle
+from cadx.io.clinical import parse_clinical_items
 from cadx.segment.infer import with_predicted_organ
 from cadx.serve.inputs import (
     Upload,
@@ -39,17 +42,21 @@ WORKDIR_PREFIX = "cadx-serve-"
 _WORKDIR_PID = re.compile(re.escape(WORKDIR_PREFIX) + r"(\d+)-")
 # Folders of an older naming (no pid) are removed once they are this old.
 _UNNAMED_STALE_S = 3600.0
+# The clinical form field(s) of one request: a few NAME=VALUE pairs, never a document.
+MAX_CLINICAL_CHARS = 2000
 log = logging.getLogger("cadx.serve")
 
 
 @dataclass(frozen=True)
 class DiagnoseRequest:
-    """What the client sent: the model, its files, an optional organ mask and nodule size."""
+    """What the client sent: the model, its files, an optional organ mask and nodule size, and
+    the patient's clinical values (column -> text) for a bundle with a fusion model."""
 
     model: ServedModel
     uploads: list[Upload]
     organ_mask: Upload | None = None
     lesion_size_mm: float | None = None
+    clinical: dict[str, str] = field(default_factory=dict)
 
 
 def parse_size_mm(text: str | None) -> float | None:
@@ -63,6 +70,24 @@ def parse_size_mm(text: str | None) -> float | None:
     if not math.isfinite(size) or not 0 < size <= 150:
         raise InputError(f"lesion size: {size:g} mm is outside (0, 150] mm")
     return size
+
+
+def parse_clinical_field(items: Sequence[str] | None, model: ServedModel) -> dict[str, str]:
+    """The `clinical` form field(s), each NAME=VALUE[,NAME=VALUE...] as `diagnose --clinical`
+    takes them, -> {column: text} (blank = none given). InputError, one line, when malformed,
+    too long, or given to a CT model (only 2D image models have a fusion model)."""
+    items = [item for item in items or [] if item.strip()]
+    if not items:
+        return {}
+    if sum(len(item) for item in items) > MAX_CLINICAL_CHARS:
+        raise InputError(f"clinical: more than {MAX_CLINICAL_CHARS} characters")
+    if model.kind == CT_PATCH:
+        raise InputError(f"clinical: model {model.model_id!r} is a CT model, which has no "
+                         f"fusion model (cadx fuse fuses 2D image models)")
+    try:
+        return parse_clinical_items(items, option="clinical")
+    except ConfigError as exc:
+        raise InputError(" ".join(str(exc).split())) from None
 
 
 def png_data_url(png: bytes) -> str:
@@ -113,7 +138,8 @@ def _ct_result(request: DiagnoseRequest, paths: list[Path], mask: Path | None,
         "score_name": "fraction of patches above the patch threshold",
         "threshold": diagnosis.patient_threshold, "decision": diagnosis.decision,
         "positive": False, "heatmap": None, "images": [],
-        "fna": _fna(model, False, request.lesion_size_mm), "details": diagnosis.to_dict(),
+        "fna": _fna(model, False, request.lesion_size_mm), "fusion": None,
+        "details": diagnosis.to_dict(),
     }
     if diagnosis.patient_score is None:  # the segmenter found no organ: no decision
         return result
@@ -137,6 +163,9 @@ def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,
     assert isinstance(bundle, ImageModelBundle)
     images, names = images_from_uploads(paths, bundle.channels, limits)
     diagnosis = diagnose_images(bundle, images, names, patient_id="exam", cam_dir=cam_dir)
+    # The same fusion as `cadx diagnose --clinical`: a value missing or refused leaves the
+    # image-only result standing and `fusion.not_fused` says why.
+    add_fusion(bundle, diagnosis, request.clinical, source="clinical")
     # CAM files live in the request's temporary folder: send them inline.
     per_image = [{"name": image.name, "probability": image.probability,
                   "not_judged": image.not_judged,
@@ -152,7 +181,8 @@ def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,
         "score_name": f"exam score ({diagnosis.aggregation}) over {len(per_image)} image(s)",
         "threshold": diagnosis.exam_threshold, "decision": diagnosis.decision,
         "positive": positive, "heatmap": None, "images": per_image,
-        "fna": _fna(request.model, positive, request.lesion_size_mm), "details": details,
+        "fna": _fna(request.model, positive, request.lesion_size_mm),
+        "fusion": diagnosis.fusion, "details": details,
     }
 
 

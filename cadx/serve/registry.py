@@ -46,13 +46,32 @@ class ServedModel:
             return self.bundle.exam_threshold
         return self.bundle.patient_threshold
 
+    def fusion_info(self) -> dict[str, Any] | None:
+        """The clinical values the bundle's fusion model takes (None without one): per column
+        its kind, unit, other accepted units, plausible range and, for categories, the values
+        the validation patients had — what the page needs to draw one input per column."""
+        fusion = self.bundle.fusion if isinstance(self.bundle, ImageModelBundle) else None
+        if fusion is None:
+            return None
+        columns = []
+        for name in fusion.columns:
+            spec = fusion.column_specs.get(name, {})
+            columns.append({
+                "name": name, "kind": fusion.kinds[name], "unit": fusion.units.get(name),
+                "units": [str(u[0]) for u in spec.get("units", [])],
+                "range": [spec.get("low"), spec.get("high")],
+                "values": list(fusion.levels.get(name, ()))})
+        return {"columns": columns, "threshold": fusion.threshold, "model": fusion.describe()}
+
     def info(self) -> dict[str, Any]:
-        """What a client needs to pick the model and send the right files."""
+        """What a client needs to pick the model and send the right files (and, with a fusion
+        model, the clinical values)."""
         return {
             "id": self.model_id, "name": self.bundle.name, "kind": self.kind,
             "organ": self.organ, "needs_organ_mask": self.needs_organ_mask,
             "threshold": self.decision_threshold, "cadx_version": self.bundle.cadx_version,
             "created_utc": self.bundle.created_utc,
+            "fusion": self.fusion_info(),
             "accepts": ("one or more PNG/JPEG images" if self.kind == IMAGE else
                         "a NIfTI volume plus its organ mask, or one zip holding both, or a zipped "
                         "DICOM series with a DICOM SEG of the organ (or a separate mask)"

@@ -28,6 +28,46 @@ async function readError(response) {
   return "HTTP " + response.status + " " + response.statusText;
 }
 
+// One input per column of the model's fusion model (GET /v1/models: fusion.columns); each
+// value filled in is sent as a `clinical` form field NAME=VALUE.
+function showClinicalFields(fusion) {
+  $("clinical-row").hidden = !fusion;
+  const fields = $("clinical-fields");
+  fields.replaceChildren();
+  if (!fusion) return;
+  for (const column of fusion.columns) {
+    const row = document.createElement("div");
+    row.className = "row";
+    const id = "clinical-" + column.name.replace(/[^A-Za-z0-9_-]/g, "_");
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    label.textContent = column.name + (column.unit ? " (" + column.unit + ")" : "");
+    let input;
+    if (column.kind === "categorical") {
+      input = document.createElement("select");
+      input.append(new Option("(not given)", ""),
+        ...column.values.map((value) => new Option(value, value)));
+    } else {
+      input = document.createElement("input");
+      input.type = "text";
+      input.inputMode = "decimal";
+      const [low, high] = column.range || [null, null];
+      const hints = [];
+      if (low !== null || high !== null) {
+        hints.push((low !== null ? low : "") + " to " + (high !== null ? high : ""));
+      }
+      if (column.units.length) hints.push("or in " + column.units.join(", "));
+      input.placeholder = hints.join("; ");
+    }
+    input.id = id;
+    input.dataset.column = column.name;
+    row.append(label, input);
+    fields.append(row);
+  }
+  $("clinical-hint").textContent = "Fused with the exam score: " + fusion.model +
+    ". With a value left blank the image-only score is given, with the reason.";
+}
+
 function modelChanged() {
   const model = models.find((m) => m.id === $("model").value);
   if (!model) return;
@@ -35,6 +75,7 @@ function modelChanged() {
   $("mask-hint").textContent = model.needs_organ_mask
     ? "Required, unless the zip above holds a file named *mask* or a DICOM SEG."
     : "Optional: this model segments the organ itself.";
+  showClinicalFields(model.fusion);
   $("model-hint").textContent = model.kind + (model.organ ? " (" + model.organ + ")" : "") +
     ": upload " + model.accepts + "; decision threshold " + model.threshold.toFixed(3);
 }
@@ -68,6 +109,26 @@ function checkSizes(files) {
   return null;
 }
 
+function renderFusion(fusion) {
+  $("score-label").textContent = fusion ? "image-only score" : "score";
+  $("fusion").hidden = !fusion;
+  if (!fusion) return;
+  const fused = fusion.score !== null;
+  const head = $("fusion-decision");
+  head.textContent = fused ? "Image + " + fusion.columns.join(", ") + ": " + fusion.decision
+    : "Fused score not given";
+  head.className = fused ? (fusion.score > fusion.threshold ? "positive" : "negative") : "";
+  $("fusion-score").textContent = fused ? fusion.score.toFixed(3) : fusion.not_fused;
+  $("fusion-threshold").textContent = fusion.threshold.toFixed(3) +
+    " (positive when fused score > threshold)";
+  $("fusion-values").textContent = fusion.columns.map((column) => {
+    const value = fusion.values[column];
+    const unit = fusion.units[column];
+    return column + " " + (value === null ? "not given" : value + (unit ? " " + unit : ""));
+  }).join(", ");
+  $("fusion-model").textContent = fusion.model;
+}
+
 function render(result) {
   const decision = $("decision");
   decision.textContent = result.decision;
@@ -76,6 +137,7 @@ function render(result) {
   $("score").textContent = scored ? result.score.toFixed(3) : "none: nothing was scored";
   $("threshold").textContent = result.threshold.toFixed(3) + " (positive when score > threshold)";
   $("score-name").textContent = result.score_name;
+  renderFusion(result.fusion);
   const fna = $("fna");
   const advice = result.fna && result.fna.advice;
   fna.hidden = !(result.fna && (advice || result.fna.rule));
@@ -132,6 +194,12 @@ async function submit(event) {
   for (const file of files) form.append("files", file, file.name);
   if (mask && !$("mask-row").hidden) form.append("organ_mask", mask, mask.name);
   form.append("lesion_size_mm", $("size").value);
+  if (!$("clinical-row").hidden) {
+    for (const input of $("clinical-fields").querySelectorAll("[data-column]")) {
+      const value = input.value.trim();
+      if (value) form.append("clinical", input.dataset.column + "=" + value);
+    }
+  }
   $("submit").disabled = true;
   $("status").textContent = "Running the model...";
   try {
