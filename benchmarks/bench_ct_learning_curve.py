@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from cadx.config import PipelineConfig
+from cadx.config import PRECISIONS, PipelineConfig
 from cadx.io.dataset import load_dataset
 from cadx.patches.cohort import PatchedCase
 from cadx.patches.store import join_patches
@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=DEMO_CONFIG.patches.size_px)
     parser.add_argument("--stride", type=int, default=DEMO_CONFIG.patches.stride_px)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEMO_CONFIG.train.precision,
+                        help="training and scoring precision (default %(default)s)")
     parser.add_argument("--tiny", action="store_true",
                         help="small coarse phantoms and 16 px patches: a smoke test")
     parser.add_argument("--per-epoch", action="store_true",
@@ -180,7 +182,7 @@ def main() -> None:
                    patches=replace(DEMO_CONFIG.patches, size_px=patch_size, stride_px=stride),
                    train=replace(DEMO_CONFIG.train, max_epochs=args.epochs,
                                  batch_size=args.batch_size, learning_rate=args.lr,
-                                 seed=args.seed))
+                                 seed=args.seed, precision=args.precision))
     data = Path(args.data)
     pool = 2 * max((n + 1) // 2 for n in sizes)
     train_folder = cached_cohort(data, f"train_seed{args.train_seed}_n{pool}", pool,
@@ -200,13 +202,13 @@ def main() -> None:
             if lever == "baseline":
                 baseline_model = trained
             rows.append({"run": lever, **row})
+            if args.json:  # after every run, so a long comparison keeps what it has measured
+                Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
             print(f"N {n} {lever}: val patch AUC {row['validation_patch_auc']:.3f}, val "
                   f"patient AUC (fraction) {row['validation_patient_auc']['fraction']:.3f}, "
                   f"{row['wall_s']} s", flush=True)
     print()
     _print_table(rows, args.per_epoch)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nbase settings: {json.dumps(base.to_dict()['train'])}; patches "
           f"{patch_size} px stride {stride}; validation cohort seed {args.val_seed}, "
           f"{args.val_patients} patients")
