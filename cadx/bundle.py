@@ -25,6 +25,7 @@ import torch
 
 from cadx import __version__
 from cadx.config import DecideConfig, PipelineConfig
+from cadx.decide.fusion import FusionModel
 from cadx.decide.roc import OperatingPoint
 from cadx.errors import BundleError, ConfigError
 from cadx.io.atomic import atomic_path
@@ -56,6 +57,9 @@ class PatchModelBundle:
     # The validation operating point of every candidate patient score, keyed by
     # `DecideConfig.score_name` (older bundles: none).
     patient_operating_points: dict[str, OperatingPoint] = field(default_factory=dict)
+    # The patient score fused with clinical values (`cadx fuse`, fitted on the validation
+    # patients; older bundles: none).
+    fusion: FusionModel | None = None
 
     @property
     def patch_threshold(self) -> float:
@@ -138,6 +142,7 @@ class PatchModelBundle:
             "summary": self.summary,
             "patient_operating_points": {name: point.to_dict() for name, point
                                          in self.patient_operating_points.items()},
+            **({"fusion": self.fusion.to_dict()} if self.fusion is not None else {}),
         } | ({} if self.segmenter is None else {"segmenter": {
             "name": self.segmenter.name, "created_utc": self.segmenter.created_utc,
             "validation_dice_mean": self.segmenter.summary.get("validation_dice_mean")}})
@@ -316,6 +321,7 @@ def load_bundle(path: str | Path) -> PatchModelBundle:
         patient_operating_points={
             name: OperatingPoint.from_dict(point)
             for name, point in manifest.get("patient_operating_points", {}).items()},
+        fusion=FusionModel.from_dict(manifest["fusion"]) if manifest.get("fusion") else None,
     )
 
 

@@ -441,9 +441,12 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     if len(args.images) != 1:
         raise InputError(f"{args.model} is a CT/MR patch model: give one volume, "
                          f"not {len(args.images)} files")
+    from cadx.io.clinical import parse_clinical_items
+
     diagnose_file(args.model, args.images[0], args.organ_mask, args.out, console=console,
                   series_uid=args.series, dicom_out=args.dicom_out,
-                  keep_in_plane_spacing=args.keep_in_plane_spacing)
+                  keep_in_plane_spacing=args.keep_in_plane_spacing,
+                  clinical=parse_clinical_items(args.clinical))
     return 0
 
 
@@ -567,8 +570,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_fuse(args: argparse.Namespace) -> int:
-    from cadx.image_workflows import fuse_command
+    from cadx.bundle import BUNDLE_FORMAT, read_manifest
 
+    if read_manifest(args.model).get("format") == BUNDLE_FORMAT:
+        from cadx.workflows import fuse_ct_command as fuse_command
+    else:
+        from cadx.image_workflows import fuse_command
     fuse_command(args.model, args.dataset, args.clinical, args.out,
                  schema_path=args.clinical_schema, out_of_range=args.out_of_range,
                  seed=args.seed, console=console, progress=not args.quiet)
@@ -739,10 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image models: write a Grad-CAM overlay PNG per image into DIR")
     p.add_argument("--out", help="write the result as JSON here (default: print only)")
     p.add_argument("--clinical", action="append", default=[], metavar="NAME=VALUE,...",
-                   help="image models with a fusion model (cadx fuse): the patient's clinical "
-                        "values, e.g. age=54,device=GE; the fused score is shown beside the "
-                        "image-only one, which stands alone when a value is missing (default: "
-                        "none)")
+                   help="models with a fusion model (cadx fuse; 2D image or CT): the patient's "
+                        "clinical values, e.g. age=54,device=GE; the fused score is shown beside "
+                        "the image-only one, which stands alone when a value is missing "
+                        "(default: none)")
     g = p.add_argument_group("DICOM and PACS")
     g.add_argument("--series", metavar="UID",
                    help="DICOM: score this SeriesInstanceUID (default: the CT/MR "
@@ -887,11 +894,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_clinical_options(p)
     p.set_defaults(func=_cmd_evaluate_images)
 
-    p = sub.add_parser("fuse", help="2D model + clinical columns: logistic regression on the "
-                                    "exam score, fitted on the model's validation patients")
-    p.add_argument("model", help="a train-images or train-features bundle (.cadx)")
-    p.add_argument("dataset", help="the manifest it was trained on, with the clinical columns "
-                                   "(only its validation patients are used)")
+    p = sub.add_parser("fuse", help="2D or CT model + clinical columns: logistic regression on "
+                                    "the exam (patient) score, fitted on the model's validation "
+                                    "patients")
+    p.add_argument("model", help="a train-images, train-features or (CT) train bundle (.cadx)")
+    p.add_argument("dataset", help="the manifest (2D) or dataset (CT: folder with dataset.json "
+                                   "and cases.csv, or CSV manifest) it was trained on, with the "
+                                   "clinical columns (only its validation patients are used)")
     p.add_argument("--clinical", required=True, type=_names, metavar="COLS",
                    help="clinical columns to fuse, e.g. age,device (label, BI-RADS, histology, "
                         "pathology and schema leaks_label columns are refused)")

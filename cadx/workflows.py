@@ -139,7 +139,8 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
                   organ_mask_path: str | Path | None, out_path: str | Path | None,
                   console: Console | None = None, series_uid: str | None = None,
                   dicom_out: str | Path | None = None,
-                  keep_in_plane_spacing: bool = False) -> Diagnosis:
+                  keep_in_plane_spacing: bool = False,
+                  clinical: Mapping[str, str] | None = None) -> Diagnosis:
     """Diagnose one patient from files; write JSON atomically when `out_path` is given.
 
     `image_path` is a volume file or a DICOM folder/file (`series_uid` picks the series; an
@@ -148,8 +149,11 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
     result as an SR (+ SEG) file.
     `keep_in_plane_spacing`: score the scan's own pixels instead of resampling them to the
     bundle's training pixel size (the seed's behaviour; bundles from before cadx recorded that
-    size always do).
+    size always do). `clinical` values (column -> text) feed the bundle's fusion model, if it
+    has one (`cadx fuse`): the fused score is shown beside the patient score.
     """
+    from cadx.diagnose.clinical import add_fusion
+
     console = console or Console()
     bundle = load_bundle(model_path)
     if keep_in_plane_spacing:
@@ -177,6 +181,7 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
     read_s = time.perf_counter() - start
     diagnosis = _diagnose_given_or_predicted_organ(bundle, case, console)
     diagnosis.timings_s = {"read": round(read_s, 4), **diagnosis.timings_s}
+    add_fusion(bundle, diagnosis, clinical or {})
     # Built before the JSON is written, so that its warnings (e.g. no SEG, and why) are in it.
     datasets = (None if dicom_out is None else
                 result_datasets(diagnosis, case, bundle.config.preprocess.slice_thickness_mm))
@@ -198,9 +203,50 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
                       f"{diagnosis.patient_score:.3f} vs threshold "
                       f"{diagnosis.patient_threshold:.3f}; {diagnosis.n_positive_patches}/"
                       f"{diagnosis.n_patches} patches above {diagnosis.patch_threshold:.3f})")
+    for note in diagnosis.notes:
+        console.print(f"  note: {escape(note)}")
+    fused = diagnosis.fusion
+    if fused is not None and fused["score"] is not None:
+        console.print(f"{diagnosis.patient_id} with {escape(', '.join(fused['columns']))}: "
+                      f"[bold]{fused['decision']}[/] (fused score {fused['score']:.3f} vs "
+                      f"threshold {fused['threshold']:.3f})")
     if out_path is not None:
         console.print(f"result written to {out_path}")
     return diagnosis
+
+
+def fuse_ct_command(model_path: str | Path, dataset: str | Path, columns: Sequence[str],
+                    out_path: str | Path, *, schema_path: str | Path | None = None,
+                    out_of_range: str = "error", seed: int = 0, console: Console | None = None,
+                    progress: bool = True) -> PatchModelBundle:
+    """`cadx fuse` for a CT patch bundle: fit the fusion of its patient score with clinical
+    `columns` on its validation patients (found in `dataset`, an MSD folder with cases.csv or a
+    CSV manifest) and write the bundle with it to `out_path`."""
+    from cadx.decide.ct_fusion import fit_ct_fusion
+    from cadx.decide.fusion import fusion_inputs_note
+    from cadx.io.clinical import load_clinical_schema
+
+    console = console or Console()
+    schema = load_clinical_schema(schema_path) if schema_path else None
+    bundle = load_bundle(model_path)
+    fit = fit_ct_fusion(bundle, load_dataset(dataset), dataset, columns, schema=schema,
+                        out_of_range=out_of_range, seed=seed, progress=progress)
+    bundle.fusion = fit.fusion
+    save_bundle(bundle, out_path)
+    console.print(f"[bold]cadx fuse[/]: {escape(fit.fusion.describe())}; patient score "
+                  f"{bundle.config.decide.score_name} at the stored patch threshold "
+                  f"{bundle.patch_threshold:.4f}")
+    for warning in fit.warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
+    for note in fit.notes:
+        console.print(f"  note: {escape(note)}")
+    for name, weight in fit.fusion.coefficients.items():
+        console.print(f"  coefficient of {escape(name)}: {weight:+.3f}"
+                      + ("" if "=" in name else " (per SD)"))
+    console.print(f"  {escape(fusion_inputs_note(fit.fusion, 'cadx evaluate'))}")
+    console.print(f"  fusion threshold (Youden on those patients): {fit.fusion.threshold:.4f}")
+    console.print(f"model bundle with fusion written to {out_path}")
+    return bundle
 
 
 def _diagnose_given_or_predicted_organ(bundle: PatchModelBundle, case: Case,
@@ -273,29 +319,43 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
     instead of the bundle's own. The scans are resampled in-plane to the bundle's training
     pixel size unless `keep_in_plane_spacing` (see `diagnose_file`). The dataset's clinical
     columns are checked against `schema_path` (a YAML schema, see `cadx.io.clinical`) and
-    those of `subgroup_bins` (column -> edges) tabulated in bins."""
+    those of `subgroup_bins` (column -> edges) tabulated in bins. With a fusion model in the
+    bundle (`cadx fuse`), the fused patient score is a level of its own, compared with the
+    image-only one by DeLong's test on the same patients."""
     from cadx.evaluate.subgroups import clinical_subgroups
-    from cadx.io.clinical import case_rows, load_clinical_schema, validate_clinical
+    from cadx.io.clinical import (
+        case_rows,
+        load_clinical_schema,
+        schema_from_columns,
+        validate_clinical,
+        with_columns,
+    )
 
     console = console or Console()
     schema = load_clinical_schema(schema_path) if schema_path else None
     subgroup_bins = dict(subgroup_bins or {})
     bundle = load_bundle(model_path)
+    fusion_columns, fusion_notes = _fusion_to_evaluate(bundle, decide)
     if decide is not None:
         bundle = bundle.with_patient_score(decide)
     if keep_in_plane_spacing:
         bundle = bundle.with_native_in_plane_spacing()
     refs = load_dataset(dataset)
+    if fusion_columns:  # the fusion's columns are read as they were when it was fitted
+        fusion = bundle.fusion
+        schema = with_columns(schema, schema_from_columns(
+            {c: fusion.column_specs.get(c, {"kind": fusion.kinds[c]}) for c in fusion.columns},
+            source=f"the fusion model of {bundle.name}"))
     clinical = None
     if schema is not None or subgroup_bins:
         clinical = validate_clinical(case_rows(refs), str(dataset), schema,
-                                     numeric=list(subgroup_bins), out_of_range=out_of_range)
+                                     columns=fusion_columns, numeric=list(subgroup_bins),
+                                     out_of_range=out_of_range)
         clinical.raise_errors()
     warnings, overlap = training_overlap_warnings(bundle, refs)
     if clinical is not None:
         warnings += clinical.warnings
-        for note in clinical.notes:
-            console.print(f"  note: {escape(note)}")
+        fusion_notes = clinical.notes + fusion_notes
     for warning in warnings:
         console.print(f"[yellow]warning[/]: {escape(warning)}")
     cases = patch_cohort(refs, bundle.config, progress=progress)
@@ -307,6 +367,22 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
                          bundle.precision)
     evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,
                                  bundle.patient_threshold, config=bundle.config)
+    fused, comparisons = [], []
+    if fusion_columns:
+        from cadx.evaluate.fusion import fused_level
+
+        rows = evaluation.patients
+        level, comparison, notes = fused_level(
+            bundle.fusion, [int(bool(r["has_tumour"])) for r in rows],
+            [r["patient_score"] for r in rows],
+            [clinical.patients.get(str(r["patient_id"]), {}) for r in rows],
+            name=f"patients + {', '.join(bundle.fusion.columns)} (fusion)",
+            image_name="patient", n_boot=n_boot, seed=seed)
+        fusion_notes += notes
+        if level is not None:
+            fused, comparisons = [level], [comparison]
+    for note in fusion_notes:
+        console.print(f"  note: {escape(note)}")
     title = f"Evaluation of {model_path} on {dataset}"
     subgroups, order = {}, {}
     if clinical is not None:
@@ -318,17 +394,36 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
         subgroups.update({c: [clinical.patients[p].get(c) for p in ids]
                           for c in clinical.columns
                           if c not in subgroups and clinical.kinds[c] == "categorical"})
+    meta = {"model": str(model_path), "dataset": str(dataset),
+            "patient_score": bundle.config.decide.score_name,
+            "training_patients_evaluated": overlap,
+            "in_plane_spacing_mm": bundle.config.preprocess.in_plane_spacing_mm}
+    if clinical is not None:
+        meta["clinical"] = clinical.to_dict()
+    if bundle.fusion is not None:
+        meta["fusion"] = bundle.fusion.describe()
+    if fusion_notes:
+        meta["notes"] = fusion_notes
     levels = write_cohort_report(out_dir, evaluation, title=title, warnings=warnings,
-                                 subgroups=subgroups, subgroup_order=order,
-                                 meta={"model": str(model_path), "dataset": str(dataset),
-                                       "patient_score": bundle.config.decide.score_name,
-                                       "training_patients_evaluated": overlap,
-                                       "in_plane_spacing_mm":
-                                           bundle.config.preprocess.in_plane_spacing_mm},
-                                 source=str(dataset), n_boot=n_boot, seed=seed)
-    print_levels(levels, console, title)
+                                 subgroups=subgroups, subgroup_order=order, meta=meta,
+                                 source=str(dataset), n_boot=n_boot, seed=seed,
+                                 extra_levels=fused, comparisons=comparisons)
+    print_levels(levels, console, title, comparisons)
     console.print(f"report written to {out_dir}")
     return evaluation
+
+
+def _fusion_to_evaluate(bundle: PatchModelBundle, decide: DecideConfig | None
+                        ) -> tuple[list[str], list[str]]:
+    """(the columns of the bundle's fusion model, notes): none when it has no fusion model, or
+    when `decide` asks for another patient score than the one the fusion was fitted on."""
+    if bundle.fusion is None:
+        return [], []
+    fitted = str(bundle.fusion.fitted_on.get("patient_score", bundle.config.decide.score_name))
+    if decide is not None and decide.score_name != fitted:
+        return [], [f"fusion not evaluated: it was fitted on the patient score {fitted}, not "
+                    f"{decide.score_name} (--patient-score)"]
+    return list(bundle.fusion.columns), []
 
 
 @dataclass(frozen=True)

@@ -361,7 +361,6 @@ def test_clinical_values_give_both_scores_as_diagnose_does(fused_models):
     ("breast_us", "age54", ["clinical expects NAME=VALUE", "'age54'"]),
     ("breast_us", "age=54,age=60", ["clinical names 'age' twice"]),
     ("breast_us", "x=" + "9" * 3000, ["clinical: more than 2000 characters"]),
-    ("pancreas_ct", "age=54", ["clinical", "CT model", "no fusion model"]),
 ])
 def test_a_malformed_clinical_field_is_a_one_line_422(fused_models, model, clinical, words):
     client = TestClient(create_app(fused_models["models"]))

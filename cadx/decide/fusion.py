@@ -20,6 +20,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -27,9 +28,18 @@ from sklearn.metrics import roc_auc_score
 
 from cadx.decide.roc import OperatingPoint, youden_operating_point
 from cadx.errors import ConfigError, InputError
+from cadx.io.clinical import (
+    ClinicalRow,
+    ClinicalSchema,
+    ClinicalValidation,
+    column_spec,
+    looks_numeric,
+    validate_clinical,
+)
 
-__all__ = ["FusionInputs", "FusionModel", "LEAKING_COLUMNS", "fit_fusion",
-           "refuse_leaking_columns"]
+__all__ = ["FusionFit", "FusionInputs", "FusionModel", "LEAKING_COLUMNS",
+           "bundle_validation_ids", "fit_fusion", "fit_validation_fusion",
+           "fusion_clinical_values", "fusion_inputs_note", "refuse_leaking_columns"]
 
 FUSION_FORMAT = "cadx-fusion/1"
 SCORE_FEATURE = "logit(exam score)"
@@ -301,3 +311,84 @@ def fit_fusion(inputs: FusionInputs, columns: Sequence[str], kinds: Mapping[str,
         "auc_image_only": float(roc_auc_score(y_fit, scores[complete])),
         "auc_fusion": float(roc_auc_score(y_fit, fused)), "notes": notes}
     return model, notes
+
+
+# --------------------------------------------------------------- fitting on a bundle's patients
+# `cadx fuse` for any bundle kind (2D images: cadx.decide.image_fusion, CT: cadx.decide.ct_fusion)
+# walks the same steps: the bundle's validation patients, their clinical values checked, their
+# image-only patient scores, the fit.
+
+
+@dataclass
+class FusionFit:
+    """The fitted fusion, the validation patients' records it used (image records or CT case
+    references) and what was said on the way."""
+
+    fusion: FusionModel
+    records: tuple[Any, ...]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def bundle_validation_ids(summary: Mapping[str, Any], bundle: str, train_commands: str
+                          ) -> tuple[set[str], set[str]]:
+    """(validation patient ids, training and test ids) as a bundle's summary lists them;
+    ConfigError naming the bundle (`bundle`, e.g. its name and date) when it lists none."""
+    split = summary.get("split", {})
+    validation = {str(p) for p in split.get("validation", [])}
+    if not validation:
+        raise ConfigError(f"bundle {bundle} lists no validation patients: a fusion is fitted on "
+                          f"them only (train it with {train_commands})")
+    return validation, {str(p) for p in (*split.get("train", []), *split.get("test", []))}
+
+
+def fusion_clinical_values(rows: Sequence[ClinicalRow], source: str, columns: Sequence[str],
+                           schema: ClinicalSchema | None = None, out_of_range: str = "error",
+                           ) -> tuple[ClinicalValidation, list[str]]:
+    """The fusion `columns` of the validation patients' `rows` checked (against `schema`;
+    columns without an entry whose every value is a number are read as numbers), one value per
+    patient; InputError listing the problems. Returns the validation and notes."""
+    notes = []
+    numeric = [c for c in columns if (schema is None or schema.column(c) is None)
+               and looks_numeric(rows, c)]
+    if numeric:
+        notes.append(f"{', '.join(numeric)} read as number(s): no schema entry, and every value "
+                     "is a number (give --clinical-schema for the unit and plausible range)")
+    validation = validate_clinical(rows, source, schema, columns=columns, numeric=numeric,
+                                   out_of_range=out_of_range)
+    validation.raise_errors()
+    conflicts = [m for c in columns for m in validation.conflicts.get(c, [])]
+    if conflicts:
+        raise InputError(f"{source}: a fusion column needs one value per patient: "
+                         + "; ".join(conflicts[:3])
+                         + (f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""))
+    return validation, notes
+
+
+def fit_validation_fusion(scores: Mapping[str, float], labels: Mapping[str, int],
+                          validation: ClinicalValidation, columns: Sequence[str], *,
+                          schema: ClinicalSchema | None = None, seed: int = 0,
+                          ) -> tuple[FusionModel, list[str]]:
+    """`fit_fusion` on the validation patients' image-only scores in [0, 1] and 0/1 labels
+    (patient id -> value) with their checked clinical values; the columns' schema entries (or
+    their kind as read) are stored with the model, so diagnose checks new values the same way."""
+    ids = sorted(scores)
+    inputs = FusionInputs(ids, [labels[p] for p in ids], [scores[p] for p in ids],
+                          {c: [validation.patients.get(p, {}).get(c) for p in ids]
+                           for c in columns})
+    specs = {}
+    for c in columns:
+        entry = schema.column(c) if schema is not None else None
+        specs[c] = column_spec(entry) if entry is not None else {
+            "kind": validation.kinds[c], "level": "image"}
+    return fit_fusion(inputs, columns, validation.kinds, validation.units,
+                      leaks_label=schema.leaking if schema is not None else (), seed=seed,
+                      column_specs=specs, schema_source=schema.source if schema else "")
+
+
+def fusion_inputs_note(fusion: FusionModel, command: str = "cadx evaluate-images") -> str:
+    """The validation AUCs of the fit, said to be in-sample (judge it with `command`)."""
+    fitted = fusion.fitted_on
+    return (f"validation AUC on the {fitted['n_patients']} fitting patients: image only "
+            f"{fitted['auc_image_only']:.3f}, fusion {fitted['auc_fusion']:.3f} (in-sample: the "
+            f"fusion was fitted on them; judge it on test patients with {command})")

@@ -53,6 +53,10 @@ class Diagnosis:
     # The (y, x) pixel size of the grid the patches lie on; None: the scan's own pixels.
     in_plane_spacing_mm: tuple[float, float] | None = None
     warnings: list[str] = field(default_factory=list)
+    # The patient score fused with clinical values (cadx.diagnose.clinical), when the bundle has
+    # a fusion model: its score and decision, or why the image-only score is the answer.
+    fusion: dict[str, object] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -5,8 +5,6 @@ masks, how well the Grad-CAM maps point at the lesion."""
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -16,8 +14,8 @@ from cadx.decide.exam import exam_probability, exam_scores
 from cadx.diagnose.cam import grad_cam
 from cadx.errors import ConfigError, InputError
 from cadx.evaluate.cam_quality import CamLocalisation, cam_localisation
-from cadx.evaluate.levels import LevelResult, evaluate_level
-from cadx.evaluate.stats import delong_test
+from cadx.evaluate.fusion import fused_level
+from cadx.evaluate.levels import LevelResult
 from cadx.evaluate.subgroups import clinical_subgroups
 from cadx.image_bundle import ImageModelBundle
 from cadx.io.clinical import (
@@ -119,7 +117,8 @@ def fusion_level(bundle: ImageModelBundle, records: Sequence[ImageRecord],
                  validation: ClinicalValidation, n_boot: int = 1000, seed: int = 0,
                  ) -> tuple[LevelResult | None, dict[str, object] | None, list[str]]:
     """The fused exam level of the bundle's fusion model, its DeLong comparison with the
-    image-only exam score on the same patients, and notes (patients not fused and why)."""
+    image-only exam score on the same patients, and notes (patients not fused and why); see
+    `cadx.evaluate.fusion.fused_level`."""
     fusion = bundle.fusion
     scores = exam_scores(patient_ids.tolist(), probabilities, bundle.aggregation)
     ids = sorted(scores)
@@ -127,37 +126,10 @@ def fusion_level(bundle: ImageModelBundle, records: Sequence[ImageRecord],
     truth: dict[str, int] = {}
     for pid, record in zip(patient_ids.tolist(), records, strict=True):
         truth[pid] = max(truth.get(pid, 0), record.label)
-    y = np.array([truth[p] for p in ids])
-    fused, reasons = fusion.predict_many(exam_values,
-                                         [validation.patients.get(p, {}) for p in ids])
-    notes = []
-    left_out = Counter(r for r in reasons if r is not None)
-    if left_out:
-        notes.append(f"{sum(left_out.values())} of {len(ids)} patients not fused (image-only "
-                     "score only): " + "; ".join(f"{n} x {reason}"
-                                                 for reason, n in left_out.most_common(3)))
-    keep = ~np.isnan(fused)
-    name = f"exams + {', '.join(fusion.columns)} (fusion)"
-    if len(set(y[keep].tolist())) < 2:
-        notes.append("fusion not evaluated: the fused patients are of one class")
-        return None, None, notes
-    level = evaluate_level(
-        name, y[keep], fused[keep], fusion.threshold, unit="patients",
-        threshold_note="Youden on the validation patients the fusion was fitted on",
-        score_description=fusion.describe(), n_boot=n_boot, seed=seed)
-    image_name = f"exams ({bundle.aggregation})" + ("" if keep.all() else ", same patients")
-    comparison: dict[str, object] = {"model_a": name, "model_b": image_name,
-                                     "n": int(keep.sum()), "n_positive": int(y[keep].sum()),
-                                     "n_negative": int((1 - y[keep]).sum())}
-    try:
-        test = delong_test(y[keep], fused[keep], exam_values[keep])
-    except InputError as exc:
-        comparison["error"] = str(exc)
-    else:
-        if not math.isfinite(test["z"]):
-            test["z"] = None
-        comparison.update(test)
-    return level, comparison, notes
+    return fused_level(fusion, [truth[p] for p in ids], exam_values,
+                       [validation.patients.get(p, {}) for p in ids],
+                       name=f"exams + {', '.join(fusion.columns)} (fusion)",
+                       image_name=f"exams ({bundle.aggregation})", n_boot=n_boot, seed=seed)
 
 
 def evaluate_image_model(bundle: ImageModelBundle, dataset: ImageDataset, *,

@@ -566,11 +566,16 @@ def write_cohort_report(out_dir: str | Path, evaluation: CohortEvaluation, *, ti
                         source: str = "", n_boot: int = 1000, seed: int = 0,
                         subgroups: Mapping[str, Sequence[object]] | None = None,
                         subgroup_order: Mapping[str, Sequence[str]] | None = None,
+                        extra_levels: Sequence[LevelResult] = (),
+                        comparisons: Sequence[dict] = (),
                         ) -> list[LevelResult]:
     """Report a CT cohort evaluation (patch and patient level, patients.csv); return the levels.
-    `subgroups` / `subgroup_order`: extra patient-level columns (see `cohort_levels`)."""
+    `subgroups` / `subgroup_order`: extra patient-level columns (see `cohort_levels`);
+    `extra_levels` follow the patient level (e.g. the fused one, `cadx.evaluate.fusion`) and
+    `comparisons` are their DeLong tests."""
     levels = cohort_levels(evaluation, source=source, n_boot=n_boot, seed=seed,
                            subgroups=subgroups, subgroup_order=subgroup_order)
+    levels += list(extra_levels)
     write_report(out_dir, levels, title=title, meta=meta, patients_rows=evaluation.patients,
-                 warnings=warnings)
+                 warnings=warnings, comparisons=comparisons)
     return levels

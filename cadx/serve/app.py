@@ -148,7 +148,7 @@ def create_app(models: dict[str, ServedModel], *, token: str | None = None,
         lesion_size_mm: Annotated[str | None, Form(
             description="largest nodule diameter in mm (thyroid FNA advice)")] = None,
         clinical: Annotated[list[str] | None, Form(
-            description="image models with a fusion model: the patient's clinical values as "
+            description="models with a fusion model (2D or CT): the patient's clinical values as "
                         "NAME=VALUE[,NAME=VALUE...], e.g. age=54,device=GE (the field may be "
                         "repeated); the columns are in GET /v1/models (`fusion`)")] = None,
     ) -> JSONResponse:

@@ -74,16 +74,14 @@ def parse_size_mm(text: str | None) -> float | None:
 
 def parse_clinical_field(items: Sequence[str] | None, model: ServedModel) -> dict[str, str]:
     """The `clinical` form field(s), each NAME=VALUE[,NAME=VALUE...] as `diagnose --clinical`
-    takes them, -> {column: text} (blank = none given). InputError, one line, when malformed,
-    too long, or given to a CT model (only 2D image models have a fusion model)."""
+    takes them, -> {column: text} (blank = none given). InputError, one line, when malformed or
+    too long. Values sent to a model without a fusion model (2D or CT) are ignored with a note
+    in the answer's details, as `diagnose --clinical` does."""
     items = [item for item in items or [] if item.strip()]
     if not items:
         return {}
     if sum(len(item) for item in items) > MAX_CLINICAL_CHARS:
         raise InputError(f"clinical: more than {MAX_CLINICAL_CHARS} characters")
-    if model.kind == CT_PATCH:
-        raise InputError(f"clinical: model {model.model_id!r} is a CT model, which has no "
-                         f"fusion model (cadx fuse fuses 2D image models)")
     try:
         return parse_clinical_items(items, option="clinical")
     except ConfigError as exc:
@@ -133,12 +131,14 @@ def _ct_result(request: DiagnoseRequest, paths: list[Path], mask: Path | None,
     case = ct_case_from_uploads(paths, mask, limits, mask_required=model.needs_organ_mask)
     case.source = Path(case.source).name
     case, diagnosis = _ct_diagnosis(model, case)
+    # The same fusion as `cadx diagnose --clinical` (see _image_result).
+    add_fusion(bundle, diagnosis, request.clinical, source="clinical")
     result: dict[str, Any] = {
         "patient_id": diagnosis.patient_id, "score": diagnosis.patient_score,
         "score_name": "fraction of patches above the patch threshold",
         "threshold": diagnosis.patient_threshold, "decision": diagnosis.decision,
         "positive": False, "heatmap": None, "images": [],
-        "fna": _fna(model, False, request.lesion_size_mm), "fusion": None,
+        "fna": _fna(model, False, request.lesion_size_mm), "fusion": diagnosis.fusion,
         "details": diagnosis.to_dict(),
     }
     if diagnosis.patient_score is None:  # the segmenter found no organ: no decision

@@ -50,7 +50,7 @@ class ServedModel:
         """The clinical values the bundle's fusion model takes (None without one): per column
         its kind, unit, other accepted units, plausible range and, for categories, the values
         the validation patients had — what the page needs to draw one input per column."""
-        fusion = self.bundle.fusion if isinstance(self.bundle, ImageModelBundle) else None
+        fusion = self.bundle.fusion  # 2D image and CT patch bundles alike
         if fusion is None:
             return None
         columns = []

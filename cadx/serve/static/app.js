@@ -64,7 +64,7 @@ function showClinicalFields(fusion) {
     row.append(label, input);
     fields.append(row);
   }
-  $("clinical-hint").textContent = "Fused with the exam score: " + fusion.model +
+  $("clinical-hint").textContent = "Fused with the image score: " + fusion.model +
     ". With a value left blank the image-only score is given, with the reason.";
 }
 
