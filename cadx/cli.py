@@ -12,6 +12,8 @@ from rich.console import Console
 
 from cadx import __version__
 from cadx.config import (
+    CADX_DECIDE,
+    DEMO_PATIENTS,
     EXAM_SCORES,
     IMAGE_CLI_EPOCHS,
     IMAGE_CLI_SCHEDULE,
@@ -131,7 +133,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         "and its thresholds, diagnose and evaluate score in it (default "
                         "%(default)s)")
     g = parser.add_argument_group("patient decision")
-    _add_patient_score_options(g, DecideConfig())
+    _add_patient_score_options(g, CADX_DECIDE)
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average each patch's probability over its "
                         "flips (stored in the bundle, used by diagnose and evaluate)")
@@ -672,8 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic cohort -> train -> thresholds -> test report")
     p.add_argument("--out", default="demo_out", help="output folder (default %(default)s)")
-    p.add_argument("--patients", type=int, default=100,
-                   help="cohort size (default %(default)s; 40 %% are test patients)")
+    p.add_argument("--patients", type=int, default=DEMO_PATIENTS,
+                   help="cohort size (default %(default)s; 35 %% are test patients)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the synthetic cohort and of training (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

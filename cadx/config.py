@@ -188,6 +188,17 @@ class DecideConfig:
         return f"topk:{self.top_k}" if self.patient_score == "topk" else self.patient_score
 
 
+# The patient score `cadx train` and the demo use unless told otherwise: the highest patch
+# probability (topk, k = 1), chosen on validation phantoms (benchmarks/bench_ct_learning_curve.py,
+# 60 validation patients of a separate seed): validation patient AUC 0.82 vs 0.70 for the seed's
+# fraction at 36 training patients, 0.90 vs 0.82 at 100 (docs/ct-pipeline.md). The seed's score
+# stays `--patient-score fraction`.
+CADX_DECIDE = DecideConfig(patient_score="topk", top_k=1)
+
+# `cadx demo`'s cohort size (cadx.workflows.DEMO_CONFIG holds its settings).
+DEMO_PATIENTS = 120
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything `diagnose` needs to treat a new patient exactly as the training patients."""

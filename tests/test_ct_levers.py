@@ -294,14 +294,17 @@ def test_out_of_range_lever_flags_are_one_line_errors(tmp_path, capsys):
     assert "top-k must be an integer >= 1, got 0" in _error_line(capsys)
 
 
-def test_defaults_are_unchanged_and_the_seed_is_reachable_by_flags():
+def test_defaults_are_the_measured_ones_and_the_seed_is_reachable_by_flags():
     from cadx.cli import _pipeline_config, build_parser
+    from cadx.config import CADX_DECIDE
 
     def config(*flags):
         return _pipeline_config(build_parser().parse_args(["train", "d", "--out", "m", *flags]))
 
     default = config()
-    assert default.decide == DecideConfig() and default.decide.patient_score == "fraction"
+    # the patient score chosen on validation phantoms (docs/ct-pipeline.md): the top patch
+    assert default.decide == CADX_DECIDE == DecideConfig(patient_score="topk", top_k=1)
+    assert config("--patient-score", "fraction").decide.patient_score == "fraction"
     assert default.train.augment_flips and not default.train.augment_rotations
     assert not default.train.balanced_sampling and default.patches.context_slices == 0
     seed = config("--augment-patches", "none", "--no-batch-norm", "--batch-size", "2560")

@@ -26,14 +26,15 @@ def reference_run():
 def test_defaults_are_the_demo_schedule_with_no_test_split(reference_run):
     config = _pipeline_config(reference_run._parser(tiny=False).parse_args(["--out", "x"]))
     train = config.train
-    assert (train.batch_size, train.max_epochs, train.learning_rate, train.monitor) == (
+    assert (train.batch_size, train.max_epochs, train.learning_rate, train.monitor,
+            train.precision) == (
         DEMO_CONFIG.train.batch_size, DEMO_CONFIG.train.max_epochs,
-        DEMO_CONFIG.train.learning_rate, DEMO_CONFIG.train.monitor)
+        DEMO_CONFIG.train.learning_rate, DEMO_CONFIG.train.monitor, DEMO_CONFIG.train.precision)
     assert (config.patches.size_px, config.patches.stride_px) == (50, 25)
     assert train.test_fraction == 0.0
     # the levers at cadx train's defaults
     assert not train.balanced_sampling and config.patches.context_slices == 0
-    assert config.decide.patient_score == "fraction" and not config.decide.test_time_flips
+    assert config.decide == DEMO_CONFIG.decide and not config.decide.test_time_flips
 
 
 def test_levers_pass_through(reference_run):
