@@ -29,9 +29,10 @@ What it does:
 
 Training settings: the levers default to `cadx train`'s defaults; the schedule (patch 50 px,
 stride 25, batch 64, Adam 3e-4, at most 12 epochs, reduce-LR after 3 and early stop after 5
-epochs without validation patch AUC improving, bf16 where the CPU has it) defaults to the demo's, which fits a CPU budget
-(`cadx train`'s own schedule is the seed's 200 epochs). Any of them can be given on the command
-line; the run prints the full configuration.
+epochs without validation patch AUC improving, bf16 where the CPU has it, 2.5D input with one
+neighbour slice on each side) defaults to the
+demo's, which fits a CPU budget (`cadx train`'s own schedule is the seed's 200 epochs). Any
+of them can be given on the command line; the run prints the full configuration.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def _parser(tiny: bool) -> argparse.ArgumentParser:
     parser.set_defaults(
         patch_size=16 if tiny else DEMO_CONFIG.patches.size_px,
         stride=8 if tiny else DEMO_CONFIG.patches.stride_px,
+        context_slices=DEMO_CONFIG.patches.context_slices,
         batch_size=schedule.batch_size, epochs=1 if tiny else schedule.max_epochs,
         lr=schedule.learning_rate, reduce_lr_patience=schedule.reduce_lr_patience,
         early_stop_patience=schedule.early_stop_patience, monitor=schedule.monitor,

@@ -134,9 +134,11 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         "%(default)s)")
     g = parser.add_argument_group("patient decision")
     _add_patient_score_options(g, CADX_DECIDE)
-    g.add_argument("--tta", action="store_true",
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   default=CADX_DECIDE.test_time_flips,
                    help="test-time augmentation: average each patch's probability over its "
-                        "flips (stored in the bundle, used by diagnose and evaluate)")
+                        "flips (stored in the bundle, used by diagnose and evaluate; --no-tta "
+                        "for the seed's single pass) (default %(default)s)")
 
 
 # --augment-patches: (random flips, random transposes), flips and transposes giving all 8

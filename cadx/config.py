@@ -188,12 +188,13 @@ class DecideConfig:
         return f"topk:{self.top_k}" if self.patient_score == "topk" else self.patient_score
 
 
-# The patient score `cadx train` and the demo use unless told otherwise: the highest patch
-# probability (topk, k = 1), chosen on validation phantoms (benchmarks/bench_ct_learning_curve.py,
-# 60 validation patients of a separate seed): validation patient AUC 0.82 vs 0.70 for the seed's
-# fraction at 36 training patients, 0.90 vs 0.82 at 100 (docs/ct-pipeline.md). The seed's score
-# stays `--patient-score fraction`.
-CADX_DECIDE = DecideConfig(patient_score="topk", top_k=1)
+# How `cadx train` and the demo decide unless told otherwise, chosen on validation phantoms
+# (benchmarks/bench_ct_learning_curve.py, 60 validation patients of a separate seed;
+# docs/ct-pipeline.md): patients scored by their highest patch probability (topk, k = 1;
+# validation patient AUC 0.82 vs 0.70 for the seed's fraction at 36 training patients, 0.90 vs
+# 0.82 at 100), each patch's probability averaged over its flips (0.88 vs 0.83 at 36). The
+# seed's decision stays `--patient-score fraction --no-tta`.
+CADX_DECIDE = DecideConfig(patient_score="topk", top_k=1, test_time_flips=True)
 
 # `cadx demo`'s cohort size (cadx.workflows.DEMO_CONFIG holds its settings).
 DEMO_PATIENTS = 120

@@ -302,9 +302,11 @@ def test_defaults_are_the_measured_ones_and_the_seed_is_reachable_by_flags():
         return _pipeline_config(build_parser().parse_args(["train", "d", "--out", "m", *flags]))
 
     default = config()
-    # the patient score chosen on validation phantoms (docs/ct-pipeline.md): the top patch
-    assert default.decide == CADX_DECIDE == DecideConfig(patient_score="topk", top_k=1)
-    assert config("--patient-score", "fraction").decide.patient_score == "fraction"
+    # the decision chosen on validation phantoms (docs/ct-pipeline.md): the top patch, flips
+    assert default.decide == CADX_DECIDE == DecideConfig(patient_score="topk", top_k=1,
+                                                         test_time_flips=True)
+    seed_decision = config("--patient-score", "fraction", "--no-tta").decide
+    assert seed_decision == DecideConfig(patient_score="fraction", top_k=1)
     assert default.train.augment_flips and not default.train.augment_rotations
     assert not default.train.balanced_sampling and default.patches.context_slices == 0
     seed = config("--augment-patches", "none", "--no-batch-norm", "--batch-size", "2560")

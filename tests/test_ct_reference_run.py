@@ -32,9 +32,10 @@ def test_defaults_are_the_demo_schedule_with_no_test_split(reference_run):
         DEMO_CONFIG.train.learning_rate, DEMO_CONFIG.train.monitor, DEMO_CONFIG.train.precision)
     assert (config.patches.size_px, config.patches.stride_px) == (50, 25)
     assert train.test_fraction == 0.0
-    # the levers at cadx train's defaults
-    assert not train.balanced_sampling and config.patches.context_slices == 0
-    assert config.decide == DEMO_CONFIG.decide and not config.decide.test_time_flips
+    # the levers: the demo's (chosen on validation phantoms)
+    assert not train.balanced_sampling
+    assert config.patches.context_slices == DEMO_CONFIG.patches.context_slices == 1
+    assert config.decide == DEMO_CONFIG.decide and config.decide.test_time_flips
 
 
 def test_levers_pass_through(reference_run):
