@@ -15,11 +15,11 @@ nested in the larger. Both cohorts are written once into --data and cropped once
 mapped patch stores there (reused by later runs with the same settings).
 
 Each run trains the Table-1 patch CNN (cadx.train.fit, the demo's schedule on 2D patches
-unless overridden) with the validation patients for early stopping, then prints validation patch AUC and the
-validation patient AUC of every patient score (fraction: the seed; topk:K; cluster), and the
-validation patch AUC after each epoch against the patch-steps taken (--per-epoch). The epoch
-and both thresholds are chosen on the same validation patients, so these AUCs are slightly
-optimistic; the reference run evaluates on a third cohort (`cadx evaluate`).
+unless overridden) with the validation patients for early stopping, then prints validation
+patch AUC and the validation patient AUC of every patient score (fraction: the seed; topk:K;
+cluster), and the validation patch AUC after each epoch against the patch-steps taken
+(--per-epoch). The epoch and both thresholds are chosen on the same validation patients, so
+these AUCs are slightly optimistic; the reference run evaluates on a third cohort (`cadx evaluate`).
 
 Levers (--levers, each a separate training run on the same N patients):
     baseline  the base settings         seed      Table 1 as the seed: no flips, no BatchNorm
