@@ -13,7 +13,8 @@ EXAM_SCORES = ("theta", "mean", "max")
 # CT patient scores from patch probabilities, see cadx.decide.aggregate.
 PATIENT_SCORES = ("fraction", "topk", "cluster")
 # Training (and, for CT patch models, scoring) precision, see cadx.train.precision.
-PRECISIONS = ("fp32", "bf16")
+# "auto": bf16 where the device has bf16 instructions, fp32 elsewhere, silently.
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class TrainConfig:
         if self.monitor not in ("loss", "auc"):
             raise ConfigError(f"monitor must be 'loss' or 'auc', got {self.monitor!r}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 < self.batch_positive_fraction < 1.0:
             raise ConfigError("batch positive fraction must be in (0, 1), got "
                               f"{self.batch_positive_fraction}")
@@ -274,7 +275,7 @@ class ImageTrainConfig:
         if self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError("learning rate must be > 0 and weight decay >= 0")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in LR_SCHEDULES:
             raise ConfigError(f"learning-rate schedule must be one of {LR_SCHEDULES}, "
                               f"got {self.schedule!r}")

@@ -50,7 +50,7 @@ DEMO_CONFIG = PipelineConfig(
     patches=PatchConfig(size_px=50, stride_px=25, context_slices=1),
     train=TrainConfig(batch_size=64, max_epochs=12, learning_rate=3e-4, reduce_lr_patience=3,
                       early_stop_patience=5, seed=0, monitor="auc", validation_fraction=0.2,
-                      test_fraction=0.35, precision="bf16"),
+                      test_fraction=0.35, precision="auto"),
     decide=CADX_DECIDE,
 )
 

@@ -122,7 +122,7 @@ def test_bf16_on_a_cpu_without_bf16_is_fp32_with_one_warning(data, monkeypatch):
 
 
 def test_precision_is_validated_and_old_configs_are_fp32():
-    with pytest.raises(ConfigError, match="precision must be fp32 or bf16"):
+    with pytest.raises(ConfigError, match="precision must be one of"):
         TrainConfig(precision="fp16")
     stored = PipelineConfig().to_dict()
     del stored["train"]["precision"]
@@ -186,6 +186,18 @@ def test_bundle_records_the_precision_and_every_scoring_uses_it(tmp_path, monkey
     assert diagnosed == ["fp32"]
 
 
+def test_auto_is_bf16_where_the_cpu_has_it_and_fp32_silently_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.resolve_precision("auto") == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    dataset = write_toy_dataset(tmp_path / "data", n_patients=8)
+    model = tmp_path / "m.cadx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: auto asked for either
+        _train(dataset, model, "--test-fraction", "0")  # cadx train's default is auto
+    assert load_bundle(model).precision == "fp32"
+
+
 def test_bundle_records_fp32_when_bf16_fell_back(tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     dataset = write_toy_dataset(tmp_path / "data", n_patients=8)
@@ -208,7 +220,8 @@ def test_every_training_command_takes_precision(tmp_path, monkeypatch):
         return parser.parse_args([*argv, "--precision", "bf16"])
 
     assert _pipeline_config(parsed("train", "d", "--out", "m.cadx")).train.precision == "bf16"
-    assert parser.parse_args(["train", "d", "--out", "m"]).precision == "fp32"
+    # cadx train defaults to auto (bf16 measured 2.35x faster, validation AUC not lower)
+    assert parser.parse_args(["train", "d", "--out", "m"]).precision == "auto"
     args = parsed("train-images", "d", "--out", "m.cadx")
     assert _image_model_config(args, args.arch).train.precision == "bf16"
     for command in ("train-router", "train-qc"):

@@ -34,7 +34,10 @@ def _device_has_bf16(device_type: str) -> bool:
 
 def resolve_precision(precision: str, device_type: str = "cpu") -> str:
     """`precision` if this machine (its CPU, or its GPU for `device_type` "cuda") can run it
-    fast, else "fp32" with a one-line warning."""
+    fast, else "fp32" with a one-line warning; "auto" is "bf16" where it runs fast, else "fp32"
+    without a warning."""
+    if precision == "auto":
+        return "bf16" if _device_has_bf16(device_type) else "fp32"
     if precision == "bf16" and not _device_has_bf16(device_type):
         where = "GPU" if device_type == "cuda" else "CPU"
         warnings.warn(f"--precision bf16: this {where} has no bf16 instructions; training in "
