@@ -14,9 +14,10 @@ from tests.conftest import write_toy_dataset
 
 # No BatchNorm: its batch statistics are per rank, so only the plain network is expected to
 # match across process counts to float rounding.
+# fp32: the equivalence below is of fp32 training (bf16 rounds differently per batch split)
 OPTIONS = ["--patch-size", "16", "--stride", "8", "--epochs", "2", "--batch-size", "32",
            "--reduce-lr-patience", "1", "--early-stop-patience", "2", "--no-batch-norm",
-           "--quiet", "--ddp"]
+           "--precision", "fp32", "--quiet", "--ddp"]
 
 
 def _summary(bundle) -> dict:
