@@ -231,7 +231,8 @@ def fuse_command(model_path: str | Path, dataset_path: str | Path, columns: Sequ
     """`cadx fuse`: fit the fusion of the bundle's exam score with clinical `columns` on its
     validation patients (found in the manifest `dataset_path`) and write the bundle with it to
     `out_path`."""
-    from cadx.decide.image_fusion import fit_image_fusion, fusion_inputs_note
+    from cadx.decide.fusion import print_fusion_fit
+    from cadx.decide.image_fusion import fit_image_fusion
 
     console = console or Console()
     schema = load_clinical_schema(schema_path) if schema_path else None
@@ -241,16 +242,5 @@ def fuse_command(model_path: str | Path, dataset_path: str | Path, columns: Sequ
                            seed=seed, progress=progress)
     bundle.fusion = fit.fusion
     save_image_bundle(bundle, out_path)
-    console.print(f"[bold]cadx fuse[/]: {escape(fit.fusion.describe())}")
-    for warning in fit.warnings:
-        console.print(f"[yellow]warning[/]: {escape(warning)}")
-    for note in fit.notes:
-        console.print(f"  note: {escape(note)}")
-    for name, weight in fit.fusion.coefficients.items():
-        console.print(f"  coefficient of {escape(name)}: {weight:+.3f} (per SD)"
-                      if "=" not in name
-                      else f"  coefficient of {escape(name)}: {weight:+.3f}")
-    console.print(f"  {escape(fusion_inputs_note(fit.fusion))}")
-    console.print(f"  fusion threshold (Youden on those patients): {fit.fusion.threshold:.4f}")
-    console.print(f"model bundle with fusion written to {out_path}")
+    print_fusion_fit(console, fit, fit.fusion.describe(), out_path, "cadx evaluate-images")
     return bundle

@@ -233,7 +233,7 @@ def fuse_ct_command(model_path: str | Path, dataset: str | Path, columns: Sequen
     `columns` on its validation patients (found in `dataset`, an MSD folder with cases.csv or a
     CSV manifest) and write the bundle with it to `out_path`."""
     from cadx.decide.ct_fusion import fit_ct_fusion
-    from cadx.decide.fusion import fusion_inputs_note
+    from cadx.decide.fusion import print_fusion_fit
     from cadx.io.clinical import load_clinical_schema
 
     console = console or Console()
@@ -243,19 +243,9 @@ def fuse_ct_command(model_path: str | Path, dataset: str | Path, columns: Sequen
                         out_of_range=out_of_range, seed=seed, progress=progress)
     bundle.fusion = fit.fusion
     save_bundle(bundle, out_path)
-    console.print(f"[bold]cadx fuse[/]: {escape(fit.fusion.describe())}; patient score "
-                  f"{bundle.config.decide.score_name} at the stored patch threshold "
-                  f"{bundle.patch_threshold:.4f}")
-    for warning in fit.warnings:
-        console.print(f"[yellow]warning[/]: {escape(warning)}")
-    for note in fit.notes:
-        console.print(f"  note: {escape(note)}")
-    for name, weight in fit.fusion.coefficients.items():
-        console.print(f"  coefficient of {escape(name)}: {weight:+.3f}"
-                      + ("" if "=" in name else " (per SD)"))
-    console.print(f"  {escape(fusion_inputs_note(fit.fusion, 'cadx evaluate'))}")
-    console.print(f"  fusion threshold (Youden on those patients): {fit.fusion.threshold:.4f}")
-    console.print(f"model bundle with fusion written to {out_path}")
+    print_fusion_fit(console, fit, f"{fit.fusion.describe()}; patient score "
+                     f"{bundle.config.decide.score_name} at the stored patch threshold "
+                     f"{bundle.patch_threshold:.4f}", out_path, "cadx evaluate")
     return bundle
 
 

@@ -20,7 +20,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -37,9 +37,13 @@ from cadx.io.clinical import (
     validate_clinical,
 )
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 __all__ = ["FusionFit", "FusionInputs", "FusionModel", "LEAKING_COLUMNS",
            "bundle_validation_ids", "fit_fusion", "fit_validation_fusion",
-           "fusion_clinical_values", "fusion_inputs_note", "refuse_leaking_columns"]
+           "fusion_clinical_values", "fusion_inputs_note", "print_fusion_fit",
+           "refuse_leaking_columns"]
 
 FUSION_FORMAT = "cadx-fusion/1"
 SCORE_FEATURE = "logit(exam score)"
@@ -392,3 +396,22 @@ def fusion_inputs_note(fusion: FusionModel, command: str = "cadx evaluate-images
     return (f"validation AUC on the {fitted['n_patients']} fitting patients: image only "
             f"{fitted['auc_image_only']:.3f}, fusion {fitted['auc_fusion']:.3f} (in-sample: the "
             f"fusion was fitted on them; judge it on test patients with {command})")
+
+
+def print_fusion_fit(console: Console, fit: FusionFit, headline: str, out_path: object,
+                     evaluate_command: str) -> None:
+    """What `cadx fuse` prints after a fit (image or CT bundle): the headline, warnings, notes,
+    coefficients, the in-sample validation AUCs and the threshold."""
+    from rich.markup import escape
+
+    console.print(f"[bold]cadx fuse[/]: {escape(headline)}")
+    for warning in fit.warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
+    for note in fit.notes:
+        console.print(f"  note: {escape(note)}")
+    for name, weight in fit.fusion.coefficients.items():
+        console.print(f"  coefficient of {escape(name)}: {weight:+.3f}"
+                      + ("" if "=" in name else " (per SD)"))
+    console.print(f"  {escape(fusion_inputs_note(fit.fusion, evaluate_command))}")
+    console.print(f"  fusion threshold (Youden on those patients): {fit.fusion.threshold:.4f}")
+    console.print(f"model bundle with fusion written to {out_path}")
