@@ -9,8 +9,8 @@ Run (needs ../shared/data; each model is one `cadx train-images` run):
 
 Prints one Markdown row per (arch, seed): validation AUC (what settings are chosen on), test
 AUC per image and per exam with 95 % CIs, test sensitivity/specificity at the validation-Youden
-exam threshold, the pointing game on test malignant images (with its chance level), and wall
-time. Nothing is chosen on the test patients.
+exam threshold, the pointing game on validation (where CAM settings are chosen) and test
+malignant images (with its chance level), and wall time. Nothing is chosen on the test patients.
 """
 
 from __future__ import annotations
@@ -36,6 +36,21 @@ DATASETS = {"busbra": (busbra_manifest, "busbra"), "ddti": (ddti_manifest, "ddti
 
 def _interval(metric) -> str:
     return f"{metric.estimate:.3f} [{metric.low:.3f}, {metric.high:.3f}]"
+
+
+def _pointing_game(outcome, part: str) -> str:
+    """Grad-CAM pointing game on the malignant images of `part` (validation: where the CAM
+    settings are chosen; test: reported), with its CI and chance level; "-" without masks."""
+    records = outcome.data.records[part]
+    if not any(r.mask for r in records):
+        return "-"
+    cams = cam_quality(outcome.bundle, records, outcome.data.images[part],
+                       outcome.data.labels(part))
+    if "malignant" not in cams:
+        return "-"
+    c = cams["malignant"]
+    return (f"{c.pointing_game:.2f} [{c.pointing_game_ci.low:.2f}, "
+            f"{c.pointing_game_ci.high:.2f}] ({c.chance:.2f})")
 
 
 def main() -> int:
@@ -66,9 +81,9 @@ def main() -> int:
     print(f"{args.dataset}: {len(dataset)} images, {len(dataset.patient_ids)} patients; "
           f"test fold {args.test_fold or '-'}; {args.epochs} epochs max, {args.schedule} LR "
           f"{args.lr}, {args.precision}")
-    print("| model | seed | px | val AUC | test AUC images | test AUC exams | exam SN | exam SP "
-          "| pointing game (chance) | wall |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | seed | px | val AUC | val pointing game | test AUC images | test AUC exams "
+          "| exam SN | exam SP | pointing game (chance) | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arch in args.archs.split(","):
         size = args.size if is_pretrained_arch(arch) else args.scratch_size
         for seed in map(int, args.seeds.split(",")):
@@ -84,17 +99,12 @@ def main() -> int:
                 save_image_bundle(outcome.bundle,
                                   args.out / f"{args.dataset}_{arch}_seed{seed}.cadx")
             images, exams = outcome.test_levels
-            pointing = "-"
-            if not args.no_cam and any(r.mask for r in outcome.data.records["test"]):
-                cams = cam_quality(outcome.bundle, outcome.data.records["test"],
-                                   outcome.data.images["test"], outcome.data.labels("test"))
-                if "malignant" in cams:
-                    c = cams["malignant"]
-                    pointing = (f"{c.pointing_game:.2f} [{c.pointing_game_ci.low:.2f}, "
-                                f"{c.pointing_game_ci.high:.2f}] ({c.chance:.2f})")
+            val_pointing, pointing = ("-" if args.no_cam else _pointing_game(outcome, part)
+                                      for part in ("validation", "test"))
             print(f"| {arch}{' (ImageNet)' if is_pretrained_arch(arch) else ' (scratch)'} "
                   f"| {seed} | {size} | {outcome.bundle.networks[0].validation_auc:.3f} "
-                  f"| {_interval(images.metrics['auc'])} | {_interval(exams.metrics['auc'])} "
+                  f"| {val_pointing} | {_interval(images.metrics['auc'])} "
+                  f"| {_interval(exams.metrics['auc'])} "
                   f"| {_interval(exams.metrics['sensitivity'])} "
                   f"| {_interval(exams.metrics['specificity'])} | {pointing} "
                   f"| {wall / 60:.1f} min |", flush=True)
