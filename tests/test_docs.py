@@ -8,31 +8,42 @@ command's options. A fenced bash block preceded by a marker comment is run as wr
     <!-- runnable: exit=N -->    must exit with status N
     <!-- runnable: slow -->      must exit 0, runs only with `-m slow`
 
-Options combine (`<!-- runnable: slow fixture=ct skip=train,curl -->`):
+Options combine (`<!-- runnable: slow fixture=ct,service skip=train -->`):
 
     fixture=NAME[,NAME]   before the block runs, write small synthetic files under the names the
-                          block uses (`DATASET_DIR/`, `model.cadx`, `ct.nii.gz`, ...; see
-                          FIXTURES), so the command text stays the doc's own
+                          block uses (`DATASET_DIR/`, `model.cadx`, `ct.nii.gz`, `img.png`, ...;
+                          see FIXTURES), so the command text stays the doc's own
     skip=WORD[,WORD]      leave out the lines with one of these words (a training verb whose
-                          output the fixture provides, `curl` to a server that is not running);
-                          they stay checked against the parser only
+                          output the fixture provides, a real data set's `manifest`); they stay
+                          checked against the parser only
+
+With `fixture=service` the block's `cadx serve` line runs in the background on a free loopback
+port (a block without one gets `cadx serve --models .` before its first `curl` line), and `curl`
+reaches it at the doc's address (`127.0.0.1:8000`, `HOST:8000`) through a `.curlrc`; the
+service is stopped when the block ends.
 
 Runnable blocks run in a fresh temporary folder in which `docs/` points at the repository's and
 `../shared` at the shared data folder beside the repository, so a block may read the example
-files there and writes nowhere in the repository. `python tests/test_docs.py` prints which
-command lines of the docs run in a test and which are checked against the parser only.
+files there and writes nowhere in the repository; a block that reads `../shared/data/NAME` is
+skipped where that folder is absent. `python tests/test_docs.py` prints which command lines of
+the docs run in a test and which are checked against the parser only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -196,11 +207,44 @@ def _is_skipped(line: str, skip: frozenset[str]) -> bool:
     return bool(skip & set(line.split(" #", 1)[0].split()))
 
 
+_SKIPPED = "# skipped: "
+_SERVE_LINE = re.compile(r"^cadx serve\b")
+# Runs a `cadx serve` line in the background on the test's port ($CADX_DOCS_PORT, later options
+# win) and returns when /healthz answers; the test stops the service when the block ends.
+_SERVE_IN_BACKGROUND = """serve_in_background() {
+  "$@" --host 127.0.0.1 --port "$CADX_DOCS_PORT" > serve.log 2>&1 &
+  for _ in $(seq 1200); do
+    curl -o /dev/null "http://127.0.0.1:$CADX_DOCS_PORT/healthz" 2>/dev/null && return
+    kill -0 $! 2>/dev/null || break
+    sleep 0.1
+  done
+  cat serve.log >&2
+  return 1
+}"""
+
+
 def _script(block: Block) -> str:
-    """The block as it runs: as written, less the lines its skip= option leaves out."""
-    skip = _marker(block).skip
-    return "\n".join(f"# skipped: {line}" if _is_skipped(line, skip) else line
-                     for line in _logical_lines(block.text))
+    """The block as it runs: as written, less the lines its skip= option leaves out; with
+    fixture=service, its `cadx serve` line (or one before its first `curl`) in the background."""
+    marker = _marker(block)
+    lines = [f"{_SKIPPED}{line}" if _is_skipped(line, marker.skip) else line
+             for line in _logical_lines(block.text)]
+    if "service" not in marker.fixtures:
+        return "\n".join(lines)
+    serve = next((k for k, line in enumerate(lines) if _SERVE_LINE.match(line)), None)
+    if serve is not None:
+        lines[serve] = f"serve_in_background {lines[serve]}"
+    else:
+        first_curl = next((k for k, line in enumerate(lines) if line.startswith("curl ")), None)
+        assert first_curl is not None, f"{block.where}: fixture=service but no serve or curl line"
+        lines.insert(first_curl, "serve_in_background cadx serve --models .")
+    return "\n".join([_SERVE_IN_BACKGROUND, *lines])
+
+
+def _shared_data_read(script: str) -> list[str]:
+    """The folders of ../shared/data that the lines of `script` (not those left out) read."""
+    return sorted({name for line in script.splitlines() if not line.startswith(_SKIPPED)
+                   for name in re.findall(r"\.\./shared/data/([\w.-]+)", line)})
 
 
 # ---- fixtures: files under the names the docs use, small and synthetic (seconds) ----
@@ -248,7 +292,133 @@ def _predictions_fixture(work: Path) -> None:
     shutil.copyfile(ROOT / "docs" / "predictions_example.csv", work / "predictions.csv")
 
 
-FIXTURES = {"ct": _ct_fixture, "predictions": _predictions_fixture}
+# The schema of docs/clinical.md.
+_IMAGE_SCHEMA = """columns:
+  age:            {type: numeric, unit: years, range: [0, 120]}
+  ca125:          {type: numeric, unit: U/mL, units: {kU/L: 1}, range: [0, 100000]}
+  lesion_size_mm: {type: numeric, unit: mm, units: {cm: 10}, range: [1, 300]}
+  device:         {type: categorical}
+  histology:      {type: categorical, leaks_label: true,
+                   groups: {invasive: [serous carcinoma, endometrioid carcinoma]}}
+"""
+_BUSBRA_DEVICES = ("GE Logiq 5 @10-12MHz", "GE Logiq 7 @10-14MHz",
+                   "Toshiba Aplio 300 @12-14 MHz", "U-Systems @10-14MHz")
+
+
+def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _images_fixture(work: Path) -> None:
+    """A synthetic ultrasound cohort (`us_cohort/`: 40 patients, 1-2 images of 64 px each, 8
+    patients in each of 5 folds) under the names the 2D docs use: `busbra.csv` (the columns of
+    `cadx manifest busbra`), `train_manifest.csv` and `test.csv` (folds 2-5 and fold 1, with
+    age, CA125, lesion size, device and histology) and `schema.yaml` for them, `OTHER.csv` and
+    `OTHER_SITE.csv` (fold 1), `ddti.csv` and `mmotu.csv` (all); single images `img.png`,
+    `img1.png`, `img2.png`, `view1.png`, `view2.png`; random-weight image bundles `breast.cadx`,
+    `b160.cadx` and `model.cadx` (ResNet-18; fold 1 test, folds 2-3 validation, as `cadx
+    train-images --test-fold 1` records its split), `fused.cadx` (`model.cadx` fused with age
+    and CA125 by `cadx fuse`) and `us.cadx` (ResNet-18 + Darknet-19, no split recorded); and
+    `predictions.csv`, docs/predictions_example.csv with a lesion size per patient."""
+    from rich.console import Console
+
+    from cadx.image_bundle import NetworkSpec, load_image_bundle, save_image_bundle
+    from cadx.image_workflows import fuse_command
+    from cadx.models.backbones import build_backbone
+    from cadx.synth.us_lesions import UltrasoundCohortSpec, write_us_cohort
+    from tests.serve_support import write_image_bundle
+
+    spec = UltrasoundCohortSpec(n_patients=40, images_per_patient=(1, 2), image_size_px=64)
+    cohort = write_us_cohort(work / "us_cohort", spec, progress=False)
+    with (cohort / "manifest.csv").open(newline="") as handle:
+        images = list(csv.DictReader(handle))
+    patients = list(dict.fromkeys(row["patient_id"] for row in images))
+    fold_of = {pid: k % 5 + 1 for k, pid in enumerate(patients)}
+    part_of = {pid: {1: "test", 2: "validation", 3: "validation"}.get(fold, "train")
+               for pid, fold in fold_of.items()}
+    busbra, clinical = [], []
+    for row in images:
+        k, malignant = patients.index(row["patient_id"]), int(row["label"])
+        image = {"path": f"us_cohort/{row['path']}", "patient_id": row["patient_id"],
+                 "label": row["label"]}
+        busbra.append({**image, "fold": fold_of[row["patient_id"]],
+                       "mask": f"us_cohort/{row['mask']}", "device": _BUSBRA_DEVICES[k % 4],
+                       "histology": ("invasive ductal carcinoma" if malignant
+                                     else "fibroadenoma"),
+                       "birads": 3 + malignant + k % 2, "side": ("left", "right")[k % 2]})
+        clinical.append({**image, "age": 45 + 10 * malignant + (7 * k) % 15,
+                         "ca125": 20 + 30 * malignant + (11 * k) % 40,
+                         "lesion_size_mm": 8 + 6 * malignant + (5 * k) % 30,
+                         "device": ("GE", "Toshiba")[k % 2],
+                         "histology": "serous carcinoma" if malignant else "benign"})
+    _write_csv(work / "busbra.csv", busbra)
+    _write_csv(work / "train_manifest.csv",
+               [r for r in clinical if part_of[r["patient_id"]] != "test"])
+    _write_csv(work / "test.csv", [r for r in clinical if part_of[r["patient_id"]] == "test"])
+    for name in ("OTHER.csv", "OTHER_SITE.csv"):
+        _write_csv(work / name, [{key: r[key] for key in ("path", "patient_id", "label",
+                                                          "device")}
+                                 for r in busbra if part_of[r["patient_id"]] == "test"])
+    for name in ("ddti.csv", "mmotu.csv"):
+        _write_csv(work / name, [{key: r[key] for key in ("path", "patient_id", "label")}
+                                 for r in busbra])
+    (work / "schema.yaml").write_text(_IMAGE_SCHEMA)
+    with (ROOT / "docs" / "predictions_example.csv").open(newline="") as handle:
+        scores = list(csv.DictReader(handle))
+    _write_csv(work / "predictions.csv",
+               [{**row, "lesion_size_mm": 5 + 7 * int(row["patient_id"].split("_")[-1]) % 45}
+                for row in scores])
+    for name, row in zip(("img.png", "img1.png", "img2.png", "view1.png", "view2.png"),
+                         images, strict=False):
+        shutil.copyfile(cohort / row["path"], work / name)
+
+    bundle = load_image_bundle(write_image_bundle(work / "model.cadx", organ=None))
+    bundle.summary = {"split": {part: [pid for pid in patients if part_of[pid] == part]
+                                for part in ("train", "validation", "test")}}
+    save_image_bundle(bundle, work / "model.cadx")
+    for name in ("breast.cadx", "b160.cadx"):
+        shutil.copyfile(work / "model.cadx", work / name)
+    bundle.summary = {}
+    bundle.networks = [replace(bundle.networks[0], weight=0.5),
+                       NetworkSpec("darknet19", 0.25, 0.8, 0.5)]
+    bundle.state_dicts.append(build_backbone("darknet19", 1, 1, 0.25).state_dict())
+    save_image_bundle(bundle, work / "us.cadx")
+    fuse_command(work / "model.cadx", work / "train_manifest.csv", ["age", "ca125"],
+                 work / "fused.cadx", schema_path=work / "schema.yaml",
+                 console=Console(quiet=True), progress=False)
+
+
+def _service_fixture(work: Path) -> dict[str, str]:
+    """The models docs/service.md serves (`pancreas_ct.cadx`, `thyroid_us.cadx`,
+    `breast_fused.cadx` fused with age and device: random weights), also in `models/`; a free
+    loopback port for the block's service; and a `.curlrc` that sends curl's requests for the
+    docs' address there and fails on an HTTP error."""
+    from tests.serve_support import write_ct_bundle, write_fused_image_bundle, write_image_bundle
+
+    models = work / "models"
+    models.mkdir()
+    write_ct_bundle(models / "pancreas_ct.cadx")
+    write_image_bundle(models / "thyroid_us.cadx")
+    write_fused_image_bundle(models / "breast_fused.cadx")
+    for bundle in models.iterdir():
+        shutil.copyfile(bundle, work / bundle.name)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (work / ".curlrc").write_text(
+        "".join(f"connect-to = {host}:8000:127.0.0.1:{port}\n" for host in ("127.0.0.1", "HOST"))
+        + "fail-with-body\nsilent\nshow-error\nmax-time = 120\n")
+    return {"CURL_HOME": str(work), "CADX_DOCS_PORT": str(port)}
+
+
+# name -> writes the fixture's files into the block's folder; returns environment variables
+# the block needs, if any.
+FIXTURES: dict[str, Callable[[Path], dict[str, str] | None]] = {
+    "ct": _ct_fixture, "predictions": _predictions_fixture, "images": _images_fixture,
+    "service": _service_fixture}
 
 
 def test_some_blocks_are_marked_runnable():
@@ -262,23 +432,36 @@ def test_some_blocks_are_marked_runnable():
 def test_runnable_blocks_run_as_written(block, tmp_path):
     assert block.language == "bash", f"{block.where}: only bash blocks can be runnable"
     marker = _marker(block)
+    script = _script(block)
+    absent = [name for name in _shared_data_read(script)
+              if not (ROOT.parent / "shared" / "data" / name).is_dir()]
+    if absent:
+        pytest.skip(f"{block.where} reads ../shared/data/{absent[0]}, which is not here")
+    if "service" in marker.fixtures and not shutil.which("curl"):
+        pytest.skip(f"{block.where} needs curl")
     work = tmp_path / "work"
     work.mkdir()
     (work / "docs").symlink_to(ROOT / "docs")
     if (ROOT.parent / "shared").is_dir():
         (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
-    for name in marker.fixtures:
-        FIXTURES[name](work)
     cadx = shutil.which("cadx", path=str(Path(sys.executable).parent)) or shutil.which("cadx")
     assert cadx, "the cadx script is not installed"
     env = {**os.environ, "PATH": f"{Path(cadx).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    script = _script(block)
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work,
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == marker.exit_status, (
-        f"{block.where}: exit {result.returncode}, expected {marker.exit_status}\n"
-        f"$ {shlex.join(['bash', '-c', script])}\n{result.stdout[-2000:]}"
-        f"{result.stderr[-2000:]}")
+    env.pop("CADX_SERVE_TOKEN", None)  # the docs' loopback service runs without one
+    for name in marker.fixtures:
+        env.update(FIXTURES[name](work) or {})
+    # Its own session, so that a service the block started goes with it, even on a timeout.
+    with subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == marker.exit_status, (
+        f"{block.where}: exit {process.returncode}, expected {marker.exit_status}\n"
+        f"$ {shlex.join(['bash', '-c', script])}\n{stdout[-2000:]}{stderr[-2000:]}")
 
 
 def inventory() -> dict[str, list[tuple[str, str]]]:
