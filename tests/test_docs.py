@@ -287,6 +287,24 @@ def _ct_fixture(work: Path) -> None:
         shutil.copyfile(model, copy)
 
 
+def _seg_fixture(work: Path) -> None:
+    """`seg.cadx`, a tiny organ segmenter that marks every voxel as organ (zero weights; what
+    `cadx train-seg` would have written, which takes minutes on the toy cohort), and
+    `model.cadx` with it embedded (what `cadx train --seg seg.cadx` would have written): the
+    ct fixture's bundle, so list seg after ct."""
+    from cadx.bundle import load_bundle, save_bundle
+    from cadx.segment.bundle import save_segmenter
+    from tests.test_segment import _constant_segmenter
+
+    model = work / "model.cadx"
+    assert model.is_file(), "fixture=seg embeds its segmenter in the ct fixture's model.cadx"
+    segmenter = _constant_segmenter(organ_everywhere=True)
+    save_segmenter(segmenter, work / "seg.cadx")
+    bundle = load_bundle(model)
+    bundle.segmenter = segmenter
+    save_bundle(bundle, model)
+
+
 def _predictions_fixture(work: Path) -> None:
     """`predictions.csv`: the docs' example scores of two models (cnn, radiomics)."""
     shutil.copyfile(ROOT / "docs" / "predictions_example.csv", work / "predictions.csv")
@@ -417,8 +435,8 @@ def _service_fixture(work: Path) -> dict[str, str]:
 # name -> writes the fixture's files into the block's folder; returns environment variables
 # the block needs, if any.
 FIXTURES: dict[str, Callable[[Path], dict[str, str] | None]] = {
-    "ct": _ct_fixture, "predictions": _predictions_fixture, "images": _images_fixture,
-    "service": _service_fixture}
+    "ct": _ct_fixture, "seg": _seg_fixture, "predictions": _predictions_fixture,
+    "images": _images_fixture, "service": _service_fixture}
 
 
 def test_some_blocks_are_marked_runnable():
