@@ -20,7 +20,9 @@ Options combine (`<!-- runnable: slow fixture=ct,service skip=train -->`):
 With `fixture=service` the block's `cadx serve` line runs in the background on a free loopback
 port (a block without one gets `cadx serve --models .` before its first `curl` line), and `curl`
 reaches it at the doc's address (`127.0.0.1:8000`, `HOST:8000`) through a `.curlrc`; the
-service is stopped when the block ends.
+service is stopped when the block ends. With `fixture=pacs` the block's `Orthanc orthanc.json &`
+is waited for until it answers at the docs' address (`127.0.0.1:8042`; skipped where Orthanc is
+not installed or that port is taken), and is stopped when the block ends.
 
 Runnable blocks run in a fresh temporary folder in which `docs/` points at the repository's and
 `../shared` at the shared data folder beside the repository, so a block may read the example
@@ -223,22 +225,47 @@ _SERVE_IN_BACKGROUND = """serve_in_background() {
 }"""
 
 
+_ORTHANC_LINE = re.compile(r"^Orthanc\b.*&\s*$")
+# Waits until the Orthanc that the line before started in the background answers at the docs'
+# address; it is stopped when the block's shell exits (it holds the block's output open).
+_WAIT_FOR_PACS = """trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+wait_for_pacs() {
+  local orthanc=$!
+  for _ in $(seq 300); do
+    curl -sf -o /dev/null http://127.0.0.1:8042/dicom-web/studies && return
+    kill -0 "$orthanc" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "Orthanc did not answer at http://127.0.0.1:8042/dicom-web" >&2
+  return 1
+}"""
+
+
 def _script(block: Block) -> str:
     """The block as it runs: as written, less the lines its skip= option leaves out; with
-    fixture=service, its `cadx serve` line (or one before its first `curl`) in the background."""
+    fixture=service, its `cadx serve` line (or one before its first `curl`) in the background;
+    with fixture=pacs, a wait for its `Orthanc ... &` to answer before the next line."""
     marker = _marker(block)
     lines = [f"{_SKIPPED}{line}" if _is_skipped(line, marker.skip) else line
              for line in _logical_lines(block.text)]
-    if "service" not in marker.fixtures:
-        return "\n".join(lines)
-    serve = next((k for k, line in enumerate(lines) if _SERVE_LINE.match(line)), None)
-    if serve is not None:
-        lines[serve] = f"serve_in_background {lines[serve]}"
-    else:
-        first_curl = next((k for k, line in enumerate(lines) if line.startswith("curl ")), None)
-        assert first_curl is not None, f"{block.where}: fixture=service but no serve or curl line"
-        lines.insert(first_curl, "serve_in_background cadx serve --models .")
-    return "\n".join([_SERVE_IN_BACKGROUND, *lines])
+    helpers = []
+    if "service" in marker.fixtures:
+        helpers.append(_SERVE_IN_BACKGROUND)
+        serve = next((k for k, line in enumerate(lines) if _SERVE_LINE.match(line)), None)
+        if serve is not None:
+            lines[serve] = f"serve_in_background {lines[serve]}"
+        else:
+            first_curl = next((k for k, line in enumerate(lines) if line.startswith("curl ")),
+                              None)
+            assert first_curl is not None, (
+                f"{block.where}: fixture=service but no serve or curl line")
+            lines.insert(first_curl, "serve_in_background cadx serve --models .")
+    if "pacs" in marker.fixtures:
+        helpers.append(_WAIT_FOR_PACS)
+        orthanc = next((k for k, line in enumerate(lines) if _ORTHANC_LINE.match(line)), None)
+        assert orthanc is not None, f"{block.where}: fixture=pacs but no `Orthanc ... &` line"
+        lines.insert(orthanc + 1, "wait_for_pacs")
+    return "\n".join([*helpers, *lines])
 
 
 def _shared_data_read(script: str) -> list[str]:
@@ -432,11 +459,49 @@ def _service_fixture(work: Path) -> dict[str, str]:
     return {"CURL_HOME": str(work), "CADX_DOCS_PORT": str(port)}
 
 
+ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+# The orthanc.json of docs/dicom-pacs.md (loopback port 8042, DICOMweb at /dicom-web/).
+_ORTHANC_CONFIG = """{"Name": "cadx-local", "StorageDirectory": "orthanc-db",
+ "IndexDirectory": "orthanc-db", "HttpPort": 8042, "DicomServerEnabled": false,
+ "RemoteAccessAllowed": false, "AuthenticationEnabled": false,
+ "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+ "DicomWeb": {"Enable": true, "Root": "/dicom-web/"}}
+"""
+# The StudyInstanceUID that docs/dicom-pacs.md's `--study` names.
+_DOCS_STUDY_UID = "1.2.826.0.1.3680043.8.498.62280294436776469296040342303271282369"
+
+
+def _pacs_fixture(work: Path) -> None:
+    """The Orthanc page's files: `orthanc.json` (the one in its comment), a toy DICOM study
+    `studies/pancreas_001/` (CT series, scout, organ SEG) under the StudyInstanceUID the page
+    names, and a CT bundle (random weights) as `demo_out/model.cadx`. The block's own `Orthanc
+    orthanc.json &` starts the PACS; the test skips where port 8042 on loopback is taken."""
+    import pydicom
+
+    from tests.serve_support import write_ct_bundle
+    from tests.test_dicom_cli import write_toy_study
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", 8042))
+        except OSError:
+            pytest.skip("port 8042 on loopback, the docs' Orthanc port, is taken")
+    (work / "orthanc.json").write_text(_ORTHANC_CONFIG)
+    study, _, _ = write_toy_study(work / "studies" / "pancreas_001", "pancreas_001", seed=1)
+    for path in study.files:
+        dataset = pydicom.dcmread(path)
+        dataset.StudyInstanceUID = _DOCS_STUDY_UID
+        dataset.save_as(path, enforce_file_format=True)
+    write_ct_bundle(work / "demo_out" / "model.cadx")
+
+
 # name -> writes the fixture's files into the block's folder; returns environment variables
 # the block needs, if any.
 FIXTURES: dict[str, Callable[[Path], dict[str, str] | None]] = {
     "ct": _ct_fixture, "seg": _seg_fixture, "predictions": _predictions_fixture,
-    "images": _images_fixture, "service": _service_fixture}
+    "images": _images_fixture, "service": _service_fixture, "pacs": _pacs_fixture}
 
 
 def test_some_blocks_are_marked_runnable():
@@ -455,8 +520,11 @@ def test_runnable_blocks_run_as_written(block, tmp_path):
               if not (ROOT.parent / "shared" / "data" / name).is_dir()]
     if absent:
         pytest.skip(f"{block.where} reads ../shared/data/{absent[0]}, which is not here")
-    if "service" in marker.fixtures and not shutil.which("curl"):
+    if {"service", "pacs"} & set(marker.fixtures) and not shutil.which("curl"):
         pytest.skip(f"{block.where} needs curl")
+    if "pacs" in marker.fixtures and (ORTHANC is None or not DICOMWEB_PLUGIN.exists()):
+        pytest.skip(f"{block.where} needs Orthanc with its DICOMweb plugin "
+                    "(apt-get install orthanc orthanc-dicomweb)")
     work = tmp_path / "work"
     work.mkdir()
     (work / "docs").symlink_to(ROOT / "docs")
