@@ -51,7 +51,7 @@ from cadx.config import PipelineConfig
 from cadx.io.dataset import load_dataset
 from cadx.scale.distributed import patched_cases
 from cadx.train.pipeline import train_patch_model
-from cadx.workflows import DEMO_CONFIG, evaluate_dataset
+from cadx.workflows import DEMO_CONFIG, evaluate_dataset, record_training_data
 
 TRAIN_SEED = 101  # the learning curve's training cohort (benchmarks/bench_ct_learning_curve.py)
 TEST_SEED = 14014  # used by nothing else: the reference run's test cohort
@@ -142,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     p = config.patches
     store = data / (f"store_{train_folder.name}_p{p.size_px}s{p.stride_px}"
                     f"c{p.context_slices}")
-    cases = patched_cases(load_dataset(train_folder), config, patch_store=store,
-                          progress=not args.quiet)
+    refs = load_dataset(train_folder)
+    cases = patched_cases(refs, config, patch_store=store, progress=not args.quiet)
     walls["crop"] = time.perf_counter() - start
 
     start = time.perf_counter()
     outcome = train_patch_model(cases, config, progress=not args.quiet, device=args.device)
+    record_training_data(outcome.bundle, train_folder, refs)
     model_path = save_bundle(outcome.bundle, out / "reference.cadx")
     walls["train"] = time.perf_counter() - start
     summary = outcome.bundle.summary

@@ -55,6 +55,18 @@ DEMO_CONFIG = PipelineConfig(
 )
 
 
+def record_training_data(bundle: PatchModelBundle, dataset: str | Path,
+                         refs: Sequence[CaseRef]) -> None:
+    """Record in the bundle's summary the training dataset and the content fingerprints of its
+    training and validation scans, so that `cadx evaluate` recognises them under any name (and
+    does not mistake a new cohort's reused ids for them)."""
+    bundle.summary["dataset"] = str(dataset)
+    split = bundle.summary.get("split", {})
+    used = set(split.get("train", [])) | set(split.get("validation", []))
+    bundle.summary["image_sha256"] = fingerprints(
+        {r.patient_id: r.image_path for r in refs if r.patient_id in used})
+
+
 def _print_training(outcome: TrainingOutcome, console: Console) -> None:
     summary = outcome.bundle.summary
     for name, counts in summary["counts"].items():
@@ -105,13 +117,7 @@ def train_from_dataset(dataset: str | Path, out_path: str | Path, config: Pipeli
                                 resume=resume)
     if outcome is None:
         return None
-    outcome.bundle.summary["dataset"] = str(dataset)
-    # Content fingerprints of the training and validation scans, so that `cadx evaluate`
-    # recognises them under any name (and does not mistake a new cohort's reused ids for them).
-    split = outcome.bundle.summary.get("split", {})
-    used = set(split.get("train", [])) | set(split.get("validation", []))
-    outcome.bundle.summary["image_sha256"] = fingerprints(
-        {r.patient_id: r.image_path for r in refs if r.patient_id in used})
+    record_training_data(outcome.bundle, dataset, refs)
     outcome.bundle.segmenter = segmenter
     save_bundle(outcome.bundle, out_path)
     _print_training(outcome, console)

@@ -55,3 +55,18 @@ def test_the_test_cohort_stays_separate(reference_run):
         reference_run.main(["--out", "x", "--test-fraction", "0.2"])
     with pytest.raises(SystemExit, match="must differ"):
         reference_run.main(["--out", "x", "--train-seed", "5", "--test-seed", "5"])
+
+
+@pytest.mark.slow
+def test_tiny_run_records_its_training_scans(reference_run, tmp_path, capsys):
+    # Training and test cohorts share ids (pancreas_001...) but not scans: the bundle's content
+    # fingerprints tell them apart, so the evaluation raises no false overlap warning.
+    from cadx.bundle import load_bundle
+
+    assert reference_run.main(["--out", str(tmp_path / "ref"), "--tiny", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "used to train or tune" not in out
+    bundle = load_bundle(tmp_path / "ref" / "reference.cadx")
+    split = bundle.summary["split"]
+    assert set(bundle.summary["image_sha256"]) == set(split["train"]) | set(split["validation"])
+    assert "test patient AUC" in out
