@@ -497,11 +497,40 @@ def _pacs_fixture(work: Path) -> None:
     write_ct_bundle(work / "demo_out" / "model.cadx")
 
 
+def _triage_fixture(work: Path) -> None:
+    """The models docs/triage-qc.md trains (minutes of training), with seeded random weights:
+    `router.cadx` over the five categories of `cadx synth categories` and `qc.cadx` with its five
+    flags (ResNet-18 at width 0.25, 64 px, RGB: `train-router` / `train-qc`'s defaults; QC
+    thresholds 0.5; confidence floor 0, since random scores are never confident and the run would
+    otherwise reach no analyser), and the analysers `thyroid-cnn.cadx`, `thyroid-texture.cadx`,
+    `breast-texture.cadx` and `ct-texture.cadx` (one random ResNet-18 each)."""
+    import torch
+
+    from cadx.decide.roc import OperatingPoint
+    from cadx.models.backbones import build_backbone
+    from cadx.synth.categories import CATEGORIES, QC_FLAGS
+    from cadx.triage.bundle import TriageBundle, save_triage_bundle
+    from tests.serve_support import write_image_bundle
+
+    torch.manual_seed(0)
+    point = OperatingPoint(0.5, 0.9, 0.8, 0.7, 0.95, (0.0, 1.0), (0.0, 1.0))
+    for kind, labels, extra in (
+            ("router", CATEGORIES, {"confidence_floor": 0.0}),
+            ("qc", QC_FLAGS, {"flag_points": dict.fromkeys(QC_FLAGS, point)})):
+        network = build_backbone("resnet18", 3, len(labels), 0.25)
+        save_triage_bundle(TriageBundle(kind, labels, "resnet18", 0.25, 64, 3,
+                                        network.state_dict(), **extra),
+                           work / f"{kind}.cadx")
+    for name in ("thyroid-cnn", "thyroid-texture", "breast-texture", "ct-texture"):
+        write_image_bundle(work / f"{name}.cadx", organ=None)
+
+
 # name -> writes the fixture's files into the block's folder; returns environment variables
 # the block needs, if any.
 FIXTURES: dict[str, Callable[[Path], dict[str, str] | None]] = {
     "ct": _ct_fixture, "seg": _seg_fixture, "predictions": _predictions_fixture,
-    "images": _images_fixture, "service": _service_fixture, "pacs": _pacs_fixture}
+    "images": _images_fixture, "service": _service_fixture, "pacs": _pacs_fixture,
+    "triage": _triage_fixture}
 
 
 def test_some_blocks_are_marked_runnable():
