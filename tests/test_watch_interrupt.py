@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from pydicom.dataset import Dataset
@@ -68,7 +69,31 @@ def test_ctrl_c_mid_scoring_stops_the_watcher_at_once(monkeypatch, console):
     # the signal was taken while the study was being scored, not after it
     assert returned_at - interrupted_at[0] < 5
     printed = console.file.getvalue()
-    assert "stopping (interrupted)" in printed and "0 studies scored" in printed
+    assert "stopping (interrupted) while scoring study 1.2.3: it got no result" in printed
+    assert "0 studies scored" in printed and summary.interrupted == "1.2.3"
+
+
+def test_ctrl_c_between_studies_does_not_say_one_was_cut_short(monkeypatch, console):
+    result = SimpleNamespace(diagnosis=SimpleNamespace(patient_id="P1", to_dict=dict),
+                             pushed=[])
+    monkeypatch.setattr(watch_module, "has_cadx_result", lambda client, uid: False)
+    monkeypatch.setattr(watch_module, "score_study", lambda client, bundle, uid: result)
+    monkeypatch.setattr(watch_module, "push_result", lambda *a, **k: None)
+    monkeypatch.setattr(watch_module, "summary_line", lambda diagnosis: "score 0.1")
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        if len(waits) == 3:  # polls: unstable count, scored, nothing new; then Ctrl-C
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(watch_module, "time", SimpleNamespace(sleep=sleep))
+    summary = watch_module.watch(_Client(), bundle=None, interval_s=0.01, console=console)
+    printed = console.file.getvalue()
+    assert summary.scored == ["1.2.3"] and summary.interrupted is None
+    assert "stopping (interrupted)\n" in printed
+    assert "while scoring" not in printed and "no result" not in printed
+    assert "1 studies scored" in printed
 
 
 def test_a_failing_study_is_reported_from_the_worker_and_not_retried(monkeypatch, console):

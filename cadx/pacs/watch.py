@@ -41,6 +41,15 @@ class WatchSummary:
     scored: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    interrupted: str | None = None  # the study whose scoring Ctrl-C/SIGTERM cut short, if any
+
+
+class _ScoringInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while a study was being pulled, scored or pushed: it got no result."""
+
+    def __init__(self, study_uid: str) -> None:
+        super().__init__(study_uid)
+        self.study_uid = study_uid
 
 
 def _modalities(study) -> set[str]:
@@ -85,8 +94,12 @@ def watch(client: PacsClient, bundle: PatchModelBundle, *, interval_s: float = 5
                 if not _score(client, bundle, uid, push, out_dir, console, summary):
                     handled.discard(uid)  # the PACS failed, not the study: try it again
             time.sleep(interval_s)
-    except KeyboardInterrupt:
-        console.print("stopping (interrupted); a study being scored was not answered")
+    except _ScoringInterrupted as stop:
+        summary.interrupted = stop.study_uid
+        console.print(f"stopping (interrupted) while scoring study {stop.study_uid}: it got no "
+                      "result; the next cadx watch scores it")
+    except KeyboardInterrupt:  # between studies: none was cut short
+        console.print("stopping (interrupted)")
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -132,15 +145,19 @@ def _in_worker(work: Callable[[], T], name: str) -> T:
 
 def _score(client: PacsClient, bundle: PatchModelBundle, study_uid: str, push: bool,
            out_dir: str | Path | None, console: Console, summary: WatchSummary) -> bool:
-    """Score one study; False if the PACS failed (worth another try), True otherwise."""
+    """Score one study; False if the PACS failed (worth another try), True otherwise. Ctrl-C or
+    SIGTERM between the pull and the end of the push raises _ScoringInterrupted."""
     try:
         if has_cadx_result(client, study_uid):
             summary.skipped.append(study_uid)
             return True
-        result = _in_worker(lambda: score_study(client, bundle, study_uid),
-                            f"cadx-score-{study_uid}")
-        if push:
-            push_result(client, bundle, result)
+        try:
+            result = _in_worker(lambda: score_study(client, bundle, study_uid),
+                                f"cadx-score-{study_uid}")
+            if push:
+                push_result(client, bundle, result)
+        except KeyboardInterrupt as stop:
+            raise _ScoringInterrupted(study_uid) from stop
     except PacsError as exc:
         console.print(f"[yellow]warning[/]: study {study_uid}: {exc}; trying again")
         return False
