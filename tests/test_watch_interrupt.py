@@ -109,3 +109,28 @@ def test_a_failing_study_is_reported_from_the_worker_and_not_retried(monkeypatch
                                  max_polls=4)
     assert calls == ["1.2.3"] and list(summary.failed) == ["1.2.3"]
     assert "no organ mask" in summary.failed["1.2.3"]
+
+
+def test_sigint_stops_the_watcher_even_when_inherited_ignored(monkeypatch, console):
+    # A shell starts a background job (`cadx watch ... &`) with SIGINT ignored; the watcher
+    # still stops on it, and puts the caller's handlers back afterwards.
+    monkeypatch.setattr(watch_module, "has_cadx_result", lambda client, uid: True)
+    waits = []
+
+    def sleep(seconds):
+        waits.append(seconds)
+        if len(waits) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here, raising KeyboardInterrupt
+        if len(waits) > 2:
+            raise AssertionError("SIGINT did not stop the watcher")
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        monkeypatch.setattr(watch_module, "time", SimpleNamespace(sleep=sleep))
+        summary = watch_module.watch(_Client(), bundle=None, interval_s=0.01, console=console)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert summary.skipped == ["1.2.3"]
+    assert "stopping (interrupted)\n" in console.file.getvalue()

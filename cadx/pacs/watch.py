@@ -71,7 +71,7 @@ def watch(client: PacsClient, bundle: PatchModelBundle, *, interval_s: float = 5
     client.studies()  # fail fast on a wrong URL before announcing anything
     console.print(f"watching {client.url} every {interval_s:g} s (Ctrl-C to stop)")
     polls = 0
-    previous = _stop_on_sigterm()
+    previous = _stop_on_signals()
     try:
         while max_polls is None or polls < max_polls:
             polls += 1
@@ -101,23 +101,25 @@ def watch(client: PacsClient, bundle: PatchModelBundle, *, interval_s: float = 5
     except KeyboardInterrupt:  # between studies: none was cut short
         console.print("stopping (interrupted)")
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     console.print(f"watch finished: {len(summary.scored)} studies scored, "
                   f"{len(summary.failed)} failed, {len(summary.skipped)} already answered")
     return summary
 
 
-def _stop_on_sigterm() -> object | None:
-    """Make SIGTERM (a service manager's stop) end the loop like Ctrl-C; returns the previous
-    handler (None where signals cannot be set: not the main thread)."""
+def _stop_on_signals() -> dict[int, object]:
+    """Make SIGTERM (a service manager's stop) and SIGINT end the loop as Ctrl-C does, SIGINT
+    also where it was inherited ignored (a shell's background job, `cadx watch ... &`);
+    returns the previous handlers ({} where signals cannot be set: not the main thread)."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    return {number: signal.signal(number, interrupt)
+            for number in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _in_worker(work: Callable[[], T], name: str) -> T:
