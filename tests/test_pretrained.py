@@ -110,6 +110,7 @@ def test_grad_cam_layer_and_map_size_at_the_default_size() -> None:
     handle.remove()
     assert model.cam_layer == "blocks.14"
     assert tuple(shapes[0][-2:]) == (PRETRAINED_SIZE_PX // 32,) * 2
+    assert PRETRAINED_SIZE_PX // 32 >= 7  # issue 13: a Grad-CAM map of at least 7 x 7
     assert cams.shape == (2, PRETRAINED_SIZE_PX, PRETRAINED_SIZE_PX)
 
 

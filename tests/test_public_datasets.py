@@ -127,8 +127,8 @@ def test_busbra_manifest_reads_every_image_and_patient(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "busbra").is_dir(), reason="BUS-BRA not in ../shared/data")
 def test_busbra_pretrained_model_beats_085_on_the_authors_test_fold(tmp_path):
-    """The documented recipe (ImageNet EfficientNet-Lite0, 160 px, 8 one-cycle epochs, bf16)
-    on the authors' fold 1 as test patients: about 4 min on 2 idle cores."""
+    """The documented recipe (ImageNet EfficientNet-Lite0 at the default size, 8 one-cycle
+    epochs, bf16) on the authors' fold 1 as test patients: about 9 min on 2 idle cores."""
     from cadx.config import (
         IMAGE_CLI_EPOCHS,
         IMAGE_CLI_SCHEDULE,

@@ -83,8 +83,9 @@ class EfficientNetLiteClassifier(nn.Module):
     Sub-modules: `stem`, `blocks` (the MBConv blocks), `features` (the 1x1 head convolution, BN
     and ReLU6: the last spatial map, H/32), `avgpool` (global mean), `dropout`, `fc`.
     `cam_layer` names the map Grad-CAM weights: the last block before the final stage (H/32,
-    5 x 5 at 160 px). Chosen on BUS-BRA validation patients (malignant images, pointing game):
-    this block 0.62, the head convolution 0.50, the last H/16 block 0.21, chance 0.13.
+    7 x 7 at the default 224 px, 5 x 5 at 160 px). Chosen at 160 px on BUS-BRA validation
+    patients (malignant images, pointing game): this block 0.62, the head convolution 0.50, the
+    last H/16 block 0.21, chance 0.13.
     """
 
     def __init__(self, trunk: nn.Module, in_channels: int, num_classes: int,
