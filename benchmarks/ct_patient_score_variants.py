@@ -79,10 +79,16 @@ def main() -> None:
     parser.add_argument("--val-patients", type=int, default=60)
     parser.add_argument("--val-seed", type=int, default=202,
                         help="the learning curve's validation seed (default %(default)s)")
+    parser.add_argument("--stride", type=int,
+                        help="crop the validation patches at this stride instead of the "
+                             "bundle's (a test-time lever: denser windows for small tumours)")
     parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     config = bundle.config
+    if args.stride:
+        config = replace(config, patches=replace(config.patches, stride_px=args.stride))
+        bundle = replace(bundle, config=config)
     data = Path(args.data)
     folder = cached_cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
                            args.val_patients, args.val_seed, False)
