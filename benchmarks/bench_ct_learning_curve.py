@@ -89,11 +89,17 @@ def cached_cohort(data: Path, name: str, n: int, seed: int, tiny: bool) -> Path:
     return write_msd_cohort(folder, spec)
 
 
+def patch_store_path(data: Path, folder: Path, config: PipelineConfig) -> Path:
+    """Where the cohort `folder`'s patches for `config`'s patch settings are stored in `data`
+    (one store per cohort and settings, shared by the CT benchmarks)."""
+    p = config.patches
+    return data / f"store_{folder.name}_p{p.size_px}s{p.stride_px}c{p.context_slices}"
+
+
 def _cases(folder: Path, config: PipelineConfig, data: Path) -> list[PatchedCase]:
     """The cohort's patched cases from a patch store in `data` (cropped once per settings)."""
-    p = config.patches
-    store = data / f"store_{folder.name}_p{p.size_px}s{p.stride_px}c{p.context_slices}"
-    return patched_cases(load_dataset(folder), config, patch_store=store)
+    return patched_cases(load_dataset(folder), config,
+                         patch_store=patch_store_path(data, folder, config))
 
 
 def _balanced_subset(cases: list[PatchedCase], n: int) -> list[PatchedCase]:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bench_ct_learning_curve import cached_cohort
+from bench_ct_learning_curve import cached_cohort, patch_store_path
 
 from cadx.bundle import load_bundle
 from cadx.config import DecideConfig
@@ -92,9 +92,8 @@ def main() -> None:
     data = Path(args.data)
     folder = cached_cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
                            args.val_patients, args.val_seed, False)
-    p = config.patches
-    store = data / f"store_{folder.name}_p{p.size_px}s{p.stride_px}c{p.context_slices}"
-    cases = patched_cases(load_dataset(folder), config, patch_store=store, progress=False)
+    cases = patched_cases(load_dataset(folder), config,
+                          patch_store=patch_store_path(data, folder, config), progress=False)
     per_case = score_cases(bundle.build_model(), cases, config.decide.test_time_flips,
                            config.train.precision)
     truth = np.array([c.has_tumour for c in cases])

@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_ct_learning_curve import cached_cohort
+from bench_ct_learning_curve import cached_cohort, patch_store_path
 
 from cadx.bundle import save_bundle
 from cadx.cli import _add_pipeline_options, _pipeline_config
@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     walls["synthesise"] = time.perf_counter() - started
 
     start = time.perf_counter()
-    p = config.patches
-    store = data / (f"store_{train_folder.name}_p{p.size_px}s{p.stride_px}"
-                    f"c{p.context_slices}")
+    store = patch_store_path(data, train_folder, config)
     refs = load_dataset(train_folder)
     cases = patched_cases(refs, config, patch_store=store, progress=not args.quiet)
     walls["crop"] = time.perf_counter() - start
