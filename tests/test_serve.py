@@ -194,6 +194,38 @@ def test_image_model_bad_files(image_models, tmp_path):
     assert volume.status_code == 415 and "not a 2D image" in volume.json()["error"]
 
 
+def _unjudgeable_pngs(folder: Path) -> dict[str, Path]:
+    """A mostly transparent RGBA cut-out and a 2 x 2 image, as PNG files."""
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    rgba[..., 3] = 0
+    rgba[:8, :8, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(folder / "cutout.png")
+    Image.fromarray(np.array([[10, 200], [90, 250]], np.uint8)).save(folder / "tiny.png")
+    return {"cutout.png": folder / "cutout.png", "tiny.png": folder / "tiny.png"}
+
+
+@pytest.mark.parametrize(("name", "reason"), [("cutout.png", "transparent"),
+                                              ("tiny.png", "too small")])
+def test_an_image_the_model_cannot_judge_gets_its_reason_as_diagnose_does(
+        image_models, tmp_path, name, reason):
+    client = TestClient(create_app(image_models["models"]))
+    bad = _unjudgeable_pngs(tmp_path)[name]
+    alone = client.post("/v1/diagnose", data={"model": "thyroid_us"}, files=_files(bad))
+    assert alone.status_code == 422, alone.text
+    error = alone.json()["error"]
+    assert "no image can be judged" in error and name in error and reason in error
+    assert "\n" not in error and "/tmp" not in error
+    ok = image_models["pngs"][0]
+    mixed = client.post("/v1/diagnose", data={"model": "thyroid_us"}, files=_files(ok, bad))
+    assert mixed.status_code == 200, mixed.text
+    judged, not_judged = mixed.json()["images"]
+    assert judged["probability"] is not None and not_judged["probability"] is None
+    assert reason in not_judged["not_judged"] and not_judged["cam_png"] is None
+    expected = diagnose_image_files(load_image_bundle(image_models["bundle"]), [ok], "exam")
+    assert mixed.json()["score"] == pytest.approx(expected.exam_score)
+
+
 @pytest.mark.parametrize(("case", "status", "words"), [
     ("missing_mask", 422, ["patient_ct.nii.gz", "organ mask"]),
     ("wrong_type", 415, ["notes.txt", "not a CT/MR volume"]),

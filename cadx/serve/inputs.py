@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-import numpy as np
-
 from cadx.case import Case
 from cadx.errors import CadxError, InputError
 from cadx.io.dicom import is_dicom_path, read_dicom_case
-from cadx.io.images import IMAGE_SUFFIXES, read_image
+from cadx.io.images import IMAGE_SUFFIXES
 from cadx.io.limits import VolumeLimits, default_volume_limits
 from cadx.io.volumes import read_case
 
@@ -236,13 +234,12 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def images_from_uploads(paths: list[Path], channels: int, limits: UploadLimits
-                        ) -> tuple[list[np.ndarray], list[str]]:
-    """2D images (PNG/JPEG/...; zips of them too) as float (channels, H, W) arrays in 0..1,
-    with their names."""
+def image_files_from_uploads(paths: list[Path], limits: UploadLimits) -> list[Path]:
+    """The 2D image files (PNG/JPEG/...) uploaded or in uploaded zips; UnsupportedFileError
+    names the first other file."""
     files = _unzip_all(paths, limits)
     wrong = [p.name for p in files if not p.name.lower().endswith(IMAGE_SUFFIXES)]
     if wrong:
         raise UnsupportedFileError(f"{wrong[0]}: not a 2D image; this model reads "
                                    f"{', '.join(IMAGE_SUFFIXES)} (or a zip of them)")
-    return [read_image(p, channels=channels) for p in files], [p.name for p in files]
+    return files

@@ -20,7 +20,7 @@ from cadx.case import Case
 from cadx.diagnose.clinical import add_fusion
 from cadx.diagnose.fna import RULE, SOURCE, fna_advice
 from cadx.diagnose.heatmap import ct_heatmap
-from cadx.diagnose.images import diagnose_images
+from cadx.diagnose.images import diagnose_image_files
 from cadx.diagnose.patient import Diagnosis, diagnose_case, organ_not_found
 from cadx.errors import CadxError, ConfigError, InputError
 from cadx.image_bundle import ImageModelBundle
@@ -30,7 +30,7 @@ from cadx.serve.inputs import (
     Upload,
     UploadLimits,
     ct_case_from_uploads,
-    images_from_uploads,
+    image_files_from_uploads,
     public_message,
     save_uploads,
 )
@@ -161,8 +161,10 @@ def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,
                   limits: UploadLimits) -> dict[str, Any]:
     bundle = request.model.bundle
     assert isinstance(bundle, ImageModelBundle)
-    images, names = images_from_uploads(paths, bundle.channels, limits)
-    diagnosis = diagnose_images(bundle, images, names, patient_id="exam", cam_dir=cam_dir)
+    # The same reading and checks as `cadx diagnose`: an image the model cannot judge (too
+    # small, a binary mask, mostly transparent) gets its reason instead of a probability.
+    files = image_files_from_uploads(paths, limits)
+    diagnosis = diagnose_image_files(bundle, files, patient_id="exam", cam_dir=cam_dir)
     # The same fusion as `cadx diagnose --clinical`: a value missing or refused leaves the
     # image-only result standing and `fusion.not_fused` says why.
     add_fusion(bundle, diagnosis, request.clinical, source="clinical")
