@@ -27,6 +27,7 @@ from cadx.io.volumes import read_case
 from cadx.serve import app as app_module
 from cadx.serve.app import create_app
 from cadx.serve.inputs import UploadLimits
+from cadx.serve.jobs import WORKDIR_PREFIX
 from cadx.serve.registry import load_model_folder
 from cadx.synth.dicom_series import write_dicom_study
 from tests.conftest import toy_case
@@ -182,6 +183,29 @@ def test_image_exam_with_cams_and_fna_advice(image_models):
     other = client.post("/v1/diagnose", data={"model": "breast_us", "lesion_size_mm": "12"},
                         files=_files(image_models["pngs"][0])).json()
     assert other["fna"]["advice"] is None and "thyroid" in other["fna"]["note"]
+
+
+def test_image_exam_answer_names_no_server_path(image_models, tmp_path, monkeypatch):
+    """The CAMs are written in the request's temporary folder: the answer sends the overlays
+    inline and names no file there (details carries no cam_png / cam_npy path)."""
+    service_tmp = tmp_path / "service_tmp"
+    service_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(service_tmp))
+    client = TestClient(create_app(image_models["models"]))
+    response = client.post("/v1/diagnose", data={"model": "thyroid_us"},
+                           files=_files(*image_models["pngs"]))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert all(image["cam_png"].startswith("data:image/png;base64,")
+               for image in result["images"])
+    assert str(service_tmp) not in response.text and WORKDIR_PREFIX not in response.text
+    assert all("cam_npy" not in image and "cam_png" not in image
+               for image in result["details"]["images"])
+    assert list(service_tmp.iterdir()) == []
+    # `cadx diagnose --cam` still writes the raw map beside the overlay.
+    written = diagnose_image_files(load_image_bundle(image_models["bundle"]),
+                                   image_models["pngs"][:1], "exam", cam_dir=tmp_path / "cam")
+    assert np.load(written.images[0].cam_npy).shape == (32, 32)
 
 
 def test_image_model_bad_files(image_models, tmp_path):

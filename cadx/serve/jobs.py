@@ -168,7 +168,8 @@ def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,
     # The same fusion as `cadx diagnose --clinical`: a value missing or refused leaves the
     # image-only result standing and `fusion.not_fused` says why.
     add_fusion(bundle, diagnosis, request.clinical, source="clinical")
-    # CAM files live in the request's temporary folder: send them inline.
+    # CAM files live in the request's temporary folder, removed when the request ends: send
+    # the overlays inline and name no file of it (the raw .npy maps are a CLI output only).
     per_image = [{"name": image.name, "probability": image.probability,
                   "not_judged": image.not_judged,
                   "above_image_threshold": image.above_image_threshold,
@@ -177,6 +178,7 @@ def _image_result(request: DiagnoseRequest, paths: list[Path], cam_dir: Path,
     details = diagnosis.to_dict()
     for image in details["images"]:
         image.pop("cam_png")
+        image.pop("cam_npy")
     positive = diagnosis.exam_score > diagnosis.exam_threshold
     return {
         "patient_id": None, "score": diagnosis.exam_score,
