@@ -1,5 +1,7 @@
 """Checkpoint and resume: stopping after an epoch and going on gives the uninterrupted run."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -53,3 +55,22 @@ def test_checkpoint_of_another_network_is_refused(data, tmp_path):
     with pytest.raises(ConfigError, match="different network"):
         fit_patch_cnn(train, validation, _config(2), model_config=ModelConfig(batch_norm=True),
                       progress=False, checkpoint_path=checkpoint, resume=True)
+
+
+def test_fine_tuning_starts_from_the_given_weights(data):
+    """`initial_state` (hard-negative fine-tuning) starts from a trained network's weights,
+    not a fresh initialisation; weights of another network are refused."""
+    train, validation = data
+    plain = ModelConfig(batch_norm=False)
+    first, _ = fit_patch_cnn(train, validation, _config(1), model_config=plain, progress=False)
+    still = replace(_config(1), learning_rate=1e-12)  # one epoch that barely moves the weights
+    tuned, _ = fit_patch_cnn(train, validation, still, model_config=plain, progress=False,
+                             initial_state=first.state_dict())
+    fresh, _ = fit_patch_cnn(train, validation, still, model_config=plain, progress=False)
+    for start, after, new in zip(first.state_dict().values(), tuned.state_dict().values(),
+                                 fresh.state_dict().values(), strict=True):
+        assert torch.allclose(start, after, atol=1e-6)
+        assert start.numel() == 1 or not torch.allclose(start, new, atol=1e-3)
+    with pytest.raises(ConfigError, match="different network"):
+        fit_patch_cnn(train, validation, _config(1), model_config=ModelConfig(batch_norm=True),
+                      progress=False, initial_state=first.state_dict())

@@ -172,7 +172,7 @@ def fit_patch_cnn(
     train: PatchSet, validation: PatchSet, config: TrainConfig, *,
     model_config: ModelConfig | None = None, progress: bool = True,
     checkpoint_path: str | Path | None = None, resume: bool = False,
-    device: str | None = None,
+    device: str | None = None, initial_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[PatchCNN, TrainingHistory]:
     """Train a PatchCNN on `train`, monitoring loss on `validation`; returns the best model
     (on the CPU).
@@ -184,6 +184,8 @@ def fit_patch_cnn(
     an existing checkpoint is loaded and training goes on after its epoch, exactly as if it
     had not stopped. `device` ("cuda", "cuda:1", "cpu"; default the CPU) trains a single
     process there; under torch.distributed each rank uses its own (nccl: its GPU).
+    `initial_state` starts from those weights (a trained model's state dict: fine-tuning)
+    instead of a fresh initialisation.
 
     `config.precision` "bf16" runs the forward passes under bfloat16 autocast (weights, the
     optimiser, BatchNorm and the loss stay fp32), the validation scores too; on a device
@@ -209,6 +211,9 @@ def fit_patch_cnn(
         device if device is not None and not distributed else "cpu")
     precision = resolve_precision(config.precision, device.type)
     model = PatchCNN(train.patch_size_px, model_config.batch_norm, train.channels)
+    if initial_state is not None:
+        _load_state(model, initial_state, "initial weights",
+                    "start from a bundle trained with the same patch settings")
     saved = _read_checkpoint(checkpoint_path) if resume and checkpoint_path else None
     if saved is not None:
         _load_state(model, saved["model"], checkpoint_path)
@@ -326,12 +331,13 @@ def _read_checkpoint(path: str | Path) -> dict | None:
         raise ConfigError(f"{path}: unreadable training checkpoint ({exc})") from None
 
 
-def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path,
+                advice: str = "delete it or train without --resume") -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError:
-        raise ConfigError(f"{path}: checkpoint is from a different network (patch size or "
-                          "BatchNorm setting); delete it or train without --resume") from None
+        raise ConfigError(f"{path}: weights are from a different network (patch size, input "
+                          f"channels or BatchNorm setting); {advice}") from None
 
 
 # Small batches keep the conv activations in cache: on 2 cores batch 32 in channels_last runs
