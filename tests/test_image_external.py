@@ -145,6 +145,33 @@ def test_grad_cam_is_highest_where_the_evidence_is() -> None:
     assert cams[masks].min() > 0.9 and cams[~masks].max() < 0.2
 
 
+def test_grad_cam_plus_plus_points_at_the_evidence_too() -> None:
+    images = np.full((2, 1, 16, 16), 0.1, np.float32)
+    images[0, 0, 2:5, 10:13] = 1.0
+    images[1, 0, 11:14, 3:6] = 1.0
+    cams = grad_cam([_BrightSpotNet()], ["darknet19"], [1.0], images, method="gradcampp")
+    assert cam_localisation(cams, images[:, 0] > 0.5).pointing_hits == 2
+    with pytest.raises(ConfigError, match="CAM method"):
+        grad_cam([_BrightSpotNet()], ["darknet19"], [1.0], images, method="cam")
+
+
+def test_flip_averaged_cam_is_the_mean_with_the_mirror_images_map_mirrored_back() -> None:
+    net = _BrightSpotNet()
+    net.features[0] = torch.nn.Conv2d(1, 1, 3, padding=1)  # a lopsided kernel: maps differ
+    with torch.no_grad():
+        net.features[0].weight.copy_(torch.tensor([[[[0.0, 0.0, 1.0]] * 3]]))
+        net.features[0].bias.zero_()
+    images = np.random.default_rng(0).random((2, 1, 12, 12)).astype(np.float32)
+    plain = grad_cam([net], ["darknet19"], [1.0], images)
+    mirrored = grad_cam([net], ["darknet19"], [1.0], images[..., ::-1].copy())[..., ::-1]
+    assert not np.allclose(plain, mirrored)
+    expected = (plain + mirrored) / 2
+    low = expected.min(axis=(1, 2), keepdims=True)
+    expected = (expected - low) / (expected.max(axis=(1, 2), keepdims=True) - low)
+    averaged = grad_cam([net], ["darknet19"], [1.0], images, flip_average=True)
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+
+
 def test_feature_cache_is_reused_only_for_the_same_inputs(cohort, tmp_path) -> None:
     from cadx.train.image_pipeline import train_feature_model
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib import colormaps
-from monai.visualize import GradCAM
+from monai.visualize import GradCAM, GradCAMpp
 from PIL import Image
 from torch import nn
 
+from cadx.errors import ConfigError
 from cadx.io.atomic import atomic_path
 
 # The last convolutional stage of each from-scratch backbone: its output is what Grad-CAM
@@ -22,6 +23,8 @@ CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features
 
 
 OVERLAY_ALPHA = 0.45
+# Grad-CAM (the default) or Grad-CAM++ (second-order weights of the same layer).
+CAM_METHODS = {"gradcam": GradCAM, "gradcampp": GradCAMpp}
 
 
 def cam_layer(model: nn.Module, arch: str) -> str:
@@ -42,22 +45,39 @@ def _unit_range(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, 1.0), 0.0)
 
 
+def _maps(cam: GradCAM, x: torch.Tensor, one_at_a_time: bool) -> torch.Tensor:
+    """(N, H, W) maps of the malignancy logit. MONAI's GradCAMpp broadcasts the class score
+    against the gradients correctly only for one image at a time."""
+    with torch.enable_grad():
+        if one_at_a_time:
+            return torch.cat([cam(x=x[i:i + 1].clone().requires_grad_(True),
+                                  class_idx=0).detach()[:, 0] for i in range(len(x))])
+        return cam(x=x.clone().requires_grad_(True), class_idx=0).detach()[:, 0]
+
+
 def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequence[float],
-             images: np.ndarray) -> np.ndarray:
+             images: np.ndarray, method: str = "gradcam", flip_average: bool = False
+             ) -> np.ndarray:
     """Grad-CAM of the malignancy logit for each (C, H, W) image: (N, H, W) in 0..1.
 
     For an ensemble the members' maps (each scaled to 0..1, most activated = 1) are averaged
-    with the ensemble weights, then rescaled to 0..1 per image.
+    with the ensemble weights, then rescaled to 0..1 per image. `method` is a CAM_METHODS key;
+    with `flip_average` each member's map is the mean of the image's map and the map of its
+    left-right mirror image, mirrored back.
     """
+    if method not in CAM_METHODS:
+        raise ConfigError(f"CAM method must be one of {sorted(CAM_METHODS)}, got {method!r}")
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     total = torch.zeros((len(images), *images.shape[2:]), dtype=torch.float64)
     for model, arch, weight in zip(models, archs, weights, strict=True):
         model.eval()
-        cam = GradCAM(nn_module=model, target_layers=cam_layer(model, arch),
-                      postprocessing=_unit_range)
-        with torch.enable_grad():
-            maps = cam(x=x.clone().requires_grad_(True), class_idx=0)
-        total += float(weight) * maps.detach()[:, 0].double()
+        cam = CAM_METHODS[method](nn_module=model, target_layers=cam_layer(model, arch),
+                                  postprocessing=_unit_range)
+        maps = _maps(cam, x, one_at_a_time=method == "gradcampp")
+        if flip_average:
+            mirrored = _maps(cam, x.flip(-1), one_at_a_time=method == "gradcampp")
+            maps = _unit_range((maps + mirrored.flip(-1)) / 2)
+        total += float(weight) * maps.double()
     return _unit_range(total).numpy()
 
 
