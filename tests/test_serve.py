@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -30,7 +31,7 @@ from cadx.serve.inputs import UploadLimits
 from cadx.serve.jobs import WORKDIR_PREFIX
 from cadx.serve.registry import load_model_folder
 from cadx.synth.dicom_series import write_dicom_study
-from tests.conftest import toy_case
+from tests.conftest import toy_case, write_volume
 from tests.serve_support import (
     write_ct_bundle,
     write_ct_upload,
@@ -206,6 +207,121 @@ def test_image_exam_answer_names_no_server_path(image_models, tmp_path, monkeypa
     written = diagnose_image_files(load_image_bundle(image_models["bundle"]),
                                    image_models["pngs"][:1], "exam", cam_dir=tmp_path / "cam")
     assert np.load(written.images[0].cam_npy).shape == (32, 32)
+
+
+@pytest.fixture
+def dicom_series(tmp_path: Path) -> dict:
+    """A toy CT series with an organ SEG and no PatientID, its slices in z order."""
+    image, label = toy_case(np.random.default_rng(0), with_tumour=True)
+    study = write_dicom_study(image.astype(np.float32), label > 0, (2.5, 1.0, 1.0),
+                              tmp_path / "dicom", patient_id="", localizer=False)
+    by_z = sorted(study.ct_files, key=lambda p: float(
+        pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    return {"study": study, "slices": by_z, "label": label}
+
+
+def _zip_upload(name: str, members: dict[str, bytes]) -> tuple[str, tuple[str, bytes]]:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    return ("files", (name, buffer.getvalue()))
+
+
+def _no_server_path(response: httpx.Response, service_tmp: Path) -> None:
+    assert str(service_tmp) not in response.text, response.text
+    assert WORKDIR_PREFIX not in response.text, response.text
+
+
+def test_ct_answer_warnings_name_the_uploaded_file(served, dicom_series, tmp_path,
+                                                   monkeypatch):
+    """A DICOM series sent as separate files, its last slice's pixel data cut off: the slice is
+    skipped and the answer's warning names it as sent, as `cadx diagnose` does; the patient
+    (no PatientID) is named after the upload; nothing names the request's temporary folder."""
+    service_tmp = tmp_path / "service_tmp"
+    service_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(service_tmp))
+    last = dicom_series["slices"][-1]
+    last.write_bytes(last.read_bytes()[:-500])
+    client = TestClient(create_app(served["models"]))
+    response = client.post("/v1/diagnose", data={"model": "pancreas_ct"},
+                           files=_files(*sorted(dicom_series["study"].folder.iterdir())))
+    assert response.status_code == 200, response.text
+    details = response.json()["details"]
+    assert any(warning.startswith(f"skipped {last.name}: pixel data cannot be decoded")
+               for warning in details["warnings"]), details["warnings"]
+    first = sorted(dicom_series["study"].folder.iterdir())[0]
+    assert details["patient_id"] == first.name
+    _no_server_path(response, service_tmp)
+    assert list(service_tmp.iterdir()) == []
+
+
+def _bad_ct_upload(case: str, served: dict, series: dict, tmp_path: Path) -> list:
+    slices, seg = series["slices"], series["study"].seg_file
+    if case == "corrupt_nifti":
+        return [("files", ("broken.nii.gz", b"\x1f\x8b not really gzip")),
+                *_files(mask=served["mask"])]
+    if case == "empty_mask":
+        empty = write_volume(tmp_path / "bad" / "empty_mask.nii.gz",
+                             np.zeros(series["label"].shape, np.uint8))
+        return _files(served["image"], mask=empty)
+    if case == "mismatched_mask":
+        small = write_volume(tmp_path / "bad" / "small_mask.nii.gz", np.ones((4, 8, 8), np.uint8))
+        return _files(served["image"], mask=small)
+    if case == "corrupt_dicom":  # a slice cut inside its header: no DICOM left to read
+        return [("files", (slices[0].name, slices[0].read_bytes()[:300]))]
+    if case == "single_slice":
+        return _files(slices[0])
+    if case in ("wrong_modality_files", "wrong_modality_zip"):
+        relabelled = {}
+        for path in slices:
+            ds = pydicom.dcmread(path)
+            ds.Modality = "US"
+            buffer = io.BytesIO()
+            ds.save_as(buffer)
+            relabelled[path.name] = buffer.getvalue()
+        if case == "wrong_modality_zip":
+            return [_zip_upload("us_series.zip", relabelled)]
+        return [("files", (name, data)) for name, data in relabelled.items()]
+    gap = [p for p in slices if p != slices[len(slices) // 2]] + [seg]
+    if case == "gap_in_files":
+        return _files(*gap)
+    if case == "gap_in_zip":
+        return [_zip_upload("series.zip", {f"series/{p.name}": p.read_bytes() for p in gap})]
+    assert case == "dicom_mismatched_mask"
+    small = write_volume(tmp_path / "bad" / "small_mask.nii.gz", np.ones((4, 8, 8), np.uint8))
+    return [_zip_upload("series.zip", {f"series/{p.name}": p.read_bytes() for p in slices}),
+            *_files(mask=small)]
+
+
+@pytest.mark.parametrize("case, words", [
+    ("corrupt_nifti", ["broken.nii.gz: not a readable image"]),
+    ("empty_mask", ["empty_mask.nii.gz: label map has no organ voxels"]),
+    ("mismatched_mask", ["small_mask.nii.gz: shape", "image patient_ct.nii.gz shape"]),
+    ("corrupt_dicom", ["{first}: no DICOM files found"]),
+    ("single_slice", ["{first}: no CT/MR", "a single slice"]),
+    ("wrong_modality_files", ["the uploaded files: no CT/MR", "modality US"]),
+    ("wrong_modality_zip", ["us_series.zip: no CT/MR", "modality US"]),
+    ("gap_in_files", ["the uploaded files: irregular slice spacing"]),
+    ("gap_in_zip", ["series.zip/series: irregular slice spacing"]),
+    ("dicom_mismatched_mask", ["small_mask.nii.gz: shape", "image series.zip/series shape"]),
+])
+def test_a_bad_ct_upload_error_names_the_upload_not_the_temporary_folder(
+        served, dicom_series, tmp_path, monkeypatch, case, words):
+    """A 4xx for a bad CT upload names the file as the user sent it (a zip member under the
+    zip's name; several files, whose common folder is the request's, as `the uploaded files`),
+    never a path in the request's temporary folder."""
+    service_tmp = tmp_path / "service_tmp"
+    service_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(service_tmp))
+    client = TestClient(create_app(served["models"]))
+    response = client.post("/v1/diagnose", data={"model": "pancreas_ct"},
+                           files=_bad_ct_upload(case, served, dicom_series, tmp_path))
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    first = dicom_series["slices"][0].name
+    assert all(word.format(first=first) in error for word in words), error
+    _no_server_path(response, service_tmp)
 
 
 def test_image_model_bad_files(image_models, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from cadx.case import Case
-from cadx.errors import CadxError, InputError
+from cadx.errors import InputError
 from cadx.io.dicom import is_dicom_path, read_dicom_case
 from cadx.io.images import IMAGE_SUFFIXES
 from cadx.io.limits import VolumeLimits, default_volume_limits
@@ -27,7 +27,10 @@ from cadx.io.volumes import read_case
 CT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 MASK_NAME = re.compile(r"mask|organ|label|seg", re.IGNORECASE)
 _CHUNK = 1 << 20
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_NAME_CHARS = "A-Za-z0-9._-"  # all a cleaned name (clean_name) is made of
+_UNSAFE_CHARS = re.compile(rf"[^{_NAME_CHARS}]+")
+# How answers name the common folder of several uploads (see public_text).
+UPLOADED_FILES = "the uploaded files"
 
 
 class UploadTooLargeError(InputError):
@@ -73,9 +76,29 @@ def clean_name(name: str) -> str:
     return cleaned or "upload"
 
 
-def public_message(exc: CadxError, workdir: Path) -> str:
-    """The error's message with the temporary folder removed, so it names the user's file."""
-    return re.sub(re.escape(str(workdir)) + r"/\d+/", "", str(exc))
+def public_text(text: str, workdir: Path, names: list[str]) -> str:
+    """`text` (an error message, a warning, any answer field) naming what the user sent instead
+    of paths in the request's temporary folder `workdir`, whose uploads are `names` (cleaned,
+    in upload order): `<workdir>/<n>/<name>` and the folder `<workdir>/<n>` become the n-th
+    upload's name, a file extracted from an uploaded zip `<workdir>/<n>/<zip>.d/<member>` becomes
+    `<zip>/<member>`, and `<workdir>` itself (several uploads' common folder) becomes
+    `the uploaded files`."""
+    if workdir.name not in text:
+        return text
+    root = str(workdir)
+
+    def public(match: re.Match[str]) -> str:
+        index, first = match.group(1), match.group(2)
+        if index is None or int(index) >= len(names):
+            return UPLOADED_FILES
+        name = names[int(index)]
+        return name if first in (None, name, f"{name}.d") else f"{name}/{first}"
+
+    # Every name in the folder is cleaned (clean_name), so a path ends at the first other
+    # character; the n-th upload's folder holds its file and, for a zip, `<zip>.d`.
+    text = re.sub(re.escape(root) + rf"(?:/(\d+)(?:/([{_NAME_CHARS}]+))?)?(?![{_NAME_CHARS}])",
+                  public, text)
+    return text.replace(workdir.name, UPLOADED_FILES)
 
 
 def _copy_limited(source: BinaryIO, target: Path, limit_bytes: int, name: str) -> int:
@@ -194,7 +217,7 @@ def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
         raise InputError(f"{organ_mask.name}: expected one organ mask file, got {len(masks)}")
     if any(_is_dicom(p) for p in images):
         return _dicom_case(images, masks[0] if masks else None, mask_required,
-                           limits.volume_limits())
+                           limits.volume_limits(), _stem(paths[0]))
     if organ_mask is None:
         masks = [p for p in images if MASK_NAME.search(p.name)]
         images = [p for p in images if p not in masks]
@@ -215,10 +238,14 @@ def ct_case_from_uploads(paths: list[Path], organ_mask: Path | None,
 
 
 def _dicom_case(files: list[Path], organ_mask: Path | None, mask_required: bool,
-                volume_limits: VolumeLimits) -> Case:
-    """One DICOM series from the uploaded files; the organ from `organ_mask` or a SEG."""
+                volume_limits: VolumeLimits, upload_stem: str) -> Case:
+    """One DICOM series from the uploaded files; the organ from `organ_mask` or a SEG. A series
+    without PatientID is named after the (first) upload, as a volume is after its file: not
+    after the folder it was saved in."""
     folder = Path(os.path.commonpath([p.parent for p in files]))
     case = read_dicom_case(folder, organ_mask_path=organ_mask, limits=volume_limits)
+    if not case.meta["dicom"]["patient_id"]:
+        case.patient_id = upload_stem
     if case.organ_mask is None and mask_required:
         raise InputError(f"{files[0].name}: this model needs an organ mask: add a DICOM SEG of "
                          "the organ to the zip, or upload the mask as the organ mask")

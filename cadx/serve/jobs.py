@@ -29,9 +29,10 @@ from cadx.segment.infer import with_predicted_organ
 from cadx.serve.inputs import (
     Upload,
     UploadLimits,
+    clean_name,
     ct_case_from_uploads,
     image_files_from_uploads,
-    public_message,
+    public_text,
     save_uploads,
 )
 from cadx.serve.registry import CT_PATCH, ServedModel
@@ -130,7 +131,10 @@ def _ct_result(request: DiagnoseRequest, paths: list[Path], mask: Path | None,
     assert isinstance(bundle, PatchModelBundle)
     case = ct_case_from_uploads(paths, mask, limits, mask_required=model.needs_organ_mask)
     case.source = Path(case.source).name
+    # What reading a DICOM upload skipped or set aside, as `cadx diagnose` reports it.
+    read_warnings = list(case.meta.get("warnings", []))
     case, diagnosis = _ct_diagnosis(model, case)
+    diagnosis.warnings[:0] = read_warnings
     # The same fusion as `cadx diagnose --clinical` (see _image_result).
     add_fusion(bundle, diagnosis, request.clinical, source="clinical")
     result: dict[str, Any] = {
@@ -226,20 +230,37 @@ def clear_stale_workdirs(tmp_root: str | Path | None = None) -> int:
     return removed
 
 
+def _public(value: Any, workdir: Path, names: list[str]) -> Any:
+    """Every text in an answer (nested dicts and lists) through `public_text`."""
+    if isinstance(value, str):
+        return public_text(value, workdir, names)
+    if isinstance(value, dict):
+        return {key: _public(item, workdir, names) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_public(item, workdir, names) for item in value]
+    return value
+
+
 def run_diagnosis(request: DiagnoseRequest, limits: UploadLimits) -> dict[str, Any]:
-    """Save the uploads in a temporary folder (removed on return), run the model, build JSON."""
+    """Save the uploads in a temporary folder (removed on return), run the model, build JSON.
+
+    The answer, or the error's message, names the user's files, never that folder: every text
+    in it goes through `public_text`."""
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-") as tmp:
         workdir = Path(tmp)
+        extra = [request.organ_mask] if request.organ_mask is not None else []
+        uploads = [*request.uploads, *extra]
+        names = [clean_name(upload.filename) for upload in uploads]  # as save_uploads names them
         try:
-            extra = [request.organ_mask] if request.organ_mask is not None else []
-            paths = save_uploads([*request.uploads, *extra], workdir, limits)
+            paths = save_uploads(uploads, workdir, limits)
             mask = paths.pop() if extra else None
             if request.model.kind == CT_PATCH:
                 result = _ct_result(request, paths, mask, limits)
             else:
                 result = _image_result(request, paths, workdir / "cam", limits)
         except CadxError as exc:
-            raise type(exc)(public_message(exc, workdir)) from None
+            raise type(exc)(public_text(str(exc), workdir, names)) from None
+        result = _public(result, workdir, names)
     model = request.model
     return {"model": {"id": model.model_id, "name": model.bundle.name, "kind": model.kind,
                       "organ": model.organ}, **result}
