@@ -19,6 +19,7 @@ from cadx.config import (
     IMAGE_CLI_SCHEDULE,
     LR_SCHEDULES,
     PATIENT_SCORES,
+    POSITIVE_WEIGHTINGS,
     PRECISIONS,
     PRETRAINED_SIZE_PX,
     DecideConfig,
@@ -124,6 +125,12 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--balanced-sampling", action="store_true",
                    help="class-balanced batches (cancerous patches oversampled) instead of a "
                         "plain shuffle")
+    g.add_argument("--positive-weighting", choices=POSITIVE_WEIGHTINGS,
+                   default=d_train.positive_weighting,
+                   help="patch: every cancerous patch weighs the same (the seed); tumour: "
+                        "every patient's tumour weighs the same in total, so a small "
+                        "tumour's few patches count as much as a large one's many (default "
+                        "%(default)s)")
     g.add_argument("--batch-positive-fraction", type=float,
                    default=d_train.batch_positive_fraction,
                    help="share of cancerous patches per balanced batch (default %(default)s)")
@@ -350,6 +357,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           augment_rotations=_AUGMENTATIONS[args.augment_patches][1],
                           balanced_sampling=args.balanced_sampling,
                           batch_positive_fraction=args.batch_positive_fraction,
+                          positive_weighting=args.positive_weighting,
                           precision=args.precision),
         decide=DecideConfig(args.patient_score, args.top_k, test_time_flips=args.tta),
     )

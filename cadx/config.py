@@ -121,6 +121,9 @@ class ModelConfig:
     batch_norm: bool = True
 
 
+POSITIVE_WEIGHTINGS = ("patch", "tumour")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimiser, callbacks and split settings (seed 000: reduce LR after 10, stop after 40)."""
@@ -142,12 +145,19 @@ class TrainConfig:
     # Every batch holds this share of cancerous patches (oversampled) instead of a plain shuffle.
     balanced_sampling: bool = False
     batch_positive_fraction: float = 0.5
+    # How the cancerous patches share the positive class's weight: "patch" (the seed: equally)
+    # or "tumour" (each patient's tumour equally, so a small tumour's few patches weigh as
+    # much in total as a large tumour's many).
+    positive_weighting: str = "patch"
     # "bf16": bfloat16 autocast of the forward passes (CPUs with bf16 instructions), fp32
     # weights and loss. The validation scores that choose the thresholds, and diagnose and
     # evaluate, score in the same precision. Bundles written before this field are fp32.
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.positive_weighting not in POSITIVE_WEIGHTINGS:
+            raise ConfigError(f"positive weighting must be one of {POSITIVE_WEIGHTINGS}, got "
+                              f"{self.positive_weighting!r}")
         if self.monitor not in ("loss", "auc"):
             raise ConfigError(f"monitor must be 'loss' or 'auc', got {self.monitor!r}")
         if self.precision not in PRECISIONS:

@@ -30,6 +30,7 @@ from cadx.train.fit import (
     fit_patch_cnn,
     predict_patch_probabilities,
 )
+from cadx.train.loss import WeightedBCELoss, per_tumour_weights
 from cadx.train.sampling import BalancedBatchSampler
 from tests.conftest import write_toy_dataset
 
@@ -120,6 +121,31 @@ def test_training_batches_follow_the_config():
     assert sorted(torch.cat([i for i, _ in plain]).tolist()) == list(range(300))
     with pytest.raises(ConfigError, match="fraction"):
         TrainConfig(balanced_sampling=True, batch_positive_fraction=1.0)
+
+
+def test_per_tumour_weights_give_each_tumour_the_same_total_weight():
+    # patient a: 6 cancerous patches (a large tumour), b: 2 (a small one), c: none
+    ids = np.array(["a"] * 8 + ["b"] * 4 + ["c"] * 5, dtype=object)
+    labels = np.array([1] * 6 + [0] * 2 + [1] * 2 + [0] * 2 + [0] * 5, np.uint8)
+    weights = per_tumour_weights(labels, ids)
+    assert np.all(weights[labels == 0] == 1.0)
+    assert weights[labels == 1].mean() == pytest.approx(1.0)
+    assert weights[:6].sum() == pytest.approx(weights[8:10].sum())
+    assert weights[8] == pytest.approx(3 * weights[0])
+    assert np.all(per_tumour_weights(np.zeros(4, np.uint8), ids[:4]) == 1.0)
+
+
+def test_patch_weights_multiply_the_class_weights():
+    loss = WeightedBCELoss(n_positive=1, n_negative=3)
+    logits, targets = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0])
+    unweighted = loss(logits, targets)
+    assert loss(logits, targets, torch.ones(3)) == pytest.approx(float(unweighted))
+    only_first = loss(logits, targets, torch.tensor([3.0, 0.0, 0.0]))
+    each = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets,
+                                                                reduction="none")
+    assert float(only_first) == pytest.approx(float(3 * loss.positive_weight * each[0] / 3))
+    with pytest.raises(ConfigError, match="positive weighting"):
+        TrainConfig(positive_weighting="lesion")
 
 
 # --- flips, rotations, test-time flip averaging ---------------------------------------------
@@ -246,7 +272,8 @@ def lever_model(tmp_path_factory):
     assert main(["train", str(dataset), "--out", str(model), "--patch-size", "16",
                  "--stride", "8", "--epochs", "1", "--batch-size", "32", "--quiet",
                  "--patient-score", "topk", "--top-k", "3", "--tta", "--balanced-sampling",
-                 "--augment-patches", "dihedral", "--context-slices", "1"]) == 0
+                 "--augment-patches", "dihedral", "--context-slices", "1",
+                 "--positive-weighting", "tumour"]) == 0
     return dataset, model
 
 
@@ -256,6 +283,7 @@ def test_cli_levers_are_stored_in_the_bundle_and_used(lever_model, tmp_path, cap
     config = bundle.config
     assert config.decide == DecideConfig("topk", 3, test_time_flips=True)
     assert config.train.balanced_sampling and config.train.augment_rotations
+    assert config.train.positive_weighting == "tumour"
     assert config.patches.context_slices == 1
     stored = set(bundle.patient_operating_points)
     assert {"fraction", "cluster", "topk:1", "topk:3", "topk:5", "topk:20"} <= stored

@@ -20,7 +20,7 @@ from cadx.errors import ConfigError, SplitError
 from cadx.io.atomic import atomic_path
 from cadx.models.patch_cnn import PatchCNN
 from cadx.patches.grid import PatchSet
-from cadx.train.loss import WeightedBCELoss
+from cadx.train.loss import WeightedBCELoss, per_tumour_weights
 from cadx.train.precision import autocast, resolve_precision
 from cadx.train.sampling import BalancedBatchSampler
 
@@ -249,6 +249,8 @@ def fit_patch_cnn(
         generator.set_state(saved["generator"])
         first_epoch = saved["epoch"] + 1
     y_train = torch.from_numpy(train.labels.astype(np.float32))
+    patch_weights = (torch.from_numpy(per_tumour_weights(train.labels, train.patient_ids))
+                     if config.positive_weighting == "tumour" else None)
     y_val = torch.from_numpy(validation.labels.astype(np.float32))
 
     with epoch_progress(progress and rank == 0) as bar:
@@ -269,7 +271,9 @@ def fit_patch_cnn(
                 optimiser.zero_grad(set_to_none=True)
                 with autocast(precision, device.type):
                     logits = network(batch)
-                loss = train_loss_fn(logits.float(), y_train[index].to(device))
+                loss = train_loss_fn(logits.float(), y_train[index].to(device),
+                                     None if patch_weights is None
+                                     else patch_weights[index].to(device))
                 loss.backward()
                 optimiser.step()
                 summed_loss += loss.detach().to(torch.float64) * len(index)

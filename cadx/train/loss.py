@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +22,28 @@ class WeightedBCELoss(torch.nn.Module):
         self.positive_weight = total / (2.0 * n_positive)
         self.negative_weight = total / (2.0 * n_negative)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
+                patch_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """`patch_weights` (optional, one per patch) multiply the class weights."""
         weights = torch.where(targets > 0.5, self.positive_weight, self.negative_weight)
+        if patch_weights is not None:
+            weights = weights * patch_weights
         return F.binary_cross_entropy_with_logits(logits, targets, weight=weights)
+
+
+def per_tumour_weights(labels: np.ndarray, patient_ids: np.ndarray) -> np.ndarray:
+    """Patch weights under which every patient's cancerous patches weigh the same in total.
+
+    A cancerous patch of a patient with n cancerous patches weighs 1/n, rescaled so that the
+    cancerous patches' mean weight is 1 (the class keeps its share of the loss); other patches
+    weigh 1.
+    """
+    labels = np.asarray(labels).astype(bool).ravel()
+    weights = np.ones(len(labels), dtype=np.float32)
+    if not labels.any():
+        return weights
+    _, inverse, counts = np.unique(np.asarray(patient_ids)[labels].astype(str),
+                                   return_inverse=True, return_counts=True)
+    positive = 1.0 / counts[inverse.ravel()]
+    weights[labels] = positive / positive.mean()
+    return weights
