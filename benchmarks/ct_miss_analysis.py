@@ -47,7 +47,8 @@ def main() -> None:
                              "(default %(default)s HU: measured contrasts sit below the drawn "
                              "10-20 and 40-80 HU -- partial volume, infiltrative margin -- and "
                              "20 HU falls in the gap between the two groups on seed 202)")
-    parser.add_argument("--json", help="also write the per-patient rows as JSON")
+    parser.add_argument("--json", help="also write the tumour rows and every patient's score as "
+                                         "JSON")
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     config = bundle.config
@@ -98,8 +99,11 @@ def main() -> None:
         auc = delong_auc_ci(truth[keep], scores[keep])
         print(f"| {name} | {int(group.sum())} | {auc.estimate:.3f} [{auc.low:.3f}, "
               f"{auc.high:.3f}] |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.json:  # every patient's score, so that cohorts can be pooled
+        everyone = [{"patient_id": c.patient_id, "has_tumour": bool(c.has_tumour),
+                     "score": float(scores[k])} for k, c in enumerate(cases)]
+        Path(args.json).write_text(json.dumps({"tumours": rows, "patients": everyone},
+                                              indent=2) + "\n")
 
 
 if __name__ == "__main__":
