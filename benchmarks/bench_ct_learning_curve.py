@@ -96,6 +96,27 @@ def patch_store_path(data: Path, folder: Path, config: PipelineConfig) -> Path:
     return data / f"store_{folder.name}_p{p.size_px}s{p.stride_px}c{p.context_slices}"
 
 
+def add_validation_cohort_options(parser: argparse.ArgumentParser) -> None:
+    """--data, --val-patients and --val-seed of the scripts that score a bundle on the
+    learning curve's validation cohort (seed 202, which no bundle trains on)."""
+    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
+    parser.add_argument("--val-patients", type=int, default=60)
+    parser.add_argument("--val-seed", type=int, default=202,
+                        help="the learning curve's validation seed (default %(default)s)")
+
+
+def validation_cohort(args: argparse.Namespace, config: PipelineConfig
+                      ) -> tuple[Path, list[PatchedCase]]:
+    """The validation cohort of `add_validation_cohort_options`' arguments (written and cropped
+    once into args.data) and its patched cases for `config`'s patch settings."""
+    data = Path(args.data)
+    folder = cached_cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
+                           args.val_patients, args.val_seed, False)
+    return folder, patched_cases(load_dataset(folder), config,
+                                 patch_store=patch_store_path(data, folder, config),
+                                 progress=False)
+
+
 def _cases(folder: Path, config: PipelineConfig, data: Path) -> list[PatchedCase]:
     """The cohort's patched cases from a patch store in `data` (cropped once per settings)."""
     return patched_cases(load_dataset(folder), config,

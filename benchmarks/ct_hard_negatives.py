@@ -22,7 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bench_ct_learning_curve import cached_cohort, patch_store_path
+from bench_ct_learning_curve import (
+    add_validation_cohort_options,
+    cached_cohort,
+    patch_store_path,
+    validation_cohort,
+)
 
 from cadx.bundle import PatchModelBundle, load_bundle, save_bundle
 from cadx.evaluate.cohort import cohort_patient_scores
@@ -89,11 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle")
-    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
+    add_validation_cohort_options(parser)
     parser.add_argument("--train-patients", type=int, default=300)
     parser.add_argument("--train-seed", type=int, default=101)
-    parser.add_argument("--val-patients", type=int, default=60)
-    parser.add_argument("--val-seed", type=int, default=202)
     parser.add_argument("--hard-per-positive", type=float, default=3.0)
     parser.add_argument("--random-per-positive", type=float, default=3.0)
     parser.add_argument("--epochs", type=int, default=4)
@@ -137,11 +140,7 @@ def main() -> None:
           f"{patient_point.auc:.3f}")
     if args.out:
         save_bundle(tuned_bundle, args.out)
-    val_folder = cached_cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
-                               args.val_patients, args.val_seed, False)
-    val_cases = patched_cases(load_dataset(val_folder), config,
-                              patch_store=patch_store_path(data, val_folder, config),
-                              progress=False)
+    _, val_cases = validation_cohort(args, config)
     print(f"validation cohort seed {args.val_seed}: {len(val_cases)} phantoms")
     rows = [_rows(bundle, val_cases, "before"), _rows(tuned_bundle, val_cases, "hard-neg")]
     truth = np.array([c.has_tumour for c in val_cases])

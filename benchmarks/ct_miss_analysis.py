@@ -19,14 +19,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from bench_ct_learning_curve import cached_cohort, patch_store_path
+from bench_ct_learning_curve import add_validation_cohort_options, validation_cohort
 
 from cadx.bundle import load_bundle
 from cadx.evaluate.cohort import cohort_patient_scores
 from cadx.evaluate.stats import delong_auc_ci
 from cadx.io.dataset import load_dataset
 from cadx.io.volumes import read_case
-from cadx.scale.distributed import patched_cases
 from cadx.train.pipeline import score_cases
 
 
@@ -39,9 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle")
-    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
-    parser.add_argument("--val-patients", type=int, default=60)
-    parser.add_argument("--val-seed", type=int, default=202)
+    add_validation_cohort_options(parser)
     parser.add_argument("--iso-hu", type=float, default=20.0,
                         help="contrast below which a tumour counts as near-isoattenuating "
                              "(default %(default)s HU: measured contrasts sit below the drawn "
@@ -52,12 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     bundle = load_bundle(args.bundle)
     config = bundle.config
-    data = Path(args.data)
-    folder = cached_cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
-                           args.val_patients, args.val_seed, False)
+    folder, cases = validation_cohort(args, config)
     refs = load_dataset(folder)
-    cases = patched_cases(refs, config, patch_store=patch_store_path(data, folder, config),
-                          progress=False)
     per_case = score_cases(bundle.build_model(), cases, config.decide.test_time_flips,
                            config.train.precision)
     scores = cohort_patient_scores(cases, per_case, bundle.patch_threshold, config)

@@ -22,15 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bench_ct_learning_curve import cached_cohort, patch_store_path
+from bench_ct_learning_curve import add_validation_cohort_options, validation_cohort
 
 from cadx.bundle import load_bundle
 from cadx.config import DecideConfig
 from cadx.decide.aggregate import top_k_mean_scores
 from cadx.evaluate.cohort import cohort_patient_scores
 from cadx.evaluate.stats import delong_auc_ci, delong_test
-from cadx.io.dataset import load_dataset
-from cadx.scale.distributed import patched_cases
 from cadx.train.pipeline import score_cases
 
 CANDIDATES = [DecideConfig(patient_score="fraction"), DecideConfig(patient_score="cluster"),
@@ -75,10 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundle")
-    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
-    parser.add_argument("--val-patients", type=int, default=60)
-    parser.add_argument("--val-seed", type=int, default=202,
-                        help="the learning curve's validation seed (default %(default)s)")
+    add_validation_cohort_options(parser)
     parser.add_argument("--stride", type=int,
                         help="crop the validation patches at this stride instead of the "
                              "bundle's (a test-time lever: denser windows for small tumours)")
@@ -89,11 +84,7 @@ def main() -> None:
     if args.stride:
         config = replace(config, patches=replace(config.patches, stride_px=args.stride))
         bundle = replace(bundle, config=config)
-    data = Path(args.data)
-    folder = cached_cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
-                           args.val_patients, args.val_seed, False)
-    cases = patched_cases(load_dataset(folder), config,
-                          patch_store=patch_store_path(data, folder, config), progress=False)
+    _, cases = validation_cohort(args, config)
     per_case = score_cases(bundle.build_model(), cases, config.decide.test_time_flips,
                            config.train.precision)
     truth = np.array([c.has_tumour for c in cases])
