@@ -30,6 +30,7 @@ from cadx.decide.roc import OperatingPoint
 from cadx.errors import BundleError, ConfigError
 from cadx.io.atomic import atomic_path
 from cadx.models.patch_cnn import PatchCNN
+from cadx.train.precision import warn_if_bf16_emulated
 
 if TYPE_CHECKING:
     from cadx.segment.bundle import SegmenterBundle
@@ -122,7 +123,9 @@ class PatchModelBundle:
         return self.config.train.precision
 
     def build_model(self) -> PatchCNN:
-        """The network with its trained weights, in eval mode."""
+        """The network with its trained weights, in eval mode, for scoring on the CPU (one
+        warning where the bundle is bf16 and the CPU has no bf16 instructions)."""
+        warn_if_bf16_emulated(self.precision)
         model = PatchCNN(self.config.patches.size_px, self.config.model.batch_norm,
                          self.config.patches.channels)
         try:

@@ -251,3 +251,46 @@ def test_segmenter_trains_in_bf16_and_records_it(tmp_path, monkeypatch):
     assert all(v.dtype != torch.bfloat16 for v in outcome.bundle.state_dict.values())
     save_segmenter(outcome.bundle, tmp_path / "s.cadx")
     assert load_segmenter(tmp_path / "s.cadx").config.precision == "bf16"
+
+
+_EMULATED = "trained in bf16, and this CPU has no bf16 instructions"
+
+
+def _untrained_bundle(train_precision: str):
+    from cadx.bundle import PatchModelBundle
+    from cadx.config import ModelConfig, PatchConfig
+    from cadx.decide.roc import OperatingPoint
+
+    torch.manual_seed(0)
+    config = PipelineConfig(patches=PatchConfig(size_px=16, stride_px=8),
+                            model=ModelConfig(batch_norm=False),
+                            train=TrainConfig(precision=train_precision))
+    point = OperatingPoint(0.5, 1.0, 0.9, 0.9, 0.99, (0.0, 1.0), (0.0, 1.0))
+    return PatchModelBundle(config=config,
+                            state_dict=PatchCNN(16, batch_norm=False).state_dict(),
+                            patch_operating_point=point, patient_operating_point=point,
+                            summary={})
+
+
+def test_scoring_a_bf16_bundle_on_a_cpu_without_bf16_says_so_once(tmp_path, monkeypatch):
+    """Scores stay bf16 (emulated) so that they match the thresholds; one warning says so."""
+    from cadx.diagnose import patient
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    dataset = write_toy_dataset(tmp_path / "data", n_patients=1)
+    image = dataset / "imagesTr" / "toy_000.nii.gz"
+    label = dataset / "labelsTr" / "toy_000.nii.gz"
+    for name in ("bf16", "fp32"):
+        model = save_bundle(_untrained_bundle(name), tmp_path / f"{name}.cadx")
+        scored: list[str] = []
+        _spy(monkeypatch, patient, scored)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["diagnose", str(model), str(image), "--organ-mask", str(label)]) == 0
+        notes = [w for w in caught if _EMULATED in str(w.message)]
+        assert scored == [name]  # the scores themselves are unchanged
+        if name == "bf16":
+            assert len(notes) == 1 and notes[0].category is RuntimeWarning
+            assert "emulated bf16" in str(notes[0].message)
+        else:
+            assert notes == []
