@@ -1,8 +1,9 @@
 """The CT detector's reference run (issue 14): train on a large phantom cohort, evaluate on a
 separate phantom cohort drawn with a seed used nowhere else.
 
-Run (the documented command; 300 training + 80 test phantoms, estimated ~45 min on 2 idle
-CPU cores from step and phantom CPU times: ~7 min synthesis and cropping, ~3 min an epoch):
+Run (the documented command; 300 training + 80 test phantoms; measured on 2 idle CPU cores:
+about 2 min an epoch, 24 min of training, about 6 min synthesis and cropping, 1 min
+evaluation; 45 min of training when the cores are shared with other jobs):
     python benchmarks/ct_reference_run.py --out ct_reference
 On a GPU (training there; synthesis, cropping and evaluation stay on the CPU):
     python benchmarks/ct_reference_run.py --out ct_reference --device cuda
