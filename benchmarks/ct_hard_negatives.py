@@ -43,11 +43,6 @@ from cadx.train.splits import assert_disjoint
 SMALL_MM = 20.0
 
 
-def _in_memory(patches: PatchSet, keep: np.ndarray) -> PatchSet:
-    return PatchSet(np.asarray(patches.patches[keep], dtype=np.float32),
-                    patches.patient_ids[keep], patches.coords[keep], patches.labels[keep])
-
-
 def mined_training_set(model, train: PatchSet, hard_per_positive: float,
                        random_per_positive: float, precision: str, seed: int) -> PatchSet:
     """All cancerous patches, the negatives the model scores highest and random others."""
@@ -62,7 +57,8 @@ def mined_training_set(model, train: PatchSet, hard_per_positive: float,
     easy = rng.choice(rest, size=n_random, replace=False)
     print(f"mined: {len(positives)} cancerous, {n_hard} hard negatives (p >= "
           f"{scores[hard].min():.3f}), {n_random} random negatives of {len(negatives)}")
-    return _in_memory(train, np.sort(np.concatenate([positives, hard, easy])))
+    # subset() reads the selected rows of a patch store into memory
+    return train.subset(np.sort(np.concatenate([positives, hard, easy])))
 
 
 def _rows(bundle: PatchModelBundle, cases, label: str) -> dict[str, object]:
