@@ -49,6 +49,9 @@ def process_group() -> Iterator[int]:
     dist.init_process_group("nccl" if use_gpu else "gloo")
     try:
         yield dist.get_rank()
+        # Ranks other than 0 finish training first, while rank 0 still writes the bundle: all
+        # leave the group together (a rank tearing gloo down early was seen to abort in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
