@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom.uid import generate_uid
 
 from cadx.bundle import load_bundle, save_bundle
 from cadx.cli import main
@@ -283,6 +284,19 @@ def _bad_ct_upload(case: str, served: dict, series: dict, tmp_path: Path) -> lis
         if case == "wrong_modality_zip":
             return [_zip_upload("us_series.zip", relabelled)]
         return [("files", (name, data)) for name, data in relabelled.items()]
+    if case in ("two_series_tie", "stacked_phases"):
+        members = {f"series/{p.name}": p.read_bytes() for p in [*slices, seg]}
+        copies = slices if case == "two_series_tie" else slices[:1]
+        copy_series_uid = generate_uid()
+        for path in copies:  # a second series of the same slices, or a slice acquired twice
+            ds = pydicom.dcmread(path)
+            if case == "two_series_tie":
+                ds.SeriesInstanceUID = copy_series_uid
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            buffer = io.BytesIO()
+            ds.save_as(buffer)
+            members[f"series/copy_{path.name}"] = buffer.getvalue()
+        return [_zip_upload("series.zip", members)]
     gap = [p for p in slices if p != slices[len(slices) // 2]] + [seg]
     if case == "gap_in_files":
         return _files(*gap)
@@ -305,12 +319,17 @@ def _bad_ct_upload(case: str, served: dict, series: dict, tmp_path: Path) -> lis
     ("gap_in_files", ["the uploaded files: irregular slice spacing"]),
     ("gap_in_zip", ["series.zip/series: irregular slice spacing"]),
     ("dicom_mismatched_mask", ["small_mask.nii.gz: shape", "image series.zip/series shape"]),
+    ("two_series_tie", ["series.zip/series: 2 series tie for selection",
+                        "; upload the series to score without the others"]),
+    ("stacked_phases", ["series.zip/series: 2 slices share a position",
+                        "; upload one acquisition, phase or echo per series"]),
 ])
 def test_a_bad_ct_upload_error_names_the_upload_not_the_temporary_folder(
         served, dicom_series, tmp_path, monkeypatch, case, words):
     """A 4xx for a bad CT upload names the file as the user sent it (a zip member under the
     zip's name; several files, whose common folder is the request's, as `the uploaded files`),
-    never a path in the request's temporary folder."""
+    never a path in the request's temporary folder; its advice is what a service user can do
+    (a different upload), not the command line's `--series`."""
     service_tmp = tmp_path / "service_tmp"
     service_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(service_tmp))
@@ -321,6 +340,7 @@ def test_a_bad_ct_upload_error_names_the_upload_not_the_temporary_folder(
     error = response.json()["error"]
     first = dicom_series["slices"][0].name
     assert all(word.format(first=first) in error for word in words), error
+    assert "--series" not in error and "\n" not in error, error
     _no_server_path(response, service_tmp)
 
 

@@ -33,6 +33,21 @@ _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _TUMOUR_WORDS = ("tumo", "lesion", "neoplas", "cancer", "carcinoma", "mass", "metasta")
 
 
+@dataclass(frozen=True)
+class SeriesAdvice:
+    """What an error about the choice of series tells its reader to do: a command-line user
+    can name the series (`--series`), a service user can only upload something else."""
+
+    tie: str  # several series fit the selection rules equally well
+    none_fits: str  # no series fits them (or every one that does is a mask)
+    split: str  # one series holds several acquisitions (slices sharing a position)
+
+
+CLI_SERIES_ADVICE = SeriesAdvice(tie="choose one with --series UID",
+                                 none_fits="choose one with --series UID",
+                                 split="choose one with --series or split the series")
+
+
 @dataclass
 class SeriesInfo:
     """One series' instances (headers, maybe with pixels) and what selection needs to know."""
@@ -164,10 +179,12 @@ def scan_folder(folder: str | Path) -> FolderScan:
 def select_series(series: list[SeriesInfo], series_uid: str | None = None,
                   source: str = "", *,
                   not_an_image: Callable[[SeriesInfo], str | None] | None = None,
-                  notes: list[str] | None = None) -> SeriesInfo:
+                  notes: list[str] | None = None,
+                  advice: SeriesAdvice = CLI_SERIES_ADVICE) -> SeriesInfo:
     """The series to score: `series_uid` if given, else the CT/MR ORIGINAL/PRIMARY axial
     series with the most slices. Raises InputError listing what was found when none fits,
-    and when several series share the most slices (listing them: choose with --series).
+    and when several series share the most slices (listing them), ending with what `advice`
+    says to do (by default: choose with --series).
 
     `not_an_image(series)`: a look at the pixels, asked only of series that tie for the lead;
     a reason (e.g. binary pixels: a mask exported as CT) sets that series aside, and the
@@ -183,7 +200,7 @@ def select_series(series: list[SeriesInfo], series_uid: str | None = None,
     if not candidates:
         reasons = "; ".join(f"{s.series_uid}: {s.rejection()}" for s in series)
         raise InputError(f"{source}: no CT/MR ORIGINAL/PRIMARY axial series with 2 or more "
-                         f"slices ({reasons}); choose one with --series")
+                         f"slices ({reasons}); {advice.none_fits}")
     set_aside: list[tuple[SeriesInfo, str]] = []
     while True:
         most = max(len(s.datasets) for s in candidates)
@@ -198,12 +215,11 @@ def select_series(series: list[SeriesInfo], series_uid: str | None = None,
         if not candidates:
             reasons = "; ".join(f"{s.series_uid}: {why}" for s, why in set_aside)
             raise InputError(f"{source}: no series holds an image to score ({reasons}); "
-                             "choose one with --series")
+                             f"{advice.none_fits}")
     if len(leading) > 1:
         raise InputError(f"{source}: {len(leading)} series tie for selection (CT/MR "
                          f"ORIGINAL/PRIMARY axial, {most} slices each): "
-                         f"{'; '.join(s.describe() for s in leading)}; choose one with "
-                         "--series UID")
+                         f"{'; '.join(s.describe() for s in leading)}; {advice.tie}")
     if notes is not None:
         notes.extend(f"series {s.describe()} not scored: {why}" for s, why in set_aside)
     return leading[0]
@@ -279,13 +295,13 @@ def _slice_geometry(datasets: list[Dataset], source: str
 
 
 def _check_stack(offsets: np.ndarray, in_plane: np.ndarray, pixel_mm: tuple[float, float],
-                 tilt_header: object, source: str) -> float:
+                 tilt_header: object, source: str, advice: SeriesAdvice) -> float:
     """Slice spacing (mm) of a sorted stack; refuses duplicates, gantry tilt and gaps."""
     steps = np.diff(offsets)
     if (steps < 1e-3).any():
         raise GeometryError(f"{source}: {int((steps < 1e-3).sum()) + 1} slices share a position "
-                            "(several acquisitions, phases or echoes in one series?); choose "
-                            "one with --series or split the series")
+                            "(several acquisitions, phases or echoes in one series?); "
+                            f"{advice.split}")
     spacing = float(np.median(steps))
     shear = np.linalg.norm(in_plane[-1] - in_plane[0])
     if shear > 0.5 * min(pixel_mm):
@@ -320,8 +336,10 @@ def check_series_size(datasets: list[Dataset], source: str,
 
 def case_from_datasets(datasets: list[Dataset], source: str, *,
                        patient_id: str | None = None,
-                       limits: VolumeLimits | None = None) -> Case:
-    """Stack one series' slices (datasets with pixel data) into a Case in HU.
+                       limits: VolumeLimits | None = None,
+                       advice: SeriesAdvice = CLI_SERIES_ADVICE) -> Case:
+    """Stack one series' slices (datasets with pixel data) into a Case in HU (slices that
+    share a position are refused with `advice.split`).
 
     `case.meta['dicom']` holds the UIDs (study, series, frame of reference, SOP instances in
     stack order); `case.meta['dicom_headers']` the pixel-less datasets in the same order, for
@@ -362,7 +380,7 @@ def case_from_datasets(datasets: list[Dataset], source: str, *,
     if len(datasets) > 1:
         try:
             spacing_z = _check_stack(offsets, in_plane, pixel_mm,
-                                     datasets[0].get("GantryDetectorTilt"), source)
+                                     datasets[0].get("GantryDetectorTilt"), source, advice)
         except GeometryError as exc:
             if not undecodable:
                 raise
@@ -521,7 +539,8 @@ def find_organ_seg(series: list[SeriesInfo], image_series_uid: str) -> SeriesInf
 def read_dicom_case(path: str | Path, *, series_uid: str | None = None,
                     organ_mask_path: str | Path | None = None,
                     limits: VolumeLimits | None = None,
-                    organ_mask_required: str | None = None) -> Case:
+                    organ_mask_required: str | None = None,
+                    advice: SeriesAdvice = CLI_SERIES_ADVICE) -> Case:
     """Folder (or one file) of DICOM -> Case in HU with the organ mask when one is available.
 
     The series is chosen by :func:`select_series`, which sets aside series whose pixels are
@@ -531,12 +550,13 @@ def read_dicom_case(path: str | Path, *, series_uid: str | None = None,
     `organ_mask_required` (the reason one is needed) is given: then the series is refused
     with that reason before its pixel data are read. Skipped files and series are counted in
     `case.meta['skipped_files']` and described in `case.meta['warnings']`. The chosen
-    series' headers are checked against `limits` before its files are read.
+    series' headers are checked against `limits` before its files are read. A refusal of the
+    choice of series ends with `advice`: the CLI's `--series` unless the caller gives its own.
     """
     scan = scan_folder(path)
     notes: list[str] = []
     info = select_series(scan.series, series_uid, source=str(path), not_an_image=binary_pixels,
-                         notes=notes)
+                         notes=notes, advice=advice)
     check_series_size(info.datasets, str(path), limits)
     if organ_mask_path is not None and not Path(organ_mask_path).exists():
         raise InputError(f"{organ_mask_path}: file not found")
@@ -547,7 +567,8 @@ def read_dicom_case(path: str | Path, *, series_uid: str | None = None,
     unreadable = (f"{len(scan.skipped)} files that are not readable DICOM (e.g. "
                   f"{scan.skipped[0][0].name}: {scan.skipped[0][1]})" if scan.skipped else "")
     try:
-        case = case_from_datasets(read_series_files(info), str(path), limits=limits)
+        case = case_from_datasets(read_series_files(info), str(path), limits=limits,
+                                  advice=advice)
     except GeometryError as exc:
         if not unreadable:
             raise

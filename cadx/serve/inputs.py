@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from cadx.case import Case
 from cadx.errors import InputError
-from cadx.io.dicom import is_dicom_path, read_dicom_case
+from cadx.io.dicom import SeriesAdvice, is_dicom_path, read_dicom_case
 from cadx.io.images import IMAGE_SUFFIXES
 from cadx.io.limits import VolumeLimits, default_volume_limits
 from cadx.io.volumes import read_case
@@ -31,6 +31,11 @@ _NAME_CHARS = "A-Za-z0-9._-"  # all a cleaned name (clean_name) is made of
 _UNSAFE_CHARS = re.compile(rf"[^{_NAME_CHARS}]+")
 # How answers name the common folder of several uploads (see public_text).
 UPLOADED_FILES = "the uploaded files"
+# The service takes no series UID: what a refused upload can be is another upload.
+SERVICE_SERIES_ADVICE = SeriesAdvice(
+    tie="upload the series to score without the others",
+    none_fits="upload a CT/MR ORIGINAL/PRIMARY axial image series",
+    split="upload one acquisition, phase or echo per series")
 
 
 class UploadTooLargeError(InputError):
@@ -243,7 +248,8 @@ def _dicom_case(files: list[Path], organ_mask: Path | None, mask_required: bool,
     without PatientID is named after the (first) upload, as a volume is after its file: not
     after the folder it was saved in."""
     folder = Path(os.path.commonpath([p.parent for p in files]))
-    case = read_dicom_case(folder, organ_mask_path=organ_mask, limits=volume_limits)
+    case = read_dicom_case(folder, organ_mask_path=organ_mask, limits=volume_limits,
+                           advice=SERVICE_SERIES_ADVICE)
     if not case.meta["dicom"]["patient_id"]:
         case.patient_id = upload_stem
     if case.organ_mask is None and mask_required:
