@@ -33,6 +33,7 @@ from cadx.io.provenance import fingerprints, seen_before
 from cadx.io.volumes import read_case
 from cadx.patches.cohort import PatchedCase, patch_cohort
 from cadx.train.pipeline import TrainingOutcome, score_cases, train_patch_model
+from cadx.train.precision import bf16_emulated_warning
 
 if TYPE_CHECKING:
     from cadx.segment.config import SegConfig
@@ -365,10 +366,11 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
     for warning in warnings:
         console.print(f"[yellow]warning[/]: {escape(warning)}")
     cases = patch_cohort(refs, bundle.config, progress=progress)
-    spacing_warning = cohort_spacing_warning(bundle, cases)
-    if spacing_warning is not None:
-        warnings.append(spacing_warning)
-        console.print(f"[yellow]warning[/]: {spacing_warning}")
+    for warning in (cohort_spacing_warning(bundle, cases),
+                    bf16_emulated_warning(bundle.precision)):
+        if warning is not None:
+            warnings.append(warning)
+            console.print(f"[yellow]warning[/]: {warning}")
     scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips,
                          bundle.precision)
     evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,

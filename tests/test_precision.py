@@ -273,24 +273,52 @@ def _untrained_bundle(train_precision: str):
 
 
 def test_scoring_a_bf16_bundle_on_a_cpu_without_bf16_says_so_once(tmp_path, monkeypatch):
-    """Scores stay bf16 (emulated) so that they match the thresholds; one warning says so."""
+    """Scores stay bf16 (emulated) so that they match the thresholds; one warning says so,
+    and the result.json that diagnose writes keeps it among its warnings."""
     from cadx.diagnose import patient
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     dataset = write_toy_dataset(tmp_path / "data", n_patients=1)
     image = dataset / "imagesTr" / "toy_000.nii.gz"
     label = dataset / "labelsTr" / "toy_000.nii.gz"
+    results = {}
     for name in ("bf16", "fp32"):
         model = save_bundle(_untrained_bundle(name), tmp_path / f"{name}.cadx")
         scored: list[str] = []
         _spy(monkeypatch, patient, scored)
+        out = tmp_path / f"{name}.json"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert main(["diagnose", str(model), str(image), "--organ-mask", str(label)]) == 0
+            assert main(["diagnose", str(model), str(image), "--organ-mask", str(label),
+                         "--out", str(out)]) == 0
         notes = [w for w in caught if _EMULATED in str(w.message)]
         assert scored == [name]  # the scores themselves are unchanged
+        results[name] = json.loads(out.read_text())
+        kept = [line for line in results[name]["warnings"] if _EMULATED in line]
         if name == "bf16":
             assert len(notes) == 1 and notes[0].category is RuntimeWarning
             assert "emulated bf16" in str(notes[0].message)
+            assert kept == [str(notes[0].message)]
         else:
-            assert notes == []
+            assert notes == [] and kept == []
+    # Where the CPU has bf16, the same bundle's score is the same and the note is absent.
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    native = tmp_path / "native.json"
+    assert main(["diagnose", str(tmp_path / "bf16.cadx"), str(image), "--organ-mask",
+                 str(label), "--out", str(native)]) == 0
+    native_result = json.loads(native.read_text())
+    assert native_result["patient_score"] == results["bf16"]["patient_score"]
+    assert not any(_EMULATED in line for line in native_result["warnings"])
+
+
+def test_the_emulated_bf16_note_is_in_the_evaluation_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    dataset = write_toy_dataset(tmp_path / "data", n_patients=4)
+    model = save_bundle(_untrained_bundle("bf16"), tmp_path / "bf16.cadx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the stderr note, tested above
+        assert main(["evaluate", str(model), str(dataset), "--out", str(tmp_path / "rep"),
+                     "--quiet", "--n-boot", "20"]) == 0
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert sum(_EMULATED in line for line in metrics["warnings"]) == 1
+    assert _EMULATED in (tmp_path / "rep" / "report.txt").read_text()

@@ -14,6 +14,7 @@ from cadx.decide.aggregate import score_patients
 from cadx.patches.grid import PatchSet, extract_patches
 from cadx.preprocess.pipeline import preprocess_case
 from cadx.train.fit import predict_patch_probabilities
+from cadx.train.precision import bf16_emulated_warning
 
 POSITIVE, NEGATIVE = "cancer suspected", "no cancer detected"
 # The organ segmenter found no organ: nothing was scored, so this is no negative result.
@@ -88,11 +89,16 @@ def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: st
 
     The scan is resampled in-plane to the bundle's training pixel size when the bundle holds
     one (see `PatchModelBundle.with_native_in_plane_spacing`); a pixel size outside the
-    training range is one line in `Diagnosis.warnings`.
+    training range is one line in `Diagnosis.warnings`, and so is a bf16 bundle scored in
+    emulated bf16 on a CPU without bf16 instructions (its scores are the same either way).
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    warning = bundle.in_plane_spacing_warning(case.spacing_zyx_mm)
+    # Said in the result too, not only on stderr once per process: a kept result.json (or a
+    # service answer) should tell how its score was computed.
+    warnings = [line for line in (bundle.in_plane_spacing_warning(case.spacing_zyx_mm),
+                                  bf16_emulated_warning(bundle.precision))
+                if line is not None]
     processed = preprocess_case(case, bundle.config.preprocess)
     timings["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -128,5 +134,5 @@ def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: st
         timings_s={k: round(v, 4) for k, v in timings.items()},
         in_plane_spacing_mm=(None if bundle.config.preprocess.in_plane_spacing_mm is None
                              else tuple(processed.spacing_zyx_mm[1:])),
-        warnings=[] if warning is None else [warning],
+        warnings=warnings,
     )

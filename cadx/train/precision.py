@@ -17,8 +17,8 @@ import torch
 
 from cadx.config import PRECISIONS
 
-__all__ = ["PRECISIONS", "autocast", "cpu_has_bf16", "resolve_precision",
-           "warn_if_bf16_emulated"]
+__all__ = ["PRECISIONS", "autocast", "bf16_emulated_warning", "cpu_has_bf16",
+           "resolve_precision", "warn_if_bf16_emulated"]
 
 
 def cpu_has_bf16() -> bool:
@@ -47,16 +47,23 @@ def resolve_precision(precision: str, device_type: str = "cpu") -> str:
     return precision
 
 
-def warn_if_bf16_emulated(precision: str, device_type: str = "cpu") -> None:
-    """One warning when a bundle trained in bf16 (`precision`, the bundle's) is scored on a
-    device without bf16 instructions. Its scores stay bf16, emulated in software: its
-    thresholds were chosen on bf16 scores. Python shows the warning once per process."""
+def bf16_emulated_warning(precision: str, device_type: str = "cpu") -> str | None:
+    """One line when a bundle trained in bf16 (`precision`, the bundle's) is scored on a
+    device without bf16 instructions, else None. Its scores stay bf16, emulated in software:
+    its thresholds were chosen on bf16 scores."""
     if precision == "bf16" and not _device_has_bf16(device_type):
         where = "GPU" if device_type == "cuda" else "CPU"
-        warnings.warn(f"this model was trained in bf16, and this {where} has no bf16 "
-                      "instructions: scoring runs in emulated bf16 (slower; kept so that the "
-                      "scores match the thresholds stored in the model)", RuntimeWarning,
-                      stacklevel=2)
+        return (f"this model was trained in bf16, and this {where} has no bf16 instructions: "
+                "scoring runs in emulated bf16 (slower; kept so that the scores match the "
+                "thresholds stored in the model)")
+    return None
+
+
+def warn_if_bf16_emulated(precision: str, device_type: str = "cpu") -> None:
+    """`bf16_emulated_warning` as a RuntimeWarning, which Python shows once per process."""
+    line = bf16_emulated_warning(precision, device_type)
+    if line is not None:
+        warnings.warn(line, RuntimeWarning, stacklevel=2)
 
 
 @contextlib.contextmanager
