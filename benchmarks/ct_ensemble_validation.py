@@ -1,0 +1,89 @@
+"""Ensembles of CT bundles on pooled validation phantoms (issue 14).
+
+Scores every bundle's patches on the validation cohorts (each bundle with its own flips and
+precision), averages the patch probabilities of each named ensemble, and prints the pooled top-1
+patient AUC (DeLong 95 % CI) of every bundle and ensemble with the paired difference to the
+first bundle. The bundles must share their patch settings, so that their patches line up.
+Validation cohorts only (seeds 202 and 303 by default); no test phantom is read.
+
+Run:
+    python benchmarks/ct_ensemble_validation.py --data bench_ct \\
+        --bundle run1=ct_reference/reference.cadx --bundle run4=ct_ref_ptw/reference.cadx \\
+        --ensemble E2=run1,run4
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from bench_ct_learning_curve import validation_cohort
+
+from cadx.bundle import load_bundle
+from cadx.evaluate.stats import delong_auc_ci, delong_test
+from cadx.train.pipeline import score_cases
+
+
+def top1_scores(patch_scores: list[np.ndarray]) -> np.ndarray:
+    """Each patient's highest patch probability."""
+    return np.array([float(s.max()) for s in patch_scores])
+
+
+def mean_patch_scores(members: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per patient, the patch probabilities averaged over the ensemble's members."""
+    return [np.mean(np.stack(per_model), axis=0) for per_model in zip(*members, strict=True)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
+    parser.add_argument("--bundle", action="append", required=True, help="NAME=BUNDLE")
+    parser.add_argument("--ensemble", action="append", default=[],
+                        help="NAME=MEMBER,MEMBER,... (bundle names)")
+    parser.add_argument("--cohorts", default="202:60,303:200",
+                        help="validation SEED:N,... (default %(default)s)")
+    args = parser.parse_args()
+    bundles = dict(item.split("=", 1) for item in args.bundle)
+    ensembles = {name: members.split(",") for name, members in
+                 (item.split("=", 1) for item in args.ensemble)}
+    for name, members in ensembles.items():
+        if unknown := set(members) - set(bundles):
+            parser.error(f"ensemble {name}: no bundle named {', '.join(sorted(unknown))}")
+    loaded = {name: load_bundle(path) for name, path in bundles.items()}
+    first = next(iter(loaded.values())).config
+    if any(b.config.patches != first.patches for b in loaded.values()):
+        parser.error("the bundles' patch settings differ: their patches do not line up")
+    truth: list[bool] = []
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in loaded}
+    for cohort in args.cohorts.split(","):
+        seed, n = (int(v) for v in cohort.split(":"))
+        cohort_args = argparse.Namespace(data=args.data, val_seed=seed, val_patients=n)
+        _, cases = validation_cohort(cohort_args, first)
+        truth += [c.has_tumour for c in cases]
+        for name, bundle in loaded.items():
+            scores[name] += score_cases(bundle.build_model(), cases,
+                                        bundle.config.decide.test_time_flips,
+                                        bundle.config.train.precision)
+    patient = {name: top1_scores(s) for name, s in scores.items()}
+    for name, members in ensembles.items():
+        patient[name] = top1_scores(mean_patch_scores([scores[m] for m in members]))
+    y = np.array(truth, dtype=bool)
+    print(f"{len(y)} validation phantoms ({y.sum()} with tumour), cohorts {args.cohorts}, "
+          f"patient score top-1")
+    reference = next(iter(patient))
+    for name, s in patient.items():
+        auc = delong_auc_ci(y, s)
+        line = f"  {name:<8} AUC {auc.estimate:.3f} [{auc.low:.3f}, {auc.high:.3f}]"
+        if name != reference:
+            diff = delong_test(y, s, patient[reference])
+            line += f"  vs {reference} {diff['difference']:+.3f} (p = {diff['p_value']:.2f})"
+        print(line, flush=True)
+    out = Path(args.data) / "ensemble_validation_scores.npz"
+    np.savez(out, truth=y, **patient)
+    print(f"patient scores: {out}")
+
+
+if __name__ == "__main__":
+    main()
