@@ -15,6 +15,7 @@ from cadx.config import (
     CADX_DECIDE,
     DEMO_PATIENTS,
     EXAM_SCORES,
+    FEATURE_SIZES_PX,
     IMAGE_CLI_EPOCHS,
     IMAGE_CLI_SCHEDULE,
     LR_SCHEDULES,
@@ -168,6 +169,17 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(name) for name in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected sizes in px like 160,224, got {text!r}") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("expected at least one size")
+    return sizes
+
+
 def _add_image_options(parser: argparse.ArgumentParser, *, trains_networks: bool = True) -> None:
     """The options of train-images and train-features; `trains_networks` False (train-features)
     says in the help that the CNN-training options are ignored."""
@@ -181,9 +193,17 @@ def _add_image_options(parser: argparse.ArgumentParser, *, trains_networks: bool
     g = parser.add_argument_group(
         "images and networks", None if trains_networks else
         "--frozen-blocks only matters when networks are fine-tuned: train-features ignores it")
-    g.add_argument("--size", type=int, default=None,
-                   help=f"images are resized to size x size px (default {PRETRAINED_SIZE_PX} "
-                        f"with a pretrained network, else {d_model.size_px})")
+    if trains_networks:
+        g.add_argument("--size", type=int, default=None,
+                       help=f"images are resized to size x size px (default "
+                            f"{PRETRAINED_SIZE_PX} with a pretrained network, else "
+                            f"{d_model.size_px})")
+    else:
+        g.add_argument("--size", type=_sizes, default=None, metavar="PX[,PX...]",
+                       help="images are resized to size x size px; several sizes: each is "
+                            "tried and the one with the best validation AUC kept (default "
+                            f"{','.join(map(str, FEATURE_SIZES_PX))} with a pretrained "
+                            f"backbone, else {d_model.size_px})")
     g.add_argument("--channels", type=int, choices=(1, 3), default=d_model.channels,
                    help="1 = grey (colour converted), 3 = RGB (default %(default)s)")
     g.add_argument("--width", type=float, default=d_model.width,
@@ -481,8 +501,9 @@ def _image_model_config(args: argparse.Namespace, archs: list[str]) -> ImageMode
                              augment=not args.no_augment, vertical_flip=args.vertical_flip,
                              schedule=args.lr_schedule, precision=args.precision,
                              seed=args.seed)
-    size = args.size or (PRETRAINED_SIZE_PX if any(map(is_pretrained_arch, archs))
-                         else ImageModelConfig().size_px)
+    size = args.size[0] if isinstance(args.size, list) else args.size
+    size = size or (PRETRAINED_SIZE_PX if any(map(is_pretrained_arch, archs))
+                    else ImageModelConfig().size_px)
     return ImageModelConfig(size_px=size, channels=args.channels, width=args.width,
                             aggregation=args.exam_score, validation_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, seed=args.seed, train=train,
@@ -549,10 +570,13 @@ def _cmd_evaluate_images(args: argparse.Namespace) -> int:
 
 def _cmd_train_features(args: argparse.Namespace) -> int:
     from cadx.image_workflows import train_features
+    from cadx.models.backbones import is_pretrained_arch
 
     backbones = [] if args.backbones == ["none"] else args.backbones
+    sizes = args.size or (FEATURE_SIZES_PX if any(map(is_pretrained_arch, backbones))
+                          and not args.backbones_from else [])
     train_features(args.dataset, args.out, backbones, args.layers, args.classifier,
-                   args.texture, _image_model_config(args, backbones),
+                   args.texture, _image_model_config(args, backbones), candidate_sizes=sizes,
                    backbones_from=args.backbones_from,
                    init_weights=_init_weights(args.init_weights),
                    feature_cache=args.feature_cache, report_dir=args.report,

@@ -102,10 +102,12 @@ def train_features(dataset: str | Path, out_path: str | Path, backbones: Sequenc
                    config: ImageModelConfig, *, backbones_from: str | Path | None = None,
                    init_weights: Mapping[str, str] | None = None,
                    feature_cache: str | Path | None = None,
+                   candidate_sizes: Sequence[int] = (),
                    report_dir: str | Path | None = None, console: Console | None = None,
                    progress: bool = True) -> ImageTrainingOutcome:
     """Deep (and/or texture) features + SVM / random forest on an image dataset; write the
-    bundle. `feature_cache` keeps the feature matrices for later runs."""
+    bundle. `feature_cache` keeps the feature matrices for later runs; with several
+    `candidate_sizes` the one with the best validation AUC is kept."""
     console = console or Console()
     source = load_image_bundle(backbones_from) if backbones_from else None
     data = load_image_dataset(dataset, progress=progress)
@@ -116,8 +118,14 @@ def train_features(dataset: str | Path, out_path: str | Path, backbones: Sequenc
                   f"{' + '.join(what)}; classifier: {' + '.join(classifiers)}")
     outcome = train_feature_model(data, backbones, layers, classifiers, texture, config,
                                   source_bundle=source, init_weights=init_weights,
-                                  feature_cache=feature_cache, progress=progress)
+                                  feature_cache=feature_cache,
+                                  candidate_sizes=candidate_sizes, progress=progress)
     save_image_bundle(outcome.bundle, out_path)
+    tried = outcome.bundle.summary["size_validation_auc"]
+    if len(tried) > 1:
+        console.print("  validation image AUC by size: "
+                      + ", ".join(f"{size} px {auc:.3f}" for size, auc in tried.items())
+                      + f" -> {outcome.bundle.size_px} px kept")
     for arch, origin in outcome.bundle.summary["backbones"].items():
         console.print(f"  {arch} weights: {origin}")
     reused = outcome.bundle.summary.get("features_from_cache", [])

@@ -18,7 +18,7 @@ from cadx.config import ImageModelConfig, ImageTrainConfig
 from cadx.decide.exam import exam_probability, exam_scores
 from cadx.diagnose.cam import grad_cam, write_overlay_png
 from cadx.diagnose.images import diagnose_image_files, diagnose_images
-from cadx.errors import BundleError, InputError, SplitError
+from cadx.errors import BundleError, ConfigError, InputError, SplitError
 from cadx.features.texture import texture_feature_names
 from cadx.image_bundle import (
     ensemble_specs,
@@ -167,6 +167,38 @@ def test_feature_models_texture_only_and_from_trained_backbones(cohort, ensemble
     result = diagnose_image_files(deep.bundle, files, "P2", cam_dir=tmp_path / "cam")
     assert all(r.cam_png is None for r in result.images) and "no CAM" in result.notes[0]
     assert not (tmp_path / "cam").exists()
+
+
+def test_feature_model_keeps_the_size_with_the_best_validation_auc(cohort, ensemble):
+    dataset = load_image_dataset(cohort, progress=False)
+    tried = train_feature_model(dataset, [], ["avgpool"], ["rf"], True, TINY,
+                                candidate_sizes=(32, 48), progress=False, n_boot=20)
+    aucs = {int(k): v for k, v in tried.bundle.summary["size_validation_auc"].items()}
+    assert set(aucs) == {32, 48}
+    kept = max(aucs, key=lambda size: (aucs[size], -size))  # ties: the first candidate
+    assert tried.bundle.size_px == kept == tried.bundle.summary["config"]["size_px"]
+    assert tried.data.images["test"].shape[-1] == kept
+    # Each size's AUC is that of a model fitted at that size alone, on the same split.
+    for size, auc in aucs.items():
+        alone = train_feature_model(dataset, [], ["avgpool"], ["rf"], True,
+                                    replace(TINY, size_px=size), progress=False, n_boot=20)
+        assert alone.bundle.summary["split"] == tried.bundle.summary["split"]
+        assert alone.bundle.summary["size_validation_auc"] == {str(size): pytest.approx(auc)}
+    with pytest.raises(ConfigError, match="source bundle's size"):
+        train_feature_model(dataset, ["resnet18"], ["avgpool"], ["rf"], False, TINY,
+                            source_bundle=ensemble.bundle, candidate_sizes=(32, 48),
+                            progress=False)
+
+
+def test_feature_sizes_on_the_command_line(cohort, tmp_path, capsys):
+    out = tmp_path / "t.cadx"
+    assert main(["train-features", str(cohort), "--backbones", "none", "--texture",
+                 "--classifier", "rf", "--size", "32,40", "--out", str(out), "--quiet"]) == 0
+    assert "validation image AUC by size: 32 px" in capsys.readouterr().out
+    assert load_image_bundle(out).size_px in (32, 40)
+    with pytest.raises(SystemExit):
+        main(["train-features", str(cohort), "--size", "big", "--out", str(out)])
+    assert "expected sizes in px" in capsys.readouterr().err
 
 
 def test_patient_across_splits_is_refused(cohort, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 from sklearn.metrics import roc_auc_score
 
 from cadx.config import ImageModelConfig
@@ -304,22 +305,31 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
                         source_bundle: ImageModelBundle | None = None,
                         init_weights: Mapping[str, str | Path] | None = None,
                         feature_cache: str | Path | None = None,
+                        candidate_sizes: Sequence[int] = (),
                         progress: bool = True, n_boot: int = 1000) -> ImageTrainingOutcome:
     """Deep features of `layers` of each backbone (concatenated across backbones) and/or
     texture features, classified by each of `classifiers` (averaged when several). With
     `feature_cache` (a folder) the feature matrices are stored and reused by later runs.
 
     The backbones come from `source_bundle` (CNNs trained by `train_image_ensemble`), from
-    `init_weights` files, or are randomly initialised (seeded) otherwise.
+    `init_weights` files, or are randomly initialised (seeded) otherwise. With several
+    `candidate_sizes` the images are read at each, features and classifiers fitted at each, and
+    the size with the highest validation image AUC is kept (ties: the first); the split is the
+    same for all. Without, `config.size_px`.
     """
     if not backbones and not texture:
         raise ConfigError("choose backbones (--backbones) and/or --texture features")
     if not classifiers:
         raise ConfigError("choose at least one classifier (--classifier svm,rf)")
     init_weights = dict(init_weights or {})
+    sizes = list(dict.fromkeys(candidate_sizes)) or [config.size_px]
     if source_bundle is not None:
-        config = replace(config, size_px=source_bundle.size_px,
-                         channels=source_bundle.channels)
+        if set(candidate_sizes) - {source_bundle.size_px}:
+            raise ConfigError("--backbones-from: the images are read at the source bundle's "
+                              f"size ({source_bundle.size_px} px); give no other --size")
+        sizes = [source_bundle.size_px]
+        config = replace(config, channels=source_bundle.channels)
+    config = replace(config, size_px=sizes[0])
     data = split_image_dataset(dataset, config, progress)
     if source_bundle is not None:
         _refuse_backbone_leak(source_bundle, data)
@@ -342,21 +352,18 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
         specs.append(NetworkSpec(arch, width, layers=tuple(layers)))
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         models.append(model.eval())
-    features, reused = {}, []
-    for split in SPLITS:
-        if not len(data.records[split]):
-            continue
-        key = feature_key([r.sha256 for r in data.records[split]], config.size_px,
-                          config.channels, [(s.arch, s.width, s.layers) for s in specs], states,
-                          texture)
-        features[split], hit = cached(feature_cache, key, lambda split=split: image_features(
-            data.images[split], specs, models, texture))
-        reused += [split] if hit else []
-    y_train, y_val = data.labels("train"), data.labels("validation")
-    fitted = [fit_classifier(kind, features["train"], y_train, data.patient_ids("train"),
-                             config.seed) for kind in classifiers]
-    classifier = fitted[0] if len(fitted) == 1 else AveragingEnsemble(fitted)
-    val_probabilities = classifier.predict_proba(features["validation"])[:, 1]
+    validation_auc, best = {}, None
+    for size in sizes:
+        sized = data if size == sizes[0] else _read_at_size(data, size, config.channels,
+                                                             progress)
+        fit = _fit_feature_classifier(sized, replace(config, size_px=size), specs, states,
+                                      models, classifiers, texture, feature_cache)
+        validation_auc[size] = float(roc_auc_score(sized.labels("validation"), fit[2]))
+        if best is None or validation_auc[size] > validation_auc[best[0]]:
+            best = (size, sized, fit)
+    config = replace(config, size_px=best[0])
+    data, (classifier, features, val_probabilities, reused) = best[1], best[2]
+    y_val = data.labels("validation")
     image_point, exam_point = operating_points(y_val, val_probabilities,
                                                data.patient_ids("validation"), config.aggregation)
     bundle = ImageModelBundle(
@@ -367,5 +374,38 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
     bundle.summary = _summary(data, config, dataset, {
         "backbones": sources, "layers": list(layers), "texture": texture,
         "classifiers": list(classifiers), "n_features": int(features["train"].shape[1]),
-        "features_from_cache": reused})
+        "features_from_cache": reused,
+        "size_validation_auc": {str(size): auc for size, auc in validation_auc.items()}})
     return _finish(bundle, data, {}, n_boot)
+
+
+def _read_at_size(data: SplitImages, size_px: int, channels: int,
+                  progress: bool) -> SplitImages:
+    """The same split with its images read again at `size_px`."""
+    return SplitImages(data.records, {split: read_images(records, size_px, channels, progress)
+                                      for split, records in data.records.items()},
+                       list(data.warnings))
+
+
+def _fit_feature_classifier(data: SplitImages, config: ImageModelConfig,
+                            specs: Sequence[NetworkSpec], states: Sequence[dict],
+                            models: Sequence[torch.nn.Module], classifiers: Sequence[str],
+                            texture: bool, feature_cache: str | Path | None
+                            ) -> tuple[BaseEstimator | AveragingEnsemble,
+                                       dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Features of every split at `config.size_px` (cached), the fitted classifier (averaged
+    over `classifiers`), its validation probabilities, and the splits read from the cache."""
+    features, reused = {}, []
+    for split in SPLITS:
+        if not len(data.records[split]):
+            continue
+        key = feature_key([r.sha256 for r in data.records[split]], config.size_px,
+                          config.channels, [(s.arch, s.width, s.layers) for s in specs], states,
+                          texture)
+        features[split], hit = cached(feature_cache, key, lambda split=split: image_features(
+            data.images[split], specs, models, texture))
+        reused += [split] if hit else []
+    fitted = [fit_classifier(kind, features["train"], data.labels("train"),
+                             data.patient_ids("train"), config.seed) for kind in classifiers]
+    classifier = fitted[0] if len(fitted) == 1 else AveragingEnsemble(fitted)
+    return classifier, features, classifier.predict_proba(features["validation"])[:, 1], reused
