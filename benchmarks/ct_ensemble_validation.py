@@ -3,7 +3,8 @@
 Scores every bundle's patches on the validation cohorts (each bundle with its own flips and
 precision), averages the patch probabilities of each named ensemble, and prints the pooled top-1
 patient AUC (DeLong 95 % CI) of every bundle and ensemble with the paired difference to the
-first bundle. The bundles must share their patch settings, so that their patches line up.
+first bundle. Each bundle is scored on its own crop of the cohorts; an ensemble's bundles must
+share their patch settings, so that their patches line up.
 Validation cohorts only (seeds 202 and 303 by default); no test phantom is read.
 
 Run:
@@ -52,20 +53,26 @@ def main() -> None:
         if unknown := set(members) - set(bundles):
             parser.error(f"ensemble {name}: no bundle named {', '.join(sorted(unknown))}")
     loaded = {name: load_bundle(path) for name, path in bundles.items()}
-    first = next(iter(loaded.values())).config
-    if any(b.config.patches != first.patches for b in loaded.values()):
-        parser.error("the bundles' patch settings differ: their patches do not line up")
+    for name, members in ensembles.items():
+        if len({loaded[m].config.patches for m in members}) > 1:
+            parser.error(f"ensemble {name}: its bundles' patch settings differ, so their "
+                         "patches do not line up")
     truth: list[bool] = []
     scores: dict[str, list[np.ndarray]] = {name: [] for name in loaded}
     for cohort in args.cohorts.split(","):
         seed, n = (int(v) for v in cohort.split(":"))
         cohort_args = argparse.Namespace(data=args.data, val_seed=seed, val_patients=n)
-        _, cases = validation_cohort(cohort_args, first)
-        truth += [c.has_tumour for c in cases]
-        for name, bundle in loaded.items():
+        cohort_truth = None
+        for name, bundle in loaded.items():  # each bundle on its own crop of the cohort
+            _, cases = validation_cohort(cohort_args, bundle.config)
             scores[name] += score_cases(bundle.build_model(), cases,
                                         bundle.config.decide.test_time_flips,
                                         bundle.config.train.precision)
+            if cohort_truth is None:
+                cohort_truth = [(c.patient_id, c.has_tumour) for c in cases]
+            elif cohort_truth != [(c.patient_id, c.has_tumour) for c in cases]:
+                raise SystemExit(f"{name}: not the same patients in cohort {cohort}")
+        truth += [has_tumour for _, has_tumour in cohort_truth]
     patient = {name: top1_scores(s) for name, s in scores.items()}
     for name, members in ensembles.items():
         patient[name] = top1_scores(mean_patch_scores([scores[m] for m in members]))
