@@ -17,8 +17,8 @@ from cadx.errors import ConfigError
 from cadx.io.atomic import atomic_path
 
 # The last convolutional stage of each from-scratch backbone: its output is what Grad-CAM
-# weights. A network with a `cam_layer` attribute (EfficientNet-Lite: its last H/16 block)
-# names its own.
+# weights. A network with a `cam_layer` attribute (EfficientNet-Lite: its last block before
+# the final stage, H/32) names its own.
 CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features"}
 
 
