@@ -466,9 +466,13 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
         if args.images or not args.study:
             raise InputError("--pacs takes --study STUDY_UID instead of image files")
+        from cadx.io.clinical import parse_clinical_items
+
         diagnose_from_pacs(args.model, args.pacs, args.study, series_uid=args.series,
                            push=args.push_results, out_path=args.out, console=console,
-                           keep_in_plane_spacing=args.keep_in_plane_spacing)
+                           keep_in_plane_spacing=args.keep_in_plane_spacing,
+                           organ_mask_path=args.organ_mask,
+                           clinical=parse_clinical_items(args.clinical))
         return 0
     if args.push_results or args.study:
         raise InputError("--study and --push-results need --pacs URL")
@@ -487,6 +491,11 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def _cmd_watch(args: argparse.Namespace) -> int:
     from cadx.pacs.commands import watch_pacs
 
+    if args.clinical:  # refused, not ignored: a user who gives values expects them used
+        raise InputError("watch takes no --clinical: it scores every new study, of many "
+                         "patients, and one patient's values would be fused into the others' "
+                         "scores; score one study with its values by `cadx diagnose MODEL "
+                         "--pacs URL --study UID --clinical NAME=VALUE,...`")
     watch_pacs(args.model, args.pacs, interval_s=args.interval, push=not args.no_push,
                out_dir=args.out, console=console)
     return 0
@@ -775,9 +784,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(PNG, JPEG, ...) of one patient")
     p.add_argument("--organ-mask",
                    help="organ mask on the volume's grid (non-zero = organ; NIfTI, or a DICOM "
-                        "SEG file). Required for a CT/MR patch model unless its bundle embeds "
-                        "a segmenter (cadx train --seg) or a DICOM folder holds an organ SEG; "
-                        "ignored by image models")
+                        "SEG file; also for a --pacs study). Required for a CT/MR patch model "
+                        "unless its bundle embeds a segmenter (cadx train --seg) or the DICOM "
+                        "folder (the --pacs study) holds an organ SEG; ignored by image models")
     p.add_argument("--patient", help="patient id of the images (image models; default: the "
                                      "first file's name up to its last '_')")
     p.add_argument("--cam", metavar="DIR",
@@ -785,9 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the result as JSON here (default: print only)")
     p.add_argument("--clinical", action="append", default=[], metavar="NAME=VALUE,...",
                    help="models with a fusion model (cadx fuse; 2D image or CT): the patient's "
-                        "clinical values, e.g. age=54,device=GE; the fused score is shown beside "
-                        "the image-only one, which stands alone when a value is missing "
-                        "(default: none)")
+                        "clinical values, e.g. age=54,device=GE (also with --pacs); the fused "
+                        "score is shown beside the image-only one, which stands alone when a "
+                        "value is missing (default: none)")
     g = p.add_argument_group("DICOM and PACS")
     g.add_argument("--series", metavar="UID",
                    help="DICOM: score this SeriesInstanceUID (default: the CT/MR "
@@ -812,6 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between polls (default %(default)s)")
     p.add_argument("--no-push", action="store_true", help="score only; store nothing")
     p.add_argument("--out", metavar="DIR", help="also write <StudyInstanceUID>.json here")
+    # Accepted only to be refused in one clear line (see _cmd_watch), so not listed in --help.
+    p.add_argument("--clinical", action="append", default=[], help=argparse.SUPPRESS)
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_watch)
 

@@ -232,3 +232,14 @@ def test_no_mask_and_no_segmenter_is_refused_before_the_pixels_are_read(model, t
     assert main(["diagnose", str(model), str(study.folder)]) == 2
     err = capsys.readouterr().err
     assert "no organ mask" in err and study.ct_series_uid in err and "segmenter" in err
+
+
+def test_watch_refuses_clinical_values_in_one_line_before_asking_the_pacs(model, capsys):
+    """One patient's --clinical values cannot serve a watcher that scores every patient: one
+    line saying why and what to use instead, before any connection (the port is closed)."""
+    assert main(["watch", str(model), "--pacs", "http://127.0.0.1:9/dicom-web",
+                 "--clinical", "age=61"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("cadx: error: watch takes no --clinical: it scores every new study")
+    assert "cadx diagnose MODEL --pacs URL --study UID --clinical" in err

@@ -268,7 +268,7 @@ def test_study_without_organ_seg_uses_the_embedded_segmenter(orthanc, model, tmp
     client = PacsClient(orthanc)
     client.store([pydicom.dcmread(p) for p in study.ct_files], study.study_uid)
     bundle = load_bundle(model)
-    with pytest.raises(InputError, match="no organ mask: the study holds no organ SEG"):
+    with pytest.raises(InputError, match="no organ mask: no DICOM SEG in the study references"):
         diagnose_study(client, bundle, study.study_uid)
     bundle.segmenter = _constant_segmenter(organ_everywhere)
     result = diagnose_study(client, bundle, study.study_uid, push=True)
@@ -281,3 +281,137 @@ def test_study_without_organ_seg_uses_the_embedded_segmenter(orthanc, model, tmp
     else:
         assert result.diagnosis.decision == "organ not found"
         assert "patient_score" not in stored and len(result.pushed) == 1
+
+
+def _spy_on_retrievals(monkeypatch) -> list[str]:
+    """The series UIDs whose pixel data (WADO-RS retrieval) any PacsClient asks for."""
+    retrieved: list[str] = []
+    real = PacsClient.retrieve_series
+
+    def spy(self, study_uid, series_uid):
+        retrieved.append(series_uid)
+        return real(self, study_uid, series_uid)
+
+    monkeypatch.setattr(PacsClient, "retrieve_series", spy)
+    return retrieved
+
+
+def _upload_ct_only(url: str, folder: Path, patient_id: str, seed: int):
+    """A toy study stored without its organ SEG; returns the study files (SEG file kept)."""
+    study, _, _ = write_toy_study(folder, patient_id, seed)
+    PacsClient(url).store([pydicom.dcmread(p) for p in study.ct_files], study.study_uid)
+    return study
+
+
+def test_a_study_without_an_organ_mask_is_refused_before_any_pixel_data(orthanc, model,
+                                                                         tmp_path, capsys,
+                                                                         monkeypatch):
+    """No organ SEG in the study, no --organ-mask, no segmenter in the bundle: one line, as for
+    a DICOM folder, and not one series retrieved (the user does not wait for a download)."""
+    study = _upload_ct_only(orthanc, tmp_path / "study", "p6", seed=6)
+    retrieved = _spy_on_retrievals(monkeypatch)
+    assert main(["diagnose", str(model), "--pacs", orthanc, "--study", study.study_uid]) == 2
+    err = capsys.readouterr().err
+    assert retrieved == []
+    assert err == (f"cadx: error: {orthanc} study {study.study_uid}: no organ mask: no DICOM "
+                   f"SEG in the study references series {study.ct_series_uid}; give "
+                   "--organ-mask (NIfTI or DICOM SEG) or store the organ SEG of this series in "
+                   f"the study: {model} embeds no organ segmenter\n")
+    # The watcher refuses such a study the same way, from its metadata, and goes on.
+    from io import StringIO
+
+    from rich.console import Console
+
+    from cadx.pacs.watch import watch
+
+    summary = watch(PacsClient(orthanc), load_bundle(model), interval_s=0.0, push=False,
+                    console=Console(file=StringIO()), max_polls=3)
+    assert list(summary.failed) == [study.study_uid] and summary.scored == []
+    assert "no organ mask: no DICOM SEG in the study" in summary.failed[study.study_uid]
+    assert retrieved == []
+
+
+def test_a_series_over_the_voxel_limit_is_refused_before_any_pixel_data(orthanc, model,
+                                                                         tmp_path, capsys,
+                                                                         monkeypatch):
+    study = upload(orthanc, tmp_path / "study", "p7", seed=7)
+    retrieved = _spy_on_retrievals(monkeypatch)
+    assert main(["diagnose", str(model), "--pacs", orthanc, "--study", study.study_uid,
+                 "--max-voxels", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert retrieved == []
+    assert err.count("\n") == 1 and err.startswith(f"cadx: error: {orthanc} study ")
+    assert "exceeds the limit of 1,000 voxels (--max-voxels)" in err
+
+
+def test_organ_mask_file_serves_a_pacs_study_without_an_organ_seg(orthanc, model, tmp_path):
+    """--organ-mask with --pacs is used (it was ignored): here the study's own SEG, kept as a
+    local file but not stored in the PACS."""
+    study = _upload_ct_only(orthanc, tmp_path / "study", "p8", seed=8)
+    out = tmp_path / "result.json"
+    assert main(["diagnose", str(model), "--pacs", orthanc, "--study", study.study_uid,
+                 "--organ-mask", str(study.seg_file), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["organ_mask"] == "given" and result["series_uid"] == study.ct_series_uid
+    local = tmp_path / "local.json"
+    assert main(["diagnose", str(model), str(study.folder), "--out", str(local)]) == 0
+    assert result["patient_score"] == json.loads(local.read_text())["patient_score"]
+
+
+@pytest.fixture(scope="module")
+def fused_model(tmp_path_factory) -> Path:
+    """The random-weight bundle with a fusion model on age (fixed numbers, not fitted)."""
+    from cadx.bundle import save_bundle
+    from cadx.decide.fusion import SCORE_FEATURE, FusionModel
+    from cadx.decide.roc import OperatingPoint
+
+    path = random_bundle(tmp_path_factory.mktemp("pacs_fused") / "fused.cadx")
+    bundle = load_bundle(path)
+    bundle.fusion = FusionModel(
+        columns=("age",), kinds={"age": "numeric"}, units={"age": "years"}, score_mean=0.0,
+        score_scale=1.0, numeric_scaling={"age": (50.0, 10.0)}, levels={},
+        coefficients={SCORE_FEATURE: 1.0, "age": 0.8}, intercept=0.0,
+        operating_point=OperatingPoint(0.5, 0.5, 0.5, 0.0, 0.5, (0.0, 1.0), (0.0, 1.0)),
+        column_specs={"age": {"kind": "numeric", "unit": "years", "range": [0, 120]}})
+    save_bundle(bundle, path)
+    return path
+
+
+def test_clinical_values_feed_the_fusion_model_of_a_pacs_study(orthanc, fused_model, tmp_path,
+                                                               capsys):
+    """--clinical with --pacs takes the fusion path of a DICOM folder: the same fused result."""
+    study = upload(orthanc, tmp_path / "study", "p9", seed=9)
+    out, local = tmp_path / "result.json", tmp_path / "local.json"
+    assert main(["diagnose", str(fused_model), "--pacs", orthanc, "--study", study.study_uid,
+                 "--clinical", "age=61", "--push-results", "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    fusion = result["fusion"]
+    assert fusion["values"] == {"age": 61.0} and fusion["score"] is not None
+    assert fusion["not_fused"] is None
+    assert f"with age: {fusion['decision']} (fused score {fusion['score']:.3f}" in shown
+    assert main(["diagnose", str(fused_model), str(study.folder), "--clinical", "age=61",
+                 "--out", str(local)]) == 0
+    assert fusion == json.loads(local.read_text())["fusion"]
+    # the SR holds the image-only result, as for a folder's --dicom-out
+    [sr] = _cadx_srs(PacsClient(orthanc), study.study_uid)
+    assert read_sr_result(sr)["patient_score"] == result["patient_score"]
+    # without the values, the image-only result stands and the JSON says why
+    assert main(["diagnose", str(fused_model), "--pacs", orthanc, "--study", study.study_uid,
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["fusion"]["not_fused"] == (
+        "image-only score given: the fusion model needs age: missing")
+    # the watcher, which takes no values, says so in each result of a fused bundle
+    from io import StringIO
+
+    from rich.console import Console
+
+    from cadx.pacs.watch import watch
+
+    other = upload(orthanc, tmp_path / "other", "p10", seed=10)
+    summary = watch(PacsClient(orthanc), load_bundle(fused_model), interval_s=0.0, push=False,
+                    out_dir=tmp_path / "watched", console=Console(file=StringIO()), max_polls=3)
+    assert summary.scored == [other.study_uid] and summary.skipped == [study.study_uid]
+    watched = json.loads((tmp_path / "watched" / f"{other.study_uid}.json").read_text())
+    assert watched["fusion"]["not_fused"] == (
+        "image-only score given: the fusion model needs age: missing")

@@ -7,6 +7,13 @@ reported and not retried; a PACS outage is reported and polling goes on. Ctrl-C 
 stops it at once, even mid-scoring: a study is pulled and scored in a worker thread while the
 main thread waits on it and stays free to take the signal (the abandoned scoring ends with the
 process); a result is either pushed whole (one STOW-RS request) or not at all.
+
+A study that cannot be scored for want of an organ mask (no organ SEG of its series and no
+segmenter in the bundle) is refused from its metadata, before its pixels are pulled. The
+watcher takes no clinical values: it scores many patients, and one set of values given at its
+start would belong to one of them at most; a bundle's fusion model says, in each result, that
+its fused score was not given for want of them (score one study with its values by
+`cadx diagnose --pacs --study UID --clinical ...`).
 """
 
 from __future__ import annotations
