@@ -298,3 +298,33 @@ def test_images_a_model_cannot_judge_get_a_reason_not_a_decision(tmp_path, capsy
     assert "too small" in tiny.not_judged
     only_ok = diagnose_image_files(ensemble.bundle, [tmp_path / "ok.png"], "P1")
     assert diagnosis.exam_score == pytest.approx(only_ok.exam_score)
+
+
+def test_diagnose_image_files_decodes_each_file_once(ensemble, cohort, tmp_path, monkeypatch):
+    bundle = ensemble.bundle
+    rgba = np.random.default_rng(1).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    rgba[..., 3] = 0
+    rgba[:8, :8, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    files = sorted((cohort / "malignant").glob("*.png"))[:2] + [tmp_path / "cutout.png"]
+    opened = []
+    real_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(fp)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    diagnosis = diagnose_image_files(bundle, files, "P1", cam_dir=tmp_path / "cam")
+    monkeypatch.undo()
+    # One decode per file serves the transparency check, the scoring and the CAM overlay.
+    assert len(opened) == len(files)
+    # ...with the result of scoring the arrays `read_image` gives, the cut-out refused.
+    expected = diagnose_images(bundle, [read_image(f, channels=bundle.channels) for f in files],
+                               [f.name for f in files], "P1",
+                               problems=[None, None, "98% of its pixels are transparent: not "
+                                                     "a scan"])
+    assert diagnosis.exam_score == expected.exam_score
+    assert [(r.name, r.probability, r.not_judged) for r in diagnosis.images] == \
+        [(r.name, r.probability, r.not_judged) for r in expected.images]
+    assert [r.cam_png is not None for r in diagnosis.images] == [True, True, False]

@@ -4,10 +4,7 @@ image, or mostly transparent pixels (an overlay or a cut-out, not a scan)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from PIL import Image
 
 MIN_SIDE_PX = 32
 MAX_TRANSPARENT_FRACTION = 0.5
@@ -26,17 +23,13 @@ def array_problem(image: np.ndarray) -> str | None:
     return None
 
 
-def file_problem(path: str | Path) -> str | None:
-    """Why an image file cannot be judged because of its transparency, or None (other
-    problems are found on its pixels by `array_problem`)."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
-                return None
-            alpha = np.asarray(image.convert("RGBA"))[..., 3]
-    except Exception:  # unreadable files are reported by the reader, with their own message
+def alpha_problem(alpha: np.ndarray | None) -> str | None:
+    """Why an image cannot be judged because of its (H, W) alpha channel (0..255, as
+    `cadx.io.images.read_image_with_alpha` gives it; None for no transparency), or None
+    (other problems are found on its pixels by `array_problem`)."""
+    if alpha is None:
         return None
-    transparent = float((alpha < 128).mean())
+    transparent = float((np.asarray(alpha) < 128).mean())
     if transparent > MAX_TRANSPARENT_FRACTION:
         return f"{transparent:.0%} of its pixels are transparent: not a scan"
     return None

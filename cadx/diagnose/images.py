@@ -15,10 +15,10 @@ from torch import nn
 
 from cadx.decide.exam import exam_scores
 from cadx.diagnose.cam import grad_cam, write_cam_npy, write_overlay_png
-from cadx.diagnose.image_checks import array_problem, file_problem
+from cadx.diagnose.image_checks import alpha_problem, array_problem
 from cadx.errors import InputError
 from cadx.image_bundle import ImageModelBundle
-from cadx.io.images import fit_image, read_image
+from cadx.io.images import fit_image, read_image_with_alpha
 
 POSITIVE, NEGATIVE = "malignancy suspected", "no malignancy detected"
 
@@ -127,7 +127,10 @@ def diagnose_images(bundle: ImageModelBundle, images: Sequence[np.ndarray],
 
 def diagnose_image_files(bundle: ImageModelBundle, paths: Sequence[str | Path],
                          patient_id: str, cam_dir: str | Path | None = None) -> ImageDiagnosis:
-    """`diagnose_images` on image files (PNG, JPEG, ...); InputError names an unreadable one."""
-    images = [read_image(path, channels=bundle.channels) for path in paths]
-    return diagnose_images(bundle, images, [Path(p).name for p in paths], patient_id, cam_dir,
-                           problems=[file_problem(path) for path in paths])
+    """`diagnose_images` on image files (PNG, JPEG, ...); InputError names an unreadable one.
+    Each file is read and decoded once: the checks, the resize and the CAM overlay all work
+    from that one array (and its alpha channel, for the transparency check)."""
+    decoded = [read_image_with_alpha(path, channels=bundle.channels) for path in paths]
+    return diagnose_images(bundle, [image for image, _ in decoded],
+                           [Path(p).name for p in paths], patient_id, cam_dir,
+                           problems=[alpha_problem(alpha) for _, alpha in decoded])

@@ -448,19 +448,46 @@ def read_image(path: str | Path, size_px: int | None = None, channels: int = 1) 
     aspect ratio, by PIL's bilinear filter, which widens with the reduction factor (so it
     antialiases when downsizing). InputError for a missing, empty or undecodable file.
     """
+    return _decode(Path(path), size_px, channels, with_alpha=False)[0]
+
+
+def read_image_with_alpha(path: str | Path,
+                          channels: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a 2D image once for both its pixels and its transparency: (the float32
+    (channels, H, W) array in 0..1 that `read_image` gives at the file's own size, the
+    (H, W) uint8 alpha channel, or None for a file without transparency or whose transparency
+    PIL cannot convert). InputError for a missing, empty or undecodable file."""
+    return _decode(Path(path), None, channels, with_alpha=True)
+
+
+def _decode(path: Path, size_px: int | None, channels: int,
+            with_alpha: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(channels, H, W) pixels (resized if `size_px`) and, if asked for and present, the
+    (H, W) alpha of one file, from one read and one decode."""
     if channels not in (1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
     if size_px is not None and size_px < 1:
         raise ConfigError(f"size_px must be >= 1, got {size_px}")
-    path = Path(path)
     data = _read_bytes(path)
+    alpha = None
     try:
         with Image.open(io.BytesIO(data)) as image:
+            # Asked of the mode and tRNS chunk the file declares, before decoding.
+            has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
             image.load()
             pixels = _pixels(image, channels)
+            if with_alpha and has_alpha:
+                alpha = _alpha(image)
     except Exception as exc:  # PIL's decoders raise many exception types
         raise InputError(f"{path}: {_decode_problem(exc)}") from None
-    return _resized(pixels, size_px)
+    return _resized(pixels, size_px), alpha
+
+
+def _alpha(image: Image.Image) -> np.ndarray | None:
+    try:
+        return np.asarray(image.convert("RGBA"))[..., 3]
+    except Exception:  # a mode PIL cannot give alpha for: the pixels are still an image
+        return None
 
 
 def _resized(pixels: np.ndarray, size_px: int | None) -> np.ndarray:
