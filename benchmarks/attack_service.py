@@ -24,9 +24,6 @@ import argparse
 import asyncio
 import gzip
 import http.client
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from bench_service import free_port, write_volume
+from bench_service import Server, serving, write_volume
 
 TOKEN = "attack-benchmark-token-0123456789"
 MODEL = "ct_toy"
@@ -131,24 +128,6 @@ def write_bomb(path: Path, side: int = 1024) -> Path:
         for _ in range(side**3 // len(zeros)):
             out.write(zeros)
     return path
-
-
-def start_server(models: Path, port: int, timeout_s: float) -> subprocess.Popen:
-    command = [sys.executable, "-m", "cadx.cli", "serve", "--models", str(models), "--port",
-               str(port), "--header-timeout", str(timeout_s), "--body-timeout", str(timeout_s)]
-    process = subprocess.Popen(command, env={**os.environ, "CADX_SERVE_TOKEN": TOKEN},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"cadx serve exited: {process.stderr.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("cadx serve did not start within 90 s")
 
 
 async def repeat_case(port: int, image: Path, mask: Path, clients: int, seconds: float
@@ -269,46 +248,52 @@ def main() -> None:
         organ[2:6, 10:38, 10:38] = 1
         far = write_volume(folder / "far.nii.gz", small, (50_000.0, 1.0, 1.0))
         far_mask = write_volume(folder / "far_mask.nii.gz", organ, (50_000.0, 1.0, 1.0))
-        port = free_port()
-        server = start_server(folder / "models", port, args.timeout)
-        watcher = Watcher(server.pid, port)
-        try:
-            time.sleep(1.0)
-            idle = watcher.phase()
-            idle_rss = idle["rss_peak_mb"]
-            print(f"cadx serve pid {server.pid}: idle RSS {idle_rss:.0f} MB, "
-                  f"/healthz p50 {idle['health_p50_ms']:.1f} ms, p95 "
-                  f"{idle['health_p95_ms']:.1f} ms; bomb {bomb.stat().st_size / 2**20:.1f} MB "
-                  f"on disk; timeouts {args.timeout:g} s")
-            print(f"{'case':<14} {'answers':<26} {'refusal':>10} {'RSS growth':>12} "
-                  f"{'fds':>5} {'/healthz p50':>7} {'p95':>10} {'n':>4} {'fail':>4}")
-            for name, image, mask in (("bomb", bomb, bomb), ("huge-spacing", far, far_mask)):
-                counts, slowest, text = asyncio.run(repeat_case(port, image, mask, 2,
-                                                                args.seconds))
-                report(name, dict(counts), slowest, watcher.phase(), idle_rss, text[:64])
+        timeout = str(args.timeout)
+        with serving(folder / "models", "--header-timeout", timeout, "--body-timeout", timeout,
+                     token=TOKEN) as server:
+            attack(server, args, bomb, far, far_mask)
 
-            async def six_big() -> list[tuple[int, float, int]]:
-                results, deadline = [], time.monotonic() + args.seconds
 
-                async def client() -> None:
-                    while time.monotonic() < deadline:
-                        results.append(await big_upload_without_token(port, 200 << 20))
+def attack(server: Server, args: argparse.Namespace, bomb: Path, far: Path,
+           far_mask: Path) -> None:
+    """Each case in turn against `server`, with a line of what it cost."""
+    port = server.port
+    watcher = Watcher(server.process.pid, port)
+    try:
+        time.sleep(1.0)
+        idle = watcher.phase()
+        idle_rss = idle["rss_peak_mb"]
+        print(f"cadx serve pid {server.process.pid}: idle RSS {idle_rss:.0f} MB, "
+              f"/healthz p50 {idle['health_p50_ms']:.1f} ms, p95 "
+              f"{idle['health_p95_ms']:.1f} ms; bomb {bomb.stat().st_size / 2**20:.1f} MB "
+              f"on disk; timeouts {args.timeout:g} s")
+        print(f"{'case':<14} {'answers':<26} {'refusal':>10} {'RSS growth':>12} "
+              f"{'fds':>5} {'/healthz p50':>7} {'p95':>10} {'n':>4} {'fail':>4}")
+        for name, image, mask in (("bomb", bomb, bomb), ("huge-spacing", far, far_mask)):
+            counts, slowest, text = asyncio.run(repeat_case(port, image, mask, 2,
+                                                            args.seconds))
+            report(name, dict(counts), slowest, watcher.phase(), idle_rss, text[:64])
 
-                await asyncio.gather(*(client() for _ in range(6)))
-                return results
+        async def six_big() -> list[tuple[int, float, int]]:
+            results, deadline = [], time.monotonic() + args.seconds
 
-            results = asyncio.run(six_big())
-            sent_mb = max(sent for *_, sent in results) / 2**20
-            report("no-token-200M", dict(Counter(s for s, *_ in results)),
-                   max(t for _, t, _ in results), watcher.phase(), idle_rss,
-                   f"6 clients; at most {sent_mb:.0f} of 200 MiB sent before the 401")
-            counts, elapsed = asyncio.run(slowloris(port, args.slowloris))
-            report("slowloris", dict(counts), elapsed, watcher.phase(), idle_rss,
-                   f"{args.slowloris} connections; last one cut off at {elapsed:.1f} s")
-        finally:
-            watcher.stop()
-            server.terminate()
-            server.wait(30)
+            async def client() -> None:
+                while time.monotonic() < deadline:
+                    results.append(await big_upload_without_token(port, 200 << 20))
+
+            await asyncio.gather(*(client() for _ in range(6)))
+            return results
+
+        results = asyncio.run(six_big())
+        sent_mb = max(sent for *_, sent in results) / 2**20
+        report("no-token-200M", dict(Counter(s for s, *_ in results)),
+               max(t for _, t, _ in results), watcher.phase(), idle_rss,
+               f"6 clients; at most {sent_mb:.0f} of 200 MiB sent before the 401")
+        counts, elapsed = asyncio.run(slowloris(port, args.slowloris))
+        report("slowloris", dict(counts), elapsed, watcher.phase(), idle_rss,
+               f"{args.slowloris} connections; last one cut off at {elapsed:.1f} s")
+    finally:
+        watcher.stop()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -69,23 +72,52 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(models_dir: Path, port: int, workers: int, queue: int) -> subprocess.Popen:
+@dataclass
+class Server:
+    """A `cadx serve` process answering on 127.0.0.1:`port`."""
+
+    process: subprocess.Popen
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def serving(models_dir: Path, *options: str, token: str = "",
+            start_timeout_s: float = 90.0) -> Iterator[Server]:
+    """Run `cadx serve --models models_dir --port <free port> *options` (CADX_SERVE_TOKEN =
+    `token`, "" for none) as a separate process, yielded once GET /healthz answers 200, and
+    stopped on leaving; SystemExit if it exits or does not answer within `start_timeout_s`."""
+    port = free_port()
     command = [sys.executable, "-m", "cadx.cli", "serve", "--models", str(models_dir),
-               "--port", str(port), "--workers", str(workers), "--queue", str(queue)]
-    env = {**os.environ, "CADX_SERVE_TOKEN": ""}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+               "--port", str(port), *options]
+    process = subprocess.Popen(command, env={**os.environ, "CADX_SERVE_TOKEN": token},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_answering(process, port, start_timeout_s)
+        yield Server(process, port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_answering(process: subprocess.Popen, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"cadx serve exited: {process.stderr.read()}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
+                return
         except httpx.TransportError:
             time.sleep(0.2)
-    process.kill()
-    raise SystemExit("cadx serve did not start within 60 s")
+    raise SystemExit(f"cadx serve did not start within {timeout_s:g} s")
 
 
 async def load(base_url: str, model_id: str, files: list[tuple[str, tuple[str, bytes]]],
@@ -149,14 +181,10 @@ def main() -> None:
             image, mask = args.image, args.mask
         files = [("files", (image.name, image.read_bytes())),
                  ("organ_mask", (mask.name, mask.read_bytes()))]
-        port = free_port()
-        server = start_server(model.parent, port, args.workers, args.queue)
-        try:
-            result = asyncio.run(load(f"http://127.0.0.1:{port}", model.stem, files,
+        with serving(model.parent, "--workers", str(args.workers),
+                     "--queue", str(args.queue)) as server:
+            result = asyncio.run(load(server.url, model.stem, files,
                                       args.requests, args.concurrency, args.max_seconds))
-        finally:
-            server.terminate()
-            server.wait(10)
 
     latencies, statuses = result["latencies"], result["statuses"]
     ok = len(latencies)
