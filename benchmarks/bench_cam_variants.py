@@ -7,7 +7,9 @@ Run (a BUS-BRA bundle from `bench_us_transfer.py --out DIR` or `cadx train-image
     python benchmarks/bench_cam_variants.py DIR/busbra_efficientnet_lite0_seed0.cadx \\
         --dataset busbra
 Variants: gradcam (cadx's default), gradcampp (Grad-CAM++), and either with +flip (the map
-averaged with the map of the left-right mirror image, mirrored back).
+averaged with the map of the left-right mirror image, mirrored back); any of them with @PX
+(e.g. gradcam@320: the map computed on the image resized to PX, a finer CAM-layer grid, and
+resized back; the model's score is not involved).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
+    unknown = sorted({v.partition("@")[0] for v in variants} - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     make_manifest, folder = DATASETS[args.dataset]
@@ -58,9 +60,11 @@ def main() -> int:
           "| benign pointing game (chance) | wall |")
     print("|---|---|---|---|---|")
     for variant in variants:
-        method, _, flip = variant.partition("+")
+        name, _, px = variant.partition("@")
+        method, _, flip = name.partition("+")
         start = time.perf_counter()
-        cams = cam_quality(bundle, records, images, labels, method, flip == "flip")
+        cams = cam_quality(bundle, records, images, labels, method, flip == "flip",
+                           int(px) if px else None)
         cells = []
         for name in ("malignant", "benign"):
             c = cams.get(name)

@@ -155,6 +155,18 @@ def test_grad_cam_plus_plus_points_at_the_evidence_too() -> None:
         grad_cam([_BrightSpotNet()], ["darknet19"], [1.0], images, method="cam")
 
 
+def test_cam_at_another_input_size_comes_back_at_the_image_size() -> None:
+    images = np.full((2, 1, 16, 16), 0.1, np.float32)
+    images[0, 0, 2:5, 10:13] = 1.0
+    images[1, 0, 11:14, 3:6] = 1.0
+    cams = grad_cam([_BrightSpotNet()], ["darknet19"], [1.0], images, input_px=32)
+    assert cams.shape == (2, 16, 16)
+    masks = images[:, 0] > 0.5
+    assert cam_localisation(cams, masks).pointing_hits == 2
+    # The map of the image resized to 32 px, resized back: not the 16 px map itself.
+    assert not np.allclose(cams, grad_cam([_BrightSpotNet()], ["darknet19"], [1.0], images))
+
+
 def test_flip_averaged_cam_is_the_mean_with_the_mirror_images_map_mirrored_back() -> None:
     net = _BrightSpotNet()
     net.features[0] = torch.nn.Conv2d(1, 1, 3, padding=1)  # a lopsided kernel: maps differ

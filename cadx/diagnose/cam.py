@@ -56,19 +56,24 @@ def _maps(cam: GradCAM, x: torch.Tensor, one_at_a_time: bool) -> torch.Tensor:
 
 
 def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequence[float],
-             images: np.ndarray, method: str = "gradcam", flip_average: bool = False
-             ) -> np.ndarray:
+             images: np.ndarray, method: str = "gradcam", flip_average: bool = False,
+             input_px: int | None = None) -> np.ndarray:
     """Grad-CAM of the malignancy logit for each (C, H, W) image: (N, H, W) in 0..1.
 
     For an ensemble the members' maps (each scaled to 0..1, most activated = 1) are averaged
     with the ensemble weights, then rescaled to 0..1 per image. `method` is a CAM_METHODS key;
     with `flip_average` each member's map is the mean of the image's map and the map of its
-    left-right mirror image, mirrored back.
+    left-right mirror image, mirrored back. With `input_px` the maps are computed on the images
+    resized to input_px x input_px (a finer map of the CAM layer) and resized back to H x W.
     """
     if method not in CAM_METHODS:
         raise ConfigError(f"CAM method must be one of {sorted(CAM_METHODS)}, got {method!r}")
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    total = torch.zeros((len(images), *images.shape[2:]), dtype=torch.float64)
+    size = tuple(x.shape[2:])
+    if input_px is not None:
+        x = nn.functional.interpolate(x, size=(input_px, input_px), mode="bilinear",
+                                      align_corners=False)
+    total = torch.zeros((len(images), *x.shape[2:]), dtype=torch.float64)
     for model, arch, weight in zip(models, archs, weights, strict=True):
         model.eval()
         cam = CAM_METHODS[method](nn_module=model, target_layers=cam_layer(model, arch),
@@ -78,6 +83,9 @@ def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequenc
             mirrored = _maps(cam, x.flip(-1), one_at_a_time=method == "gradcampp")
             maps = _unit_range((maps + mirrored.flip(-1)) / 2)
         total += float(weight) * maps.double()
+    if input_px is not None:
+        total = nn.functional.interpolate(total[:, None], size=size, mode="bilinear",
+                                          align_corners=False)[:, 0]
     return _unit_range(total).numpy()
 
 

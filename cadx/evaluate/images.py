@@ -81,10 +81,10 @@ def _masks(records: Sequence[ImageRecord], size_px: int) -> np.ndarray:
 
 
 def cam_quality(bundle: ImageModelBundle, records: Sequence[ImageRecord], images: np.ndarray,
-                labels: np.ndarray, method: str = "gradcam", flip_average: bool = False
-                ) -> dict[str, CamLocalisation]:
+                labels: np.ndarray, method: str = "gradcam", flip_average: bool = False,
+                input_px: int | None = None) -> dict[str, CamLocalisation]:
     """Grad-CAM localisation against the records' masks, per class (malignant, benign);
-    `method` and `flip_average` as in `cadx.diagnose.cam.grad_cam`."""
+    `method`, `flip_average` and `input_px` as in `cadx.diagnose.cam.grad_cam`."""
     models = bundle.build_networks()
     archs = [spec.arch for spec in bundle.networks]
     weights = [spec.weight for spec in bundle.networks]
@@ -95,7 +95,7 @@ def cam_quality(bundle: ImageModelBundle, records: Sequence[ImageRecord], images
         if not len(index):
             continue
         cams = np.concatenate([grad_cam(models, archs, weights, images[index[k:k + CAM_BATCH]],
-                                        method, flip_average)
+                                        method, flip_average, input_px)
                                for k in range(0, len(index), CAM_BATCH)])
         masks = _masks([records[i] for i in index], bundle.size_px)
         keep = masks.any(axis=(1, 2))
