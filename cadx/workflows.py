@@ -220,6 +220,14 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
                       f"{diagnosis.patient_score:.3f} vs threshold "
                       f"{diagnosis.patient_threshold:.3f}; {diagnosis.n_positive_patches}/"
                       f"{diagnosis.n_patches} patches above {diagnosis.patch_threshold:.3f})")
+    print_notes_and_fusion(diagnosis, console)
+    if out_path is not None:
+        console.print(f"result written to {out_path}")
+    return diagnosis
+
+
+def print_notes_and_fusion(diagnosis: Diagnosis, console: Console) -> None:
+    """The diagnosis's notes, then its fused decision when clinical values were fused."""
     for note in diagnosis.notes:
         console.print(f"  note: {escape(note)}")
     fused = diagnosis.fusion
@@ -227,9 +235,6 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
         console.print(f"{diagnosis.patient_id} with {escape(', '.join(fused['columns']))}: "
                       f"[bold]{fused['decision']}[/] (fused score {fused['score']:.3f} vs "
                       f"threshold {fused['threshold']:.3f})")
-    if out_path is not None:
-        console.print(f"result written to {out_path}")
-    return diagnosis
 
 
 def fuse_ct_command(model_path: str | Path, dataset: str | Path, columns: Sequence[str],

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from cadx.bundle import load_bundle
 from cadx.diagnose.patient import Diagnosis
@@ -14,6 +13,7 @@ from cadx.io.atomic import write_json_atomic
 from cadx.pacs.client import PacsClient
 from cadx.pacs.study import diagnose_study, summary_line
 from cadx.pacs.watch import WatchSummary, watch
+from cadx.workflows import print_notes_and_fusion
 
 
 def diagnose_from_pacs(model_path: str | Path, pacs_url: str, study_uid: str, *,
@@ -49,13 +49,7 @@ def diagnose_from_pacs(model_path: str | Path, pacs_url: str, study_uid: str, *,
     for warning in diagnosis.warnings:
         console.print(f"[yellow]warning[/]: study {study_uid}: {warning}")
     console.print(f"{diagnosis.patient_id} (study {study_uid}): {summary_line(diagnosis)}")
-    for note in diagnosis.notes:
-        console.print(f"  note: {escape(note)}")
-    fused = diagnosis.fusion
-    if fused is not None and fused["score"] is not None:
-        console.print(f"{diagnosis.patient_id} with {escape(', '.join(fused['columns']))}: "
-                      f"[bold]{fused['decision']}[/] (fused score {fused['score']:.3f} vs "
-                      f"threshold {fused['threshold']:.3f})")
+    print_notes_and_fusion(diagnosis, console)
     for dataset in result.pushed:
         console.print(f"stored {dataset.Modality} {dataset.SOPInstanceUID} in {pacs_url}")
     if out_path is not None:
