@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from cadx.config import PRECISIONS, PipelineConfig
+from cadx.config import PRECISIONS, PipelineConfig, PreprocessConfig
 from cadx.io.dataset import load_dataset
 from cadx.patches.cohort import PatchedCase
 from cadx.patches.store import join_patches
@@ -91,9 +91,12 @@ def cached_cohort(data: Path, name: str, n: int, seed: int, tiny: bool) -> Path:
 
 def patch_store_path(data: Path, folder: Path, config: PipelineConfig) -> Path:
     """Where the cohort `folder`'s patches for `config`'s patch settings are stored in `data`
-    (one store per cohort and settings, shared by the CT benchmarks)."""
+    (one store per cohort and settings, shared by the CT benchmarks; a slice thickness other
+    than the default is part of the name, so that runs at two thicknesses keep two stores)."""
     p = config.patches
-    return data / f"store_{folder.name}_p{p.size_px}s{p.stride_px}c{p.context_slices}"
+    thickness = config.preprocess.slice_thickness_mm
+    z = "" if thickness == PreprocessConfig().slice_thickness_mm else f"_z{thickness:g}"
+    return data / f"store_{folder.name}_p{p.size_px}s{p.stride_px}c{p.context_slices}{z}"
 
 
 def add_validation_cohort_options(parser: argparse.ArgumentParser) -> None:
