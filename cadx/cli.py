@@ -466,6 +466,9 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
         if args.images or not args.study:
             raise InputError("--pacs takes --study STUDY_UID instead of image files")
+        if args.dicom_out:
+            raise InputError("--dicom-out writes the DICOM results of a local folder; with "
+                             "--pacs, --push-results stores them in the PACS")
         from cadx.io.clinical import parse_clinical_items
 
         diagnose_from_pacs(args.model, args.pacs, args.study, series_uid=args.series,

@@ -243,3 +243,15 @@ def test_watch_refuses_clinical_values_in_one_line_before_asking_the_pacs(model,
     assert err.count("\n") == 1
     assert err.startswith("cadx: error: watch takes no --clinical: it scores every new study")
     assert "cadx diagnose MODEL --pacs URL --study UID --clinical" in err
+
+
+def test_pacs_study_with_dicom_out_is_refused_in_one_line_before_asking_the_pacs(model, tmp_path,
+                                                                                 capsys):
+    """--dicom-out was silently ignored with --pacs: now one line naming --push-results, before
+    any connection (the port is closed) and without creating the folder."""
+    out = tmp_path / "sr"
+    assert main(["diagnose", str(model), "--pacs", "http://127.0.0.1:9/dicom-web", "--study",
+                 "1.2.3", "--dicom-out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--push-results" in err and "--dicom-out" in err
+    assert not out.exists()
