@@ -187,8 +187,8 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
     if dicom:
         # Without a segmenter, a missing organ mask is refused before the pixels are read.
         required = (None if bundle.segmenter is not None else
-                    "give --organ-mask (NIfTI or DICOM SEG) or put the organ SEG of this "
-                    f"series in the folder: {model_path} embeds no organ segmenter")
+                    organ_mask_advice(model_path, "put the organ SEG of this series in the "
+                                                  "folder"))
         case = read_dicom_case(image_path, series_uid=series_uid, organ_mask_path=organ_mask_path,
                                organ_mask_required=required)
         for warning in case.meta["warnings"]:
@@ -224,6 +224,13 @@ def diagnose_file(model_path: str | Path, image_path: str | Path,
     if out_path is not None:
         console.print(f"result written to {out_path}")
     return diagnosis
+
+
+def organ_mask_advice(model_path: str | Path, or_else: str) -> str:
+    """What to do when a DICOM series comes without an organ mask and the model has no
+    segmenter: give --organ-mask, or `or_else` (where to store the organ SEG)."""
+    return (f"give --organ-mask (NIfTI or DICOM SEG) or {or_else}: {model_path} embeds no "
+            "organ segmenter")
 
 
 def print_notes_and_fusion(diagnosis: Diagnosis, console: Console) -> None:

@@ -13,7 +13,7 @@ from cadx.io.atomic import write_json_atomic
 from cadx.pacs.client import PacsClient
 from cadx.pacs.study import diagnose_study, summary_line
 from cadx.pacs.watch import WatchSummary, watch
-from cadx.workflows import print_notes_and_fusion
+from cadx.workflows import organ_mask_advice, print_notes_and_fusion
 
 
 def diagnose_from_pacs(model_path: str | Path, pacs_url: str, study_uid: str, *,
@@ -36,8 +36,7 @@ def diagnose_from_pacs(model_path: str | Path, pacs_url: str, study_uid: str, *,
     if keep_in_plane_spacing:
         bundle = bundle.with_native_in_plane_spacing()
     # The same advice as for a DICOM folder (cadx.workflows.diagnose_file), said of the study.
-    required = ("give --organ-mask (NIfTI or DICOM SEG) or store the organ SEG of this series "
-                f"in the study: {model_path} embeds no organ segmenter")
+    required = organ_mask_advice(model_path, "store the organ SEG of this series in the study")
     result = diagnose_study(PacsClient(pacs_url), bundle, study_uid, series_uid=series_uid,
                             push=push, organ_mask_path=organ_mask_path,
                             organ_mask_required=required, clinical=clinical)
