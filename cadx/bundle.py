@@ -29,7 +29,7 @@ from cadx.decide.fusion import FusionModel
 from cadx.decide.roc import OperatingPoint
 from cadx.errors import BundleError, ConfigError
 from cadx.io.atomic import atomic_path
-from cadx.models.patch_cnn import PatchCNN
+from cadx.models.patch_network import build_patch_network
 from cadx.train.precision import warn_if_bf16_emulated
 
 if TYPE_CHECKING:
@@ -122,12 +122,12 @@ class PatchModelBundle:
         so how diagnose and evaluate score them (bundles from before bf16 training: fp32)."""
         return self.config.train.precision
 
-    def build_model(self) -> PatchCNN:
+    def build_model(self) -> torch.nn.Module:
         """The network with its trained weights, in eval mode, for scoring on the CPU (one
         warning where the bundle is bf16 and the CPU has no bf16 instructions)."""
         warn_if_bf16_emulated(self.precision)
-        model = PatchCNN(self.config.patches.size_px, self.config.model.batch_norm,
-                         self.config.patches.channels)
+        model = build_patch_network(self.config.model, self.config.patches.size_px,
+                                    self.config.patches.channels, pretrained=False)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:  # weights of another network version

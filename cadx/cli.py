@@ -19,6 +19,7 @@ from cadx.config import (
     IMAGE_CLI_EPOCHS,
     IMAGE_CLI_SCHEDULE,
     LR_SCHEDULES,
+    PATCH_ARCHS,
     PATIENT_SCORES,
     POSITIVE_WEIGHTINGS,
     PRECISIONS,
@@ -96,6 +97,10 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="2.5D input: N neighbouring slices on each side as extra channels "
                         "(default 0: the seed's single slice)")
     g = parser.add_argument_group("model and training")
+    g.add_argument("--patch-network", choices=PATCH_ARCHS, default=ModelConfig().arch,
+                   help="table1: seed 000's Table-1 CNN; efficientnet_lite0: ImageNet-pretrained "
+                        "EfficientNet-Lite0 fine-tuned on the patches (1 or 3 input channels) "
+                        "(default %(default)s)")
     g.add_argument("--no-batch-norm", action="store_true",
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
@@ -366,7 +371,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                                     in_plane_spacing_mm=args.in_plane_spacing),
         patches=PatchConfig(args.patch_size, args.stride or args.patch_size, args.patch_start,
                             context_slices=args.context_slices),
-        model=ModelConfig(batch_norm=not args.no_batch_norm),
+        model=ModelConfig(batch_norm=not args.no_batch_norm, arch=args.patch_network),
         train=TrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                           learning_rate=args.lr, reduce_lr_patience=args.reduce_lr_patience,
                           early_stop_patience=args.early_stop_patience,

@@ -114,11 +114,22 @@ class PatchConfig:
         return 2 * self.context_slices + 1
 
 
+# The CT patch network: seed 000's Table-1 CNN, or an ImageNet-pretrained EfficientNet-Lite0
+# fine-tuned on the patches (docs/ct-pipeline.md, run 7).
+PATCH_ARCHS = ("table1", "efficientnet_lite0")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture options of the Table-1 patch CNN."""
+    """Architecture options of the patch network."""
 
-    batch_norm: bool = True
+    batch_norm: bool = True  # Table 1 only (EfficientNet-Lite has its own BatchNorm)
+    arch: str = "table1"
+
+    def __post_init__(self) -> None:
+        if self.arch not in PATCH_ARCHS:
+            raise ConfigError(f"unknown patch network {self.arch!r}; one of "
+                              f"{', '.join(PATCH_ARCHS)}")
 
 
 POSITIVE_WEIGHTINGS = ("patch", "tumour")
@@ -221,6 +232,11 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.arch != "table1" and self.patches.channels not in (1, 3):
+            raise ConfigError(f"the {self.model.arch} patch network takes 1 slice or 3 "
+                              f"(--context-slices 0 or 1), not {self.patches.channels}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

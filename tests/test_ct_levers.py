@@ -13,7 +13,7 @@ import torch
 from cadx.bundle import PatchModelBundle, load_bundle, save_bundle
 from cadx.case import Case
 from cadx.cli import main
-from cadx.config import DecideConfig, PatchConfig, PipelineConfig, TrainConfig
+from cadx.config import DecideConfig, ModelConfig, PatchConfig, PipelineConfig, TrainConfig
 from cadx.decide.aggregate import (
     largest_cluster_scores,
     patient_scores,
@@ -23,6 +23,7 @@ from cadx.decide.aggregate import (
 from cadx.decide.roc import youden_operating_point
 from cadx.errors import ConfigError
 from cadx.models.patch_cnn import PatchCNN
+from cadx.models.patch_network import PretrainedPatchNet, build_patch_network
 from cadx.patches.grid import PatchSet, extract_patches
 from cadx.train.fit import (
     _single_process_batches,
@@ -341,3 +342,36 @@ def test_defaults_are_the_measured_ones_and_the_seed_is_reachable_by_flags():
     assert not seed.train.augment_flips and not seed.train.augment_rotations
     assert not seed.model.batch_norm and seed.patches.channels == 1
     assert config("--augment-patches", "dihedral").train.augment_rotations
+
+
+def test_pretrained_patch_network_is_stored_in_the_bundle_and_scores(tmp_path, capsys):
+    dataset = write_toy_dataset(tmp_path / "data", n_patients=8)
+    model = tmp_path / "lite.cadx"
+    assert main(["train", str(dataset), "--out", str(model), "--patch-size", "16",
+                 "--stride", "8", "--epochs", "1", "--batch-size", "32", "--quiet",
+                 "--context-slices", "1", "--patch-network", "efficientnet_lite0"]) == 0
+    bundle = load_bundle(model)
+    assert bundle.config.model.arch == "efficientnet_lite0"
+    network = bundle.build_model()
+    assert isinstance(network, PretrainedPatchNet) and network.in_channels == 3
+    patches = torch.rand(5, 3, 16, 16)
+    assert network(patches).shape == (5,)
+    # the bundle's weights, not ImageNet's: scoring is the trained network's
+    fresh = build_patch_network(bundle.config.model, 16, 3, pretrained=True).eval()
+    assert not torch.allclose(fresh(patches), network(patches))
+    out = tmp_path / "diag.json"
+    image = dataset / "imagesTr" / "toy_000.nii.gz"
+    label = dataset / "labelsTr" / "toy_000.nii.gz"
+    assert main(["diagnose", str(model), str(image), "--organ-mask", str(label),
+                 "--out", str(out)]) == 0
+    assert 0.0 <= json.loads(out.read_text())["patient_score"] <= 1.0
+
+
+def test_pretrained_patch_network_refuses_other_channel_counts(tmp_path, capsys):
+    dataset = write_toy_dataset(tmp_path / "data", n_patients=4)
+    assert main(["train", str(dataset), "--out", str(tmp_path / "m.cadx"),
+                 "--patch-network", "efficientnet_lite0", "--context-slices", "2"]) == 2
+    assert "takes 1 slice or 3 (--context-slices 0 or 1), not 5" in _error_line(capsys)
+    assert not (tmp_path / "m.cadx").exists()
+    with pytest.raises(ConfigError, match="unknown patch network 'vgg'"):
+        ModelConfig(arch="vgg")

@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 from cadx.config import ModelConfig, TrainConfig
 from cadx.errors import ConfigError, SplitError
 from cadx.io.atomic import atomic_path
-from cadx.models.patch_cnn import PatchCNN
+from cadx.models.patch_network import build_patch_network
 from cadx.patches.grid import PatchSet
 from cadx.train.loss import WeightedBCELoss, per_tumour_weights
 from cadx.train.precision import autocast, resolve_precision
@@ -173,9 +173,9 @@ def fit_patch_cnn(
     model_config: ModelConfig | None = None, progress: bool = True,
     checkpoint_path: str | Path | None = None, resume: bool = False,
     device: str | None = None, initial_state: dict[str, torch.Tensor] | None = None,
-) -> tuple[PatchCNN, TrainingHistory]:
-    """Train a PatchCNN on `train`, monitoring loss on `validation`; returns the best model
-    (on the CPU).
+) -> tuple[torch.nn.Module, TrainingHistory]:
+    """Train the patch network `model_config` names on `train`, monitoring loss on
+    `validation`; returns the best model (on the CPU).
 
     Patches are read batch by batch, so `train.patches` may be memory-mapped (a PatchStore).
     Inside an initialised torch.distributed process group (torchrun) the model is wrapped in
@@ -210,7 +210,9 @@ def fit_patch_cnn(
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device(
         device if device is not None and not distributed else "cpu")
     precision = resolve_precision(config.precision, device.type)
-    model = PatchCNN(train.patch_size_px, model_config.batch_norm, train.channels)
+    # ImageNet weights where the architecture has them; initial_state or a checkpoint replace them.
+    model = build_patch_network(model_config, train.patch_size_px, train.channels,
+                                pretrained=True)
     if initial_state is not None:
         _load_state(model, initial_state, "initial weights",
                     "start from a bundle trained with the same patch settings")
