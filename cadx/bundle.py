@@ -122,10 +122,13 @@ class PatchModelBundle:
         so how diagnose and evaluate score them (bundles from before bf16 training: fp32)."""
         return self.config.train.precision
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, *, warn_bf16_emulated: bool = True) -> torch.nn.Module:
         """The network with its trained weights, in eval mode, for scoring on the CPU (one
-        warning where the bundle is bf16 and the CPU has no bf16 instructions)."""
-        warn_if_bf16_emulated(self.precision)
+        RuntimeWarning where the bundle is bf16 and the CPU has no bf16 instructions, unless
+        `warn_bf16_emulated` is False: for callers that report `bf16_emulated_warning`
+        themselves, in their result's warnings, so that a terminal shows the note once)."""
+        if warn_bf16_emulated:
+            warn_if_bf16_emulated(self.precision)
         model = build_patch_network(self.config.model, self.config.patches.size_px,
                                     self.config.patches.channels, pretrained=False)
         try:

@@ -383,8 +383,9 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
         if warning is not None:
             warnings.append(warning)
             console.print(f"[yellow]warning[/]: {warning}")
-    scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips,
-                         bundle.precision)
+    # Printed just above and kept in the report: not a RuntimeWarning as well.
+    scores = score_cases(bundle.build_model(warn_bf16_emulated=False), cases,
+                         bundle.config.decide.test_time_flips, bundle.precision)
     evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,
                                  bundle.patient_threshold, config=bundle.config)
     fused, comparisons = [], []

@@ -273,8 +273,9 @@ def _untrained_bundle(train_precision: str):
 
 
 def test_scoring_a_bf16_bundle_on_a_cpu_without_bf16_says_so_once(tmp_path, monkeypatch):
-    """Scores stay bf16 (emulated) so that they match the thresholds; one warning says so,
-    and the result.json that diagnose writes keeps it among its warnings."""
+    """Scores stay bf16 (emulated) so that they match the thresholds; the result.json that
+    diagnose writes says so among its warnings, which diagnose prints (no RuntimeWarning as
+    well: see the terminal test below)."""
     from cadx.diagnose import patient
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
@@ -295,12 +296,11 @@ def test_scoring_a_bf16_bundle_on_a_cpu_without_bf16_says_so_once(tmp_path, monk
         assert scored == [name]  # the scores themselves are unchanged
         results[name] = json.loads(out.read_text())
         kept = [line for line in results[name]["warnings"] if _EMULATED in line]
+        assert notes == []
         if name == "bf16":
-            assert len(notes) == 1 and notes[0].category is RuntimeWarning
-            assert "emulated bf16" in str(notes[0].message)
-            assert kept == [str(notes[0].message)]
+            assert len(kept) == 1 and "emulated bf16" in kept[0]
         else:
-            assert notes == [] and kept == []
+            assert kept == []
     # Where the CPU has bf16, the same bundle's score is the same and the note is absent.
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     native = tmp_path / "native.json"
@@ -311,14 +311,49 @@ def test_scoring_a_bf16_bundle_on_a_cpu_without_bf16_says_so_once(tmp_path, monk
     assert not any(_EMULATED in line for line in native_result["warnings"])
 
 
-def test_the_emulated_bf16_note_is_in_the_evaluation_report(tmp_path, monkeypatch):
+def _times_on_terminal(note: str, capsys, caught: list[warnings.WarningMessage]) -> int:
+    """How often a terminal would show `note`: in what the command printed (rich wraps long
+    lines, hence the whitespace joined) and as a warning (Python prints those to stderr)."""
+    captured = capsys.readouterr()
+    printed = " ".join((captured.out + captured.err).split())
+    return printed.count(note) + sum(note in str(w.message) for w in caught)
+
+
+def test_a_terminal_shows_the_emulated_bf16_note_once_per_diagnosis(tmp_path, monkeypatch,
+                                                                     capsys):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    dataset = write_toy_dataset(tmp_path / "data", n_patients=1)
+    model = save_bundle(_untrained_bundle("bf16"), tmp_path / "bf16.cadx")
+    out = tmp_path / "result.json"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["diagnose", str(model), str(dataset / "imagesTr" / "toy_000.nii.gz"),
+                     "--organ-mask", str(dataset / "labelsTr" / "toy_000.nii.gz"),
+                     "--out", str(out)]) == 0
+    assert _times_on_terminal(_EMULATED, capsys, caught) == 1
+    assert sum(_EMULATED in line for line in json.loads(out.read_text())["warnings"]) == 1
+
+
+def test_build_model_warns_a_library_caller_unless_it_reports_the_note_itself(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    bundle = _untrained_bundle("bf16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle.build_model()
+        assert [w.category for w in caught if _EMULATED in str(w.message)] == [RuntimeWarning]
+        bundle.build_model(warn_bf16_emulated=False)
+        assert len([w for w in caught if _EMULATED in str(w.message)]) == 1
+
+
+def test_the_emulated_bf16_note_is_in_the_evaluation_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     dataset = write_toy_dataset(tmp_path / "data", n_patients=4)
     model = save_bundle(_untrained_bundle("bf16"), tmp_path / "bf16.cadx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the stderr note, tested above
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         assert main(["evaluate", str(model), str(dataset), "--out", str(tmp_path / "rep"),
                      "--quiet", "--n-boot", "20"]) == 0
+    assert _times_on_terminal(_EMULATED, capsys, caught) == 1
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert sum(_EMULATED in line for line in metrics["warnings"]) == 1
     assert _EMULATED in (tmp_path / "rep" / "report.txt").read_text()

@@ -126,3 +126,44 @@ def test_a_task_that_never_returns_becomes_an_error_row(setup, cluster, tmp_path
     by_id = {r["study_id"]: r for r in read_results(out)}
     assert by_id["toy_001"]["status"] == "error" and "worker killed" in by_id["toy_001"]["error"]
     assert sum(r["status"] == "ok" for r in by_id.values()) == 4
+
+
+def test_the_emulated_bf16_note_is_said_once_for_the_whole_batch(setup, cluster, tmp_path,
+                                                                  monkeypatch):
+    """Every study's diagnosis keeps it; the terminal shows it once, not once per study."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from cadx.config import TrainConfig
+    from cadx.models.patch_cnn import PatchCNN
+    from cadx.train import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)  # the workers are threads
+    _, dataset, _ = setup
+    point = OperatingPoint(0.5, 1.0, 1.0, 1.0, 1.0, (0.0, 1.0), (0.0, 1.0))
+    config = PipelineConfig(patches=PatchConfig(size_px=16, stride_px=8),
+                            model=ModelConfig(batch_norm=False),
+                            train=TrainConfig(precision="bf16"))
+    model = save_bundle(PatchModelBundle(config=config,
+                                         state_dict=PatchCNN(16, False).state_dict(),
+                                         patch_operating_point=point,
+                                         patient_operating_point=point),
+                        tmp_path / "bf16.cadx")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for ref in load_dataset(dataset)[:2]:
+        shutil.copy(ref.image_path, studies / ref.image_path.name)
+    (studies / "masks").mkdir()
+    for ref in load_dataset(dataset)[:2]:
+        shutil.copy(ref.label_path, studies / "masks" / ref.image_path.name)
+    terminal = io.StringIO()
+    rows = score_batch(model, studies, tmp_path / "r.parquet",
+                       scheduler=cluster.scheduler_address, progress=False,
+                       console=Console(file=terminal, width=200))
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    note = "trained in bf16, and this CPU has no bf16 instructions"
+    assert all(sum(note in line for line in json.loads(r["diagnosis_json"])["warnings"]) == 1
+               for r in rows)
+    assert terminal.getvalue().count(note) == 1

@@ -94,8 +94,9 @@ def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: st
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    # Said in the result too, not only on stderr once per process: a kept result.json (or a
-    # service answer) should tell how its score was computed.
+    # Said in the result, not as a RuntimeWarning (the model is built without one): a kept
+    # result.json (or a service answer) should tell how its score was computed, and the CLI
+    # prints the result's warnings, so a terminal shows the note once.
     warnings = [line for line in (bundle.in_plane_spacing_warning(case.spacing_zyx_mm),
                                   bf16_emulated_warning(bundle.precision))
                 if line is not None]
@@ -107,7 +108,7 @@ def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: st
     patches = extract_patches(processed, bundle.config.patches)
     timings["patches"] = time.perf_counter() - start
     start = time.perf_counter()
-    model = model if model is not None else bundle.build_model()
+    model = model if model is not None else bundle.build_model(warn_bf16_emulated=False)
     scores = score_patches(model, patches, bundle.config.decide.test_time_flips,
                            bundle.precision)
     timings["score"] = time.perf_counter() - start

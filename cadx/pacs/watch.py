@@ -34,6 +34,7 @@ from cadx.io.atomic import write_json_atomic
 from cadx.io.dicom import IMAGE_MODALITIES
 from cadx.pacs.client import PacsClient, PacsError
 from cadx.pacs.study import has_cadx_result, push_result, score_study, summary_line
+from cadx.train.precision import bf16_emulated_warning
 
 T = TypeVar("T")
 # How often the main thread looks up from waiting on a scoring thread; a signal interrupts the
@@ -77,6 +78,10 @@ def watch(client: PacsClient, bundle: PatchModelBundle, *, interval_s: float = 5
     last_counts: dict[str, int] = {}
     client.studies()  # fail fast on a wrong URL before announcing anything
     console.print(f"watching {client.url} every {interval_s:g} s (Ctrl-C to stop)")
+    # Once here rather than per study: it holds for every study (and is in each one's JSON).
+    emulated = bf16_emulated_warning(bundle.precision)
+    if emulated is not None:
+        console.print(f"[yellow]warning[/]: {emulated}")
     polls = 0
     previous = _stop_on_signals()
     try:

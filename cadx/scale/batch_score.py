@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,4 +251,18 @@ def score_batch(model_path: str | Path, source: str | Path, out_path: str | Path
                   f"failed; results written to {out_path}")
     for row in failed:
         console.print(f"  [red]failed[/] {row['study_id']}: {row['error']}")
+    # Each study's diagnosis_json says it; the terminal says it once, not once per study.
+    for note in _emulated_bf16_notes(rows.values()):
+        console.print(f"[yellow]warning[/]: {note}")
     return list(rows.values())
+
+
+def _emulated_bf16_notes(rows: Iterable[dict[str, object]]) -> list[str]:
+    """The distinct emulated-bf16 notes among the ok rows' diagnoses (the workers' CPUs
+    decide it, not this machine's)."""
+    from cadx.train.precision import is_bf16_emulated_note
+
+    notes = {line for row in rows if row["status"] == "ok"
+             for line in json.loads(str(row["diagnosis_json"])).get("warnings", [])
+             if is_bf16_emulated_note(line)}
+    return sorted(notes)

@@ -18,7 +18,7 @@ import torch
 from cadx.config import PRECISIONS
 
 __all__ = ["PRECISIONS", "autocast", "bf16_emulated_warning", "cpu_has_bf16",
-           "resolve_precision", "warn_if_bf16_emulated"]
+           "is_bf16_emulated_note", "resolve_precision", "warn_if_bf16_emulated"]
 
 
 def cpu_has_bf16() -> bool:
@@ -52,11 +52,20 @@ def bf16_emulated_warning(precision: str, device_type: str = "cpu") -> str | Non
     device without bf16 instructions, else None. Its scores stay bf16, emulated in software:
     its thresholds were chosen on bf16 scores."""
     if precision == "bf16" and not _device_has_bf16(device_type):
-        where = "GPU" if device_type == "cuda" else "CPU"
-        return (f"this model was trained in bf16, and this {where} has no bf16 instructions: "
-                "scoring runs in emulated bf16 (slower; kept so that the scores match the "
-                "thresholds stored in the model)")
+        return _emulated_note("GPU" if device_type == "cuda" else "CPU")
     return None
+
+
+def _emulated_note(where: str) -> str:
+    return (f"this model was trained in bf16, and this {where} has no bf16 instructions: "
+            "scoring runs in emulated bf16 (slower; kept so that the scores match the "
+            "thresholds stored in the model)")
+
+
+def is_bf16_emulated_note(line: str) -> bool:
+    """True if `line` is a `bf16_emulated_warning`, whichever machine made it (e.g. a Dask
+    worker's, among a result's warnings)."""
+    return line in (_emulated_note("CPU"), _emulated_note("GPU"))
 
 
 def warn_if_bf16_emulated(precision: str, device_type: str = "cpu") -> None:
