@@ -509,19 +509,42 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_model_config(args: argparse.Namespace, archs: list[str]) -> ImageModelConfig:
+def _default_size_px(archs: Sequence[str]) -> int:
+    """The image size without --size: PRETRAINED_SIZE_PX with a pretrained network among
+    `archs`, else ImageModelConfig's."""
     from cadx.models.backbones import is_pretrained_arch
 
+    if any(map(is_pretrained_arch, archs)):
+        return PRETRAINED_SIZE_PX
+    return ImageModelConfig().size_px
+
+
+def _feature_sizes_px(args: argparse.Namespace, backbones: Sequence[str]) -> list[int]:
+    """The sizes `cadx train-features` reads the images at (several: each is tried and the
+    best validation AUC kept): --size; without it FEATURE_SIZES_PX with a pretrained backbone,
+    else the one size of `_default_size_px`; none with --backbones-from (the source bundle's
+    size is used)."""
+    from cadx.models.backbones import is_pretrained_arch
+
+    if args.size or args.backbones_from:
+        return list(args.size or [])
+    if any(map(is_pretrained_arch, backbones)):
+        return list(FEATURE_SIZES_PX)
+    return [_default_size_px(backbones)]
+
+
+def _image_model_config(args: argparse.Namespace, archs: Sequence[str],
+                        size_px: int | None = None) -> ImageModelConfig:
+    """The image model settings from the command line; `size_px` (default: train-images'
+    --size, else `_default_size_px`) the image size."""
     train = ImageTrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                              learning_rate=args.lr, weight_decay=args.weight_decay,
                              early_stop_patience=args.early_stop_patience,
                              augment=not args.no_augment, vertical_flip=args.vertical_flip,
                              schedule=args.lr_schedule, precision=args.precision,
                              seed=args.seed)
-    size = args.size[0] if isinstance(args.size, list) else args.size
-    size = size or (PRETRAINED_SIZE_PX if any(map(is_pretrained_arch, archs))
-                    else ImageModelConfig().size_px)
-    return ImageModelConfig(size_px=size, channels=args.channels, width=args.width,
+    size_px = size_px or args.size or _default_size_px(archs)
+    return ImageModelConfig(size_px=size_px, channels=args.channels, width=args.width,
                             aggregation=args.exam_score, validation_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, seed=args.seed, train=train,
                             pretrained=not args.from_scratch, frozen_blocks=args.frozen_blocks,
@@ -587,13 +610,12 @@ def _cmd_evaluate_images(args: argparse.Namespace) -> int:
 
 def _cmd_train_features(args: argparse.Namespace) -> int:
     from cadx.image_workflows import train_features
-    from cadx.models.backbones import is_pretrained_arch
 
     backbones = [] if args.backbones == ["none"] else args.backbones
-    sizes = args.size or (FEATURE_SIZES_PX if any(map(is_pretrained_arch, backbones))
-                          and not args.backbones_from else [])
+    sizes = _feature_sizes_px(args, backbones)
+    config = _image_model_config(args, backbones, size_px=sizes[0] if sizes else None)
     train_features(args.dataset, args.out, backbones, args.layers, args.classifier,
-                   args.texture, _image_model_config(args, backbones), candidate_sizes=sizes,
+                   args.texture, config, candidate_sizes=sizes,
                    backbones_from=args.backbones_from,
                    init_weights=_init_weights(args.init_weights),
                    feature_cache=args.feature_cache, report_dir=args.report,

@@ -201,6 +201,26 @@ def test_feature_sizes_on_the_command_line(cohort, tmp_path, capsys):
     assert "expected sizes in px" in capsys.readouterr().err
 
 
+def test_train_features_default_sizes():
+    """The sizes train-features tries and its config's size (the first it reads at)."""
+    from cadx.cli import _feature_sizes_px, _image_model_config, build_parser
+    from cadx.config import FEATURE_SIZES_PX, PRETRAINED_SIZE_PX
+
+    def decided(*argv: str) -> tuple[list[int], int]:
+        args = build_parser().parse_args(["train-features", "d", "--out", "m.cadx", *argv])
+        backbones = [] if args.backbones == ["none"] else args.backbones
+        sizes = _feature_sizes_px(args, backbones)
+        return sizes, _image_model_config(args, backbones, sizes[0] if sizes else None).size_px
+
+    assert decided() == (FEATURE_SIZES_PX, FEATURE_SIZES_PX[0])  # pretrained by default
+    assert decided("--size", "32,40") == ([32, 40], 32)
+    default = ImageModelConfig().size_px
+    assert decided("--backbones", "none", "--texture") == ([default], default)
+    assert decided("--backbones", "resnet18") == ([default], default)
+    # The source bundle's size is used (train_feature_model reads it there).
+    assert decided("--backbones-from", "s.cadx") == ([], PRETRAINED_SIZE_PX)
+
+
 def test_patient_across_splits_is_refused(cohort, tmp_path):
     rows = (cohort / "manifest.csv").read_text().splitlines()
     header, first, second = rows[0], rows[1], rows[2]
