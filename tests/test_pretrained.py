@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import importlib.metadata
 
+import numpy as np
 import pytest
 import torch
 
 from cadx.errors import ConfigError
+from cadx.features.deep import extract_deep_features
 from cadx.models.backbones import build_backbone, embedding_size, feature_layer
 from cadx.models.pretrained import PRETRAINED, build_efficientnet_lite, weights_provenance
 
@@ -123,3 +125,25 @@ def test_weights_file_that_does_not_fit_is_one_clear_error(monkeypatch, tmp_path
                         staticmethod(lambda: str(foreign)))
     with pytest.raises(ConfigError, match="do not fit.*reinstall efficientnet-lite0-pytorch"):
         build_efficientnet_lite("efficientnet_lite0", 1, 1)
+
+
+def test_stage_features_are_each_stage_from_stride_8_globally_pooled() -> None:
+    model = build_efficientnet_lite("efficientnet_lite0", 1, 1).eval()
+    assert model.stage_ends == [4, 7, 10, 14, 15]
+    images = np.random.default_rng(0).random((3, 1, 96, 96)).astype(np.float32)
+    features = extract_deep_features(model, "efficientnet_lite0", images, "stages",
+                                     batch_size=2)
+    assert features.shape == (3, embedding_size("efficientnet_lite0", "stages")) == (3, 744)
+    # the same numbers by hand: run the blocks, average each kept stage's map over space
+    with torch.inference_mode():
+        x = model.stem(torch.from_numpy(images).expand(-1, 3, -1, -1).sub(model.mean)
+                       .div(model.std))
+        by_hand = []
+        for index, block in enumerate(model.blocks):
+            x = block(x)
+            if index in model.stage_ends:
+                assert x.shape[-1] <= 96 // 8
+                by_hand.append(x.mean(dim=(2, 3)))
+    np.testing.assert_allclose(features, torch.cat(by_hand, 1).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="'stages' feature exists for the pretrained"):
+        extract_deep_features(build_backbone("resnet18", 1, 1), "resnet18", images, "stages")

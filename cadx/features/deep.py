@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cadx.errors import ConfigError, InputError
-from cadx.models.backbones import feature_layer
+from cadx.models.backbones import feature_modules
 
 
 def extract_deep_features(model: nn.Module, backbone_name: str, images: np.ndarray,
@@ -24,27 +24,33 @@ def extract_deep_features(model: nn.Module, backbone_name: str, images: np.ndarr
         raise InputError(f"images must be (N, C, H, W); got shape {images.shape}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1 (got {batch_size})")
-    module = feature_layer(model, backbone_name, layer)
+    modules = feature_modules(model, backbone_name, layer)
     device = next(model.parameters()).device
-    outputs: list[torch.Tensor] = []
+    batches: list[torch.Tensor] = []
+    pieces: list[torch.Tensor] = []  # this batch's output of each module, in module order
 
     def keep_output(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-        outputs.append(output.detach().flatten(1).float().cpu())
+        output = output.detach().float()
+        pieces.append((output.mean(dim=(2, 3)) if output.ndim == 4 and len(modules) > 1
+                       else output.flatten(1)).cpu())
 
     was_training = model.training
-    hook = module.register_forward_hook(keep_output)
+    hooks = [module.register_forward_hook(keep_output) for module in modules]
     try:
         model.eval()
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
+                pieces.clear()
                 model(torch.from_numpy(batch).to(device))
+                batches.append(torch.cat(pieces, dim=1))
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
-    if not outputs:
+    if not batches:
         raise InputError("no images to extract features from (N = 0)")
-    return torch.cat(outputs).numpy()
+    return torch.cat(batches).numpy()
 
 
 def concat_features(features: Sequence[np.ndarray]) -> np.ndarray:

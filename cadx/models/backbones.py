@@ -26,8 +26,10 @@ from cadx.models.pretrained import PRETRAINED, build_efficientnet_lite
 
 SCRATCH_BACKBONES = ("resnet18", "resnet50", "darknet19")
 BACKBONES = (*SCRATCH_BACKBONES, *PRETRAINED)
-# Every backbone names its global average pool `avgpool` and its logits layer `fc`.
-FEATURE_LAYERS = ("avgpool", "fc")
+# Every backbone names its global average pool `avgpool` and its logits layer `fc`; the
+# pretrained ones also give `stages`: the globally pooled output of every stage from stride 8
+# on, concatenated (mid-level features next to the last stage's).
+FEATURE_LAYERS = ("avgpool", "fc", "stages")
 # Channels entering the global average pool at width 1.0.
 _POOLED_CHANNELS = {"resnet18": 512, "resnet50": 2048, "darknet19": 1024,
                     **{name: source.pooled_channels for name, source in PRETRAINED.items()}}
@@ -88,13 +90,29 @@ def build_backbone(name: str, in_channels: int, num_classes: int = 1,
 def feature_layer(model: nn.Module, name: str, layer: str) -> nn.Module:
     """The module of `model` (built as `name`) whose output is the `layer` feature:
     "avgpool" (global-pooled penultimate features) or "fc" (the logits)."""
+    modules = feature_modules(model, name, layer)
+    if len(modules) != 1:
+        raise ConfigError(f"the {layer!r} feature of {name} is the output of "
+                          f"{len(modules)} modules; use feature_modules")
+    return modules[0]
+
+
+def feature_modules(model: nn.Module, name: str, layer: str) -> list[nn.Module]:
+    """The modules of `model` (built as `name`) whose outputs, globally pooled where spatial,
+    then concatenated, are the `layer` feature: one for "avgpool" and "fc", one per stage from
+    stride 8 on for "stages" (pretrained backbones only)."""
     _check_name(name)
     _check_layer(layer)
+    if layer == "stages":
+        if not is_pretrained_arch(name):
+            raise ConfigError(f"the 'stages' feature exists for the pretrained backbones "
+                              f"({', '.join(PRETRAINED)}), not {name}")
+        return [model.blocks[index] for index in model.stage_ends]
     module = getattr(model, layer, None)
     if not isinstance(module, nn.Module):
         raise ConfigError(f"model {type(model).__name__} has no {layer!r} layer; "
                           f"was it built by build_backbone({name!r}, ...)?")
-    return module
+    return [module]
 
 
 def embedding_size(name: str, layer: str = "avgpool", width: float = 1.0,
@@ -105,6 +123,9 @@ def embedding_size(name: str, layer: str = "avgpool", width: float = 1.0,
     _check_layer(layer)
     if layer == "fc":
         return num_classes
+    if layer == "stages":
+        model = build_backbone(name, 3, num_classes, width)
+        return sum(model.blocks[index]._bn2.num_features for index in model.stage_ends)
     if name == "darknet19":
         return scaled_channels(_POOLED_CHANNELS[name], width)
     # MONAI widens the stage planes with int(); ResNet-50's bottleneck expands them 4x.

@@ -69,12 +69,33 @@ class _MeanPool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+def _stage_starts(blocks: nn.Sequential) -> list[int]:
+    """Indices of the first MBConv block of each stage (its block arguments carry the stage's
+    stride as a list)."""
+    return [index for index, block in enumerate(blocks)
+            if isinstance(block._block_args.stride, (list, tuple))]
+
+
 def _last_block_before_final_stage(blocks: nn.Sequential) -> int:
-    """Index of the last MBConv block of the second-to-last stage (a stage starts where the
-    block arguments carry the stage's stride as a list): block 14 of EfficientNet-Lite0."""
-    starts = [index for index, block in enumerate(blocks)
-              if isinstance(block._block_args.stride, (list, tuple))]
-    return starts[-1] - 1
+    """Index of the last MBConv block of the second-to-last stage: block 14 of
+    EfficientNet-Lite0."""
+    return _stage_starts(blocks)[-1] - 1
+
+
+def _stage_ends_from_stride_8(blocks: nn.Sequential) -> list[int]:
+    """Indices of the last MBConv block of every stage whose output is at 1/8 of the input
+    size or smaller: blocks 4, 7, 10, 14, 15 of EfficientNet-Lite0 (40, 80, 112, 192 and 320
+    channels)."""
+    starts = _stage_starts(blocks)
+    ends = [start - 1 for start in starts[1:]] + [len(blocks) - 1]
+    stride, kept = 2, []  # the stem halves the input
+    for start, end in zip(starts, ends, strict=True):
+        block_stride = blocks[start]._block_args.stride
+        stride *= int(block_stride[0] if isinstance(block_stride, (list, tuple))
+                      else block_stride)
+        if stride >= 8:
+            kept.append(end)
+    return kept
 
 
 class EfficientNetLiteClassifier(nn.Module):
@@ -82,10 +103,11 @@ class EfficientNetLiteClassifier(nn.Module):
 
     Sub-modules: `stem`, `blocks` (the MBConv blocks), `features` (the 1x1 head convolution, BN
     and ReLU6: the last spatial map, H/32), `avgpool` (global mean), `dropout`, `fc`.
-    `cam_layer` names the map Grad-CAM weights: the last block before the final stage (H/32,
-    7 x 7 at the default 224 px, 5 x 5 at 160 px). Chosen at 160 px on BUS-BRA validation
-    patients (malignant images, pointing game): this block 0.62, the head convolution 0.50, the
-    last H/16 block 0.21, chance 0.13.
+    `stage_ends` index the blocks whose globally pooled outputs form the "stages" deep
+    features (every stage from stride 8 on). `cam_layer` names the map Grad-CAM weights: the
+    last block before the final stage (H/32, 7 x 7 at the default 224 px, 5 x 5 at 160 px).
+    Chosen at 160 px on BUS-BRA validation patients (malignant images, pointing game): this
+    block 0.62, the head convolution 0.50, the last H/16 block 0.21, chance 0.13.
     """
 
     def __init__(self, trunk: nn.Module, in_channels: int, num_classes: int,
@@ -102,6 +124,7 @@ class EfficientNetLiteClassifier(nn.Module):
         self.fc = nn.Linear(trunk._fc.in_features, num_classes)
         self._frozen_blocks = 0
         self.cam_layer = f"blocks.{_last_block_before_final_stage(self.blocks)}"
+        self.stage_ends = _stage_ends_from_stride_8(self.blocks)
 
     @property
     def frozen_blocks(self) -> int:
