@@ -933,10 +933,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, from efficientnet_lite0/1/2 (ImageNet-pretrained), "
                         "resnet18, resnet50, darknet19, or 'none' for texture features only "
                         "(default efficientnet_lite0)")
-    p.add_argument("--layers", type=_names, default=["avgpool"],
+    p.add_argument("--layers", type=_names, default=None,
                    help="feature layers of each backbone: avgpool, fc and/or stages (pretrained "
                         "backbones: every stage from stride 8 on, globally pooled) (default "
-                        "avgpool)")
+                        "stages for pretrained backbones, avgpool for the others)")
     p.add_argument("--classifier", type=_names, default=["svm"],
                    help="svm, rf, or svm,rf for their average (default svm)")
     p.add_argument("--texture", action="store_true",

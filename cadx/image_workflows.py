@@ -18,7 +18,7 @@ from cadx.image_bundle import ImageModelBundle, load_image_bundle, save_image_bu
 from cadx.io.atomic import write_json_atomic
 from cadx.io.clinical import load_clinical_schema
 from cadx.io.images import load_image_dataset, patient_id_from_filename
-from cadx.models.backbones import is_pretrained_arch
+from cadx.models.backbones import default_feature_layers, is_pretrained_arch
 from cadx.synth.us_lesions import UltrasoundCohortSpec, write_us_cohort
 from cadx.train.image_pipeline import (
     ImageModelConfig,
@@ -98,7 +98,7 @@ def train_images(dataset: str | Path, out_path: str | Path, archs: Sequence[str]
 
 
 def train_features(dataset: str | Path, out_path: str | Path, backbones: Sequence[str],
-                   layers: Sequence[str], classifiers: Sequence[str], texture: bool,
+                   layers: Sequence[str] | None, classifiers: Sequence[str], texture: bool,
                    config: ImageModelConfig, *, backbones_from: str | Path | None = None,
                    init_weights: Mapping[str, str] | None = None,
                    feature_cache: str | Path | None = None,
@@ -106,12 +106,16 @@ def train_features(dataset: str | Path, out_path: str | Path, backbones: Sequenc
                    report_dir: str | Path | None = None, console: Console | None = None,
                    progress: bool = True) -> ImageTrainingOutcome:
     """Deep (and/or texture) features + SVM / random forest on an image dataset; write the
-    bundle. `feature_cache` keeps the feature matrices for later runs; with several
-    `candidate_sizes` the one with the best validation AUC is kept."""
+    bundle. `layers` None takes each backbone's `default_feature_layers`. `feature_cache`
+    keeps the feature matrices for later runs; with several `candidate_sizes` the one with the
+    best validation AUC is kept."""
     console = console or Console()
     source = load_image_bundle(backbones_from) if backbones_from else None
     data = load_image_dataset(dataset, progress=progress)
-    what = [f"{', '.join(backbones)} {'/'.join(layers)}"] if backbones else []
+    chosen = {arch: default_feature_layers(arch) if layers is None else layers
+              for arch in backbones}
+    what = [", ".join(f"{arch} {'/'.join(names)}" for arch, names in chosen.items())
+            ] if backbones else []
     what += ["GLCM + wavelet texture"] if texture else []
     console.print(f"[bold]cadx train-features[/]: {len(data)} images of "
                   f"{len(data.patient_ids)} patients from {dataset}; features: "

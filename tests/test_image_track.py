@@ -169,6 +169,29 @@ def test_feature_models_texture_only_and_from_trained_backbones(cohort, ensemble
     assert not (tmp_path / "cam").exists()
 
 
+def test_feature_layers_default_to_stages_for_pretrained_backbones(cohort, tmp_path):
+    """Without --layers a pretrained backbone gives its stage features, a from-scratch one its
+    avgpool features, each stored in the bundle and used again when it predicts."""
+    from cadx.cli import build_parser
+    from cadx.models.backbones import default_feature_layers, embedding_size
+
+    assert build_parser().parse_args(["train-features", "d", "--out", "m"]).layers is None
+    assert default_feature_layers("efficientnet_lite0") == ("stages",)
+    assert default_feature_layers("resnet18") == ("avgpool",)
+    dataset = load_image_dataset(cohort, progress=False)
+    outcome = train_feature_model(dataset, ["efficientnet_lite0", "resnet18"], None, ["rf"],
+                                  False, TINY, progress=False, n_boot=50)
+    bundle = outcome.bundle
+    assert [spec.layers for spec in bundle.networks] == [("stages",), ("avgpool",)]
+    assert bundle.summary["layers"] == {"efficientnet_lite0": ["stages"],
+                                        "resnet18": ["avgpool"]}
+    assert bundle.summary["n_features"] == (embedding_size("efficientnet_lite0", "stages")
+                                            + embedding_size("resnet18", width=TINY.width))
+    images = outcome.data.images["test"]
+    loaded = load_image_bundle(save_image_bundle(bundle, tmp_path / "f.cadx"))
+    assert np.allclose(loaded.predict(images), bundle.predict(images))
+
+
 def test_feature_model_keeps_the_size_with_the_best_validation_auc(cohort, ensemble):
     dataset = load_image_dataset(cohort, progress=False)
     tried = train_feature_model(dataset, [], ["avgpool"], ["rf"], True, TINY,

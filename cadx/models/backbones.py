@@ -35,6 +35,13 @@ _POOLED_CHANNELS = {"resnet18": 512, "resnet50": 2048, "darknet19": 1024,
                     **{name: source.pooled_channels for name, source in PRETRAINED.items()}}
 
 
+def default_feature_layers(name: str) -> tuple[str, ...]:
+    """The deep features `cadx train-features` takes from backbone `name` unless told:
+    "stages" for the pretrained backbones (chosen on the validation patients of DDTI, MMOTU
+    and BUS-BRA, docs/images-2d.md), "avgpool" for the others."""
+    return ("stages",) if is_pretrained_arch(name) else ("avgpool",)
+
+
 def _check_name(name: str) -> None:
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

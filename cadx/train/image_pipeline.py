@@ -40,7 +40,12 @@ from cadx.io.near_duplicates import (
     cross_split_near_duplicates,
     group_near_duplicates,
 )
-from cadx.models.backbones import build_backbone, is_pretrained_arch, load_init_weights
+from cadx.models.backbones import (
+    build_backbone,
+    default_feature_layers,
+    is_pretrained_arch,
+    load_init_weights,
+)
 from cadx.models.pretrained import weights_provenance
 from cadx.train.image_fit import (
     ImageTrainingHistory,
@@ -300,14 +305,15 @@ def _refuse_backbone_leak(source_bundle: ImageModelBundle, data: SplitImages) ->
 
 
 def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
-                        layers: Sequence[str], classifiers: Sequence[str], texture: bool,
-                        config: ImageModelConfig, *,
+                        layers: Sequence[str] | None, classifiers: Sequence[str],
+                        texture: bool, config: ImageModelConfig, *,
                         source_bundle: ImageModelBundle | None = None,
                         init_weights: Mapping[str, str | Path] | None = None,
                         feature_cache: str | Path | None = None,
                         candidate_sizes: Sequence[int] = (),
                         progress: bool = True, n_boot: int = 1000) -> ImageTrainingOutcome:
-    """Deep features of `layers` of each backbone (concatenated across backbones) and/or
+    """Deep features of `layers` of each backbone (None: `default_feature_layers` of each;
+    concatenated across backbones) and/or
     texture features, classified by each of `classifiers` (averaged when several). With
     `feature_cache` (a folder) the feature matrices are stored and reused by later runs.
 
@@ -349,7 +355,8 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
             model, source = _fresh_network(arch, config, init_weights, index)
             width = network_width(arch, config)
             sources[arch] = source or "random initialisation (no trained weights)"
-        specs.append(NetworkSpec(arch, width, layers=tuple(layers)))
+        specs.append(NetworkSpec(arch, width, layers=tuple(
+            default_feature_layers(arch) if layers is None else layers)))
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         models.append(model.eval())
     validation_auc, best = {}, None
@@ -372,7 +379,8 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
         aggregation=config.aggregation, texture=texture, classifier=classifier,
         class_names=dataset.class_names)
     bundle.summary = _summary(data, config, dataset, {
-        "backbones": sources, "layers": list(layers), "texture": texture,
+        "backbones": sources, "layers": {spec.arch: list(spec.layers) for spec in specs},
+        "texture": texture,
         "classifiers": list(classifiers), "n_features": int(features["train"].shape[1]),
         "features_from_cache": reused,
         "size_validation_auc": {str(size): auc for size, auc in validation_auc.items()}})
