@@ -17,6 +17,9 @@ from rich.console import Console
 from cadx.errors import InputError
 from cadx.pacs import watch as watch_module
 
+# The scorer is stood in for; the watcher itself only reads how the bundle scores.
+_BUNDLE = SimpleNamespace(precision="fp32")
+
 
 class _Client:
     url = "http://pacs.invalid/dicom-web"
@@ -61,7 +64,7 @@ def test_ctrl_c_mid_scoring_stops_the_watcher_at_once(monkeypatch, console):
 
     threading.Thread(target=interrupt_when_scoring, daemon=True).start()
     try:
-        summary = watch_module.watch(_Client(), bundle=None, interval_s=0.01, console=console)
+        summary = watch_module.watch(_Client(), bundle=_BUNDLE, interval_s=0.01, console=console)
         returned_at = time.monotonic()
     finally:
         release.set()
@@ -88,7 +91,7 @@ def test_ctrl_c_between_studies_does_not_say_one_was_cut_short(monkeypatch, cons
             raise KeyboardInterrupt
 
     monkeypatch.setattr(watch_module, "time", SimpleNamespace(sleep=sleep))
-    summary = watch_module.watch(_Client(), bundle=None, interval_s=0.01, console=console)
+    summary = watch_module.watch(_Client(), bundle=_BUNDLE, interval_s=0.01, console=console)
     printed = console.file.getvalue()
     assert summary.scored == ["1.2.3"] and summary.interrupted is None
     assert "stopping (interrupted)\n" in printed
@@ -105,7 +108,7 @@ def test_a_failing_study_is_reported_from_the_worker_and_not_retried(monkeypatch
 
     monkeypatch.setattr(watch_module, "has_cadx_result", lambda client, uid: False)
     monkeypatch.setattr(watch_module, "score_study", bad_study)
-    summary = watch_module.watch(_Client(), bundle=None, interval_s=0.0, console=console,
+    summary = watch_module.watch(_Client(), bundle=_BUNDLE, interval_s=0.0, console=console,
                                  max_polls=4)
     assert calls == ["1.2.3"] and list(summary.failed) == ["1.2.3"]
     assert "no organ mask" in summary.failed["1.2.3"]
@@ -128,7 +131,7 @@ def test_sigint_stops_the_watcher_even_when_inherited_ignored(monkeypatch, conso
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         monkeypatch.setattr(watch_module, "time", SimpleNamespace(sleep=sleep))
-        summary = watch_module.watch(_Client(), bundle=None, interval_s=0.01, console=console)
+        summary = watch_module.watch(_Client(), bundle=_BUNDLE, interval_s=0.01, console=console)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
