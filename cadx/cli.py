@@ -938,7 +938,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "backbones: every stage from stride 8 on, globally pooled) (default "
                         "stages for pretrained backbones, avgpool for the others)")
     p.add_argument("--classifier", type=_names, default=["svm"],
-                   help="svm, rf, or svm,rf for their average (default svm)")
+                   help="svm, rf, logreg (L2 logistic regression), or several (e.g. svm,rf) "
+                        "for their average (default svm)")
     p.add_argument("--texture", action="store_true",
                    help="add GLCM + wavelet texture features (alone with --backbones none)")
     p.add_argument("--backbones-from", metavar="MODEL",

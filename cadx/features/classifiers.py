@@ -1,9 +1,10 @@
 """Classical classifiers of deep or texture features (seed 004: SVM and random forest on CNN
-features, and an ensemble averaging their probabilities), with scikit-learn's estimator API.
+features, and an ensemble averaging their probabilities; plus a logistic regression, the linear
+head of frozen-feature transfer learning), with scikit-learn's estimator API.
 
-The SVM's C and gamma are tuned by cross-validated ROC AUC. With one patient's images on both
-sides of a fold the tuning would reward memorised patients, so given patient ids (`groups`) the
-folds keep each patient whole (StratifiedGroupKFold).
+The SVM's C and gamma, and the logistic regression's C, are tuned by cross-validated ROC AUC.
+With one patient's images on both sides of a fold the tuning would reward memorised patients, so
+given patient ids (`groups`) the folds keep each patient whole (StratifiedGroupKFold).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -23,9 +25,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from cadx.errors import ConfigError, InputError
 
-CLASSIFIERS = ("svm", "rf")
+CLASSIFIERS = ("svm", "rf", "logreg")
 SVM_PARAM_GRID = {"svc__estimator__C": [0.1, 1, 10, 100],
                   "svc__estimator__gamma": ["scale", 1e-3, 1e-2, 1e-1]}
+LOGREG_PARAM_GRID = {"logreg__C": [1e-4, 1e-3, 1e-2, 1e-1, 1]}
 MAX_CV_SPLITS = 5
 PLATT_FOLDS = 3
 
@@ -71,6 +74,18 @@ def make_svm(seed: int = 0, cv: StratifiedKFold | StratifiedGroupKFold | None = 
     return GridSearchCV(svm, SVM_PARAM_GRID, scoring="roc_auc", cv=cv, error_score="raise")
 
 
+def make_logistic_regression(seed: int = 0,
+                             cv: StratifiedKFold | StratifiedGroupKFold | None = None,
+                             ) -> GridSearchCV:
+    """Standardised L2 logistic regression with balanced class weights (a linear head on the
+    features), its C chosen by ROC AUC over `cv` (default: 5 shuffled stratified folds)."""
+    logreg = Pipeline([("scale", StandardScaler()),
+                       ("logreg", LogisticRegression(class_weight="balanced", max_iter=2000))])
+    if cv is None:
+        cv = StratifiedKFold(MAX_CV_SPLITS, shuffle=True, random_state=seed)
+    return GridSearchCV(logreg, LOGREG_PARAM_GRID, scoring="roc_auc", cv=cv, error_score="raise")
+
+
 def make_random_forest(seed: int = 0) -> RandomForestClassifier:
     """300 trees, balanced class weights, at least 2 samples per leaf, 2 worker threads."""
     return RandomForestClassifier(n_estimators=300, class_weight="balanced", min_samples_leaf=2,
@@ -93,22 +108,24 @@ def _check_training_data(X: np.ndarray, y: np.ndarray,
 
 def fit_classifier(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
                    seed: int = 0) -> BaseEstimator:
-    """Fit an "svm" (tuned by cross-validation grouped by patient when `groups` is given) or an
-    "rf" (no tuning, so `groups` is only checked) on (N, D) features and binary labels."""
+    """Fit an "svm" or a "logreg" (each tuned by cross-validation grouped by patient when
+    `groups` is given) or an "rf" (no tuning, so `groups` is only checked) on (N, D) features
+    and binary labels."""
     if kind not in CLASSIFIERS:
         raise ConfigError(f"unknown classifier {kind!r}; choose one of {', '.join(CLASSIFIERS)}")
     X, y = _check_training_data(X, y, groups)
     if kind == "rf":
         return make_random_forest(seed).fit(X, y)
-    svm = make_svm(seed, cv_splitter(y, groups, seed))
+    make = make_svm if kind == "svm" else make_logistic_regression
+    search = make(seed, cv_splitter(y, groups, seed))
     try:
-        return svm.fit(X, y, groups=None if groups is None else np.asarray(groups))
+        return search.fit(X, y, groups=None if groups is None else np.asarray(groups))
     except ValueError as error:  # e.g. a fold too small for the Platt-scaling folds
         labels, counts = np.unique(y, return_counts=True)
         per_class = ", ".join(f"{label}: {count}" for label, count in zip(labels, counts,
                                                                             strict=True))
-        raise ConfigError(f"SVM grid search failed on {len(y)} samples ({per_class} per "
-                          f"class): {error}") from error
+        raise ConfigError(f"{kind.upper()} grid search failed on {len(y)} samples ({per_class} "
+                          f"per class): {error}") from error
 
 
 class AveragingEnsemble:
