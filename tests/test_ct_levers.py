@@ -265,6 +265,15 @@ def test_bundle_switches_patient_score_at_its_validation_threshold(tmp_path):
                    ).build_model().in_channels == 5
 
 
+def _diagnoses_a_toy_patient(model, dataset, tmp_path) -> None:
+    out = tmp_path / "diag.json"
+    image = dataset / "imagesTr" / "toy_000.nii.gz"
+    label = dataset / "labelsTr" / "toy_000.nii.gz"
+    assert main(["diagnose", str(model), str(image), "--organ-mask", str(label),
+                 "--out", str(out)]) == 0
+    assert 0.0 <= json.loads(out.read_text())["patient_score"] <= 1.0
+
+
 @pytest.fixture(scope="module")
 def lever_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("levers")
@@ -289,12 +298,7 @@ def test_cli_levers_are_stored_in_the_bundle_and_used(lever_model, tmp_path, cap
     stored = set(bundle.patient_operating_points)
     assert {"fraction", "cluster", "topk:1", "topk:3", "topk:5", "topk:20"} <= stored
     assert bundle.summary["validation"]["patient_score"] == "topk:3"
-    out = tmp_path / "diag.json"
-    image = dataset / "imagesTr" / "toy_000.nii.gz"
-    label = dataset / "labelsTr" / "toy_000.nii.gz"
-    assert main(["diagnose", str(model), str(image), "--organ-mask", str(label),
-                 "--out", str(out)]) == 0
-    assert 0.0 <= json.loads(out.read_text())["patient_score"] <= 1.0
+    _diagnoses_a_toy_patient(model, dataset, tmp_path)
     report = tmp_path / "rep"
     assert main(["evaluate", str(model), str(dataset), "--out", str(report), "--quiet",
                  "--n-boot", "50", "--patient-score", "cluster"]) == 0
@@ -359,12 +363,7 @@ def test_pretrained_patch_network_is_stored_in_the_bundle_and_scores(tmp_path, c
     # the bundle's weights, not ImageNet's: scoring is the trained network's
     fresh = build_patch_network(bundle.config.model, 16, 3, pretrained=True).eval()
     assert not torch.allclose(fresh(patches), network(patches))
-    out = tmp_path / "diag.json"
-    image = dataset / "imagesTr" / "toy_000.nii.gz"
-    label = dataset / "labelsTr" / "toy_000.nii.gz"
-    assert main(["diagnose", str(model), str(image), "--organ-mask", str(label),
-                 "--out", str(out)]) == 0
-    assert 0.0 <= json.loads(out.read_text())["patient_score"] <= 1.0
+    _diagnoses_a_toy_patient(model, dataset, tmp_path)
 
 
 def test_pretrained_patch_network_refuses_other_channel_counts(tmp_path, capsys):
