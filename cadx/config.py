@@ -130,6 +130,9 @@ class ModelConfig:
         if self.arch not in PATCH_ARCHS:
             raise ConfigError(f"unknown patch network {self.arch!r}; one of "
                               f"{', '.join(PATCH_ARCHS)}")
+        if self.arch != "table1" and not self.batch_norm:
+            raise ConfigError(f"--no-batch-norm applies to the Table-1 network only; "
+                              f"{self.arch} keeps its own BatchNorm")
 
 
 POSITIVE_WEIGHTINGS = ("patch", "tumour")

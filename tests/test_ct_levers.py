@@ -374,3 +374,7 @@ def test_pretrained_patch_network_refuses_other_channel_counts(tmp_path, capsys)
     assert not (tmp_path / "m.cadx").exists()
     with pytest.raises(ConfigError, match="unknown patch network 'vgg'"):
         ModelConfig(arch="vgg")
+    assert main(["train", str(dataset), "--out", str(tmp_path / "m.cadx"),
+                 "--patch-network", "efficientnet_lite0", "--no-batch-norm"]) == 2
+    assert "--no-batch-norm applies to the Table-1 network only" in _error_line(capsys)
+    assert not (tmp_path / "m.cadx").exists()
