@@ -10,7 +10,7 @@ from cadx.errors import ConfigError, InputError
 from cadx.models.backbones import (
     build_backbone,
     embedding_size,
-    feature_layer,
+    feature_modules,
     load_init_weights,
 )
 from cadx.models.darknet import Darknet19
@@ -52,13 +52,13 @@ def test_unknown_backbone_lists_the_choices():
 
 def test_feature_layer_and_embedding_size():
     model = build_backbone("darknet19", 1, num_classes=3, width=0.25)
-    assert feature_layer(model, "darknet19", "avgpool") is model.avgpool
-    assert feature_layer(model, "darknet19", "fc") is model.fc
+    assert feature_modules(model, "darknet19", "avgpool") == [model.avgpool]
+    assert feature_modules(model, "darknet19", "fc") == [model.fc]
     assert embedding_size("darknet19", "avgpool", 0.25) == 256
     assert embedding_size("resnet50") == 2048
     assert embedding_size("resnet18", "fc", num_classes=3) == 3
     with pytest.raises(ConfigError, match="avgpool, fc"):
-        feature_layer(model, "darknet19", "conv5")
+        feature_modules(model, "darknet19", "conv5")
 
 
 def test_init_weights_skip_the_layer_sized_by_the_classes(tmp_path):

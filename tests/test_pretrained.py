@@ -12,7 +12,7 @@ import torch
 
 from cadx.errors import ConfigError
 from cadx.features.deep import extract_deep_features
-from cadx.models.backbones import build_backbone, embedding_size, feature_layer
+from cadx.models.backbones import build_backbone, embedding_size, feature_modules
 from cadx.models.pretrained import PRETRAINED, build_efficientnet_lite, weights_provenance
 
 
@@ -42,7 +42,8 @@ def test_grey_input_equals_its_rgb_replica_and_any_size_works() -> None:
     with torch.inference_mode():
         assert torch.allclose(model(grey), model(grey.expand(-1, 3, -1, -1)), atol=1e-5)
         pooled = []
-        handle = feature_layer(model, "efficientnet_lite0", "avgpool").register_forward_hook(
+        (module,) = feature_modules(model, "efficientnet_lite0", "avgpool")
+        handle = module.register_forward_hook(
             lambda _m, _i, out: pooled.append(out))
         model(torch.rand(1, 1, 64, 64))
         handle.remove()

@@ -17,8 +17,9 @@ from cadx.models.backbones import feature_modules
 def extract_deep_features(model: nn.Module, backbone_name: str, images: np.ndarray,
                           layer: str = "avgpool", batch_size: int = 32) -> np.ndarray:
     """The `layer` output of `model` (built by `build_backbone(backbone_name, ...)`) for each
-    of the (N, C, H, W) `images`, flattened: (N, D) float32. Runs in eval mode, batched; the
-    model's training mode is restored afterwards."""
+    of the (N, C, H, W) `images` (the outputs of `feature_modules`, spatial maps averaged over
+    space, concatenated): (N, D) float32. Runs in eval mode, batched; the model's training mode
+    is restored afterwards."""
     images = np.asarray(images)
     if images.ndim != 4:
         raise InputError(f"images must be (N, C, H, W); got shape {images.shape}")
@@ -31,8 +32,7 @@ def extract_deep_features(model: nn.Module, backbone_name: str, images: np.ndarr
 
     def keep_output(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         output = output.detach().float()
-        pieces.append((output.mean(dim=(2, 3)) if output.ndim == 4 and len(modules) > 1
-                       else output.flatten(1)).cpu())
+        pieces.append((output.mean(dim=(2, 3)) if output.ndim == 4 else output.flatten(1)).cpu())
 
     was_training = model.training
     hooks = [module.register_forward_hook(keep_output) for module in modules]

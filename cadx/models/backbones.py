@@ -94,16 +94,6 @@ def build_backbone(name: str, in_channels: int, num_classes: int = 1,
     return _resnet(factory, in_channels, num_classes, width)
 
 
-def feature_layer(model: nn.Module, name: str, layer: str) -> nn.Module:
-    """The module of `model` (built as `name`) whose output is the `layer` feature:
-    "avgpool" (global-pooled penultimate features) or "fc" (the logits)."""
-    modules = feature_modules(model, name, layer)
-    if len(modules) != 1:
-        raise ConfigError(f"the {layer!r} feature of {name} is the output of "
-                          f"{len(modules)} modules; use feature_modules")
-    return modules[0]
-
-
 def feature_modules(model: nn.Module, name: str, layer: str) -> list[nn.Module]:
     """The modules of `model` (built as `name`) whose outputs, globally pooled where spatial,
     then concatenated, are the `layer` feature: one for "avgpool" and "fc", one per stage from
