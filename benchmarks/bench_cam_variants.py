@@ -69,7 +69,8 @@ def main() -> int:
         for name in ("malignant", "benign"):
             c = cams.get(name)
             cells.append("-" if c is None else
-                         f"{c.pointing_game:.2f} [{c.pointing_game_ci.low:.2f}, "
+                         f"{c.pointing_game:.2f} ({c.pointing_hits}/{c.n}) "
+                         f"[{c.pointing_game_ci.low:.2f}, "
                          f"{c.pointing_game_ci.high:.2f}] ({c.chance:.2f})")
         mass = cams["malignant"].mass_in_mask if "malignant" in cams else float("nan")
         print(f"| {variant} | {cells[0]} | {mass:.2f} | {cells[1]} "

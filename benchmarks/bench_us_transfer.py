@@ -68,6 +68,8 @@ def main() -> int:
     parser.add_argument("--schedule", default="onecycle")
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--width", type=float, default=0.5, help="from-scratch networks")
+    parser.add_argument("--lesion-mask-weight", type=float, default=0.0,
+                        help="lesion-mask guidance of the CAM layer (0: off)")
     parser.add_argument("--no-cam", action="store_true")
     parser.add_argument("--out", type=Path, help="also save each bundle here "
                                                  "(<dataset>_<arch>_seed<k>.cadx)")
@@ -80,7 +82,7 @@ def main() -> int:
     dataset = load_image_dataset(manifest, progress=False)
     print(f"{args.dataset}: {len(dataset)} images, {len(dataset.patient_ids)} patients; "
           f"test fold {args.test_fold or '-'}; {args.epochs} epochs max, {args.schedule} LR "
-          f"{args.lr}, {args.precision}")
+          f"{args.lr}, {args.precision}, lesion-mask weight {args.lesion_mask_weight}")
     print("| model | seed | px | val AUC | val pointing game | test AUC images | test AUC exams "
           "| exam SN | exam SP | pointing game (chance) | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -91,7 +93,7 @@ def main() -> int:
                 size_px=size, width=args.width, seed=seed, test_fold=args.test_fold,
                 train=ImageTrainConfig(max_epochs=args.epochs, learning_rate=args.lr,
                                        schedule=args.schedule, precision=args.precision,
-                                       seed=seed))
+                                       seed=seed, lesion_mask_weight=args.lesion_mask_weight))
             start = time.perf_counter()
             outcome = train_image_ensemble(dataset, [arch], config, progress=False)
             wall = time.perf_counter() - start

@@ -247,6 +247,11 @@ def _add_image_options(parser: argparse.ArgumentParser, *, trains_networks: bool
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=IMAGE_CLI_SCHEDULE,
                    help="constant, or onecycle: warm-up then cosine decay (default "
                         "%(default)s)")
+    g.add_argument("--lesion-mask-weight", type=float, default=d_train.lesion_mask_weight,
+                   metavar="W",
+                   help="> 0: also train the Grad-CAM layer to segment the lesion masks of the "
+                        "manifest's `mask` column, this loss weighted W (default %(default)s: "
+                        "off)")
     g = parser.add_argument_group("split")
     g.add_argument("--val-fraction", type=float, default=d_model.validation_fraction,
                    help="share of the patients held out for validation (default %(default)s)")
@@ -542,7 +547,7 @@ def _image_model_config(args: argparse.Namespace, archs: Sequence[str],
                              early_stop_patience=args.early_stop_patience,
                              augment=not args.no_augment, vertical_flip=args.vertical_flip,
                              schedule=args.lr_schedule, precision=args.precision,
-                             seed=args.seed)
+                             seed=args.seed, lesion_mask_weight=args.lesion_mask_weight)
     size_px = size_px or args.size or _default_size_px(archs)
     return ImageModelConfig(size_px=size_px, channels=args.channels, width=args.width,
                             aggregation=args.exam_score, validation_fraction=args.val_fraction,

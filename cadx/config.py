@@ -303,10 +303,17 @@ class ImageTrainConfig:
     # validation and inference stay fp32.
     precision: str = "fp32"
     seed: int = 0
+    # Lesion-mask guidance: > 0 adds this weight times a segmentation loss of the CAM layer
+    # (a 1x1 convolution of its map against the lesion mask, on training images with a mask),
+    # so the map Grad-CAM explains with learns where the lesion is. 0: off.
+    lesion_mask_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_epochs < 1 or self.early_stop_patience < 1:
             raise ConfigError("batch size, epochs and patience must be >= 1")
+        if not 0.0 <= self.lesion_mask_weight <= 100.0:
+            raise ConfigError("lesion-mask weight must be between 0 and 100, got "
+                              f"{self.lesion_mask_weight}")
         if self.learning_rate <= 0 or self.weight_decay < 0:
             raise ConfigError("learning rate must be > 0 and weight decay >= 0")
         if self.precision not in PRECISIONS:

@@ -299,6 +299,26 @@ def test_cli_synth_train_diagnose(tmp_path, capsys):
     assert all(Path(r["cam_png"]).exists() for r in written["images"])
 
 
+def test_cli_lesion_mask_guidance_reads_the_manifest_masks(tmp_path, capsys):
+    data = tmp_path / "us"
+    assert main(["synth", "us", "--out", str(data), "--patients", "20", "--size", "48",
+                 "--seed", "1"]) == 0
+    common = ["--arch", "darknet19", "--size", "32", "--width", "0.125", "--epochs", "2",
+              "--quiet", "--lesion-mask-weight", "1"]
+    model = tmp_path / "guided.cadx"
+    assert main(["train-images", str(data / "manifest.csv"), *common, "--out", str(model)]) == 0
+    histories = load_image_bundle(model).summary["histories"]
+    assert all(len(h["lesion_loss"]) == len(h["train_loss"]) > 0 for h in histories.values())
+    # Class folders carry no masks: a one-line error, no bundle.
+    assert main(["train-images", str(data), *common, "--out", str(tmp_path / "x.cadx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cadx: error:") and "none of the" in err and "Traceback" not in err
+    assert not (tmp_path / "x.cadx").exists()
+    assert main(["train-images", str(data), "--lesion-mask-weight", "-1",
+                 "--out", str(tmp_path / "x.cadx")]) == 2
+    assert "lesion-mask weight" in capsys.readouterr().err
+
+
 def test_cli_bad_image_inputs_are_one_line_errors(tmp_path, capsys, ensemble):
     model = save_image_bundle(ensemble.bundle, tmp_path / "us.cadx")
     (tmp_path / "empty.png").write_bytes(b"")

@@ -15,21 +15,11 @@ from torch import nn
 
 from cadx.errors import ConfigError
 from cadx.io.atomic import atomic_path
-
-# The last convolutional stage of each from-scratch backbone: its output is what Grad-CAM
-# weights. A network with a `cam_layer` attribute (EfficientNet-Lite: its last block before
-# the final stage, H/32) names its own.
-CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features"}
-
+from cadx.models.backbones import cam_layer
 
 OVERLAY_ALPHA = 0.45
 # Grad-CAM (the default) or Grad-CAM++ (second-order weights of the same layer).
 CAM_METHODS = {"gradcam": GradCAM, "gradcampp": GradCAMpp}
-
-
-def cam_layer(model: nn.Module, arch: str) -> str:
-    """The name of the module of `model` whose output Grad-CAM weights."""
-    return getattr(model, "cam_layer", None) or CAM_LAYERS[arch]
 
 
 def _unit_range(maps: torch.Tensor) -> torch.Tensor:

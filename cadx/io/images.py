@@ -527,3 +527,13 @@ def read_images(records: Sequence[ImageRecord], size_px: int, channels: int = 1,
                                      disable=not progress or len(records) < 200)):
         out[i] = read_image(record.path, size_px, channels)
     return out
+
+
+def read_lesion_masks(records: Sequence[ImageRecord], size_px: int) -> np.ndarray:
+    """Each record's lesion mask (its `mask` file) resized as `read_images` resizes the image:
+    float32 (N, size_px, size_px) in 0..1, all NaN for a record without a mask."""
+    out = np.full((len(records), size_px, size_px), np.nan, dtype=np.float32)
+    for i, record in enumerate(records):
+        if record.mask is not None:
+            out[i] = read_image(record.mask, size_px, 1)[0]
+    return out

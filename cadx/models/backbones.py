@@ -33,6 +33,10 @@ FEATURE_LAYERS = ("avgpool", "fc", "stages")
 # Channels entering the global average pool at width 1.0.
 _POOLED_CHANNELS = {"resnet18": 512, "resnet50": 2048, "darknet19": 1024,
                     **{name: source.pooled_channels for name, source in PRETRAINED.items()}}
+# The last convolutional stage of each from-scratch backbone: the map Grad-CAM weights and
+# lesion-mask guidance trains. A network with a `cam_layer` attribute (EfficientNet-Lite: its
+# last block before the final stage, H/32) names its own.
+CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "darknet19": "features"}
 
 
 def default_feature_layers(name: str) -> tuple[str, ...]:
@@ -60,6 +64,11 @@ def _resnet(factory: Callable[..., nn.Module], in_channels: int, num_classes: in
                           "channels; use at least 1/64")
     return factory(spatial_dims=2, n_input_channels=in_channels, num_classes=num_classes,
                    widen_factor=width, conv1_t_stride=2, bias_downsample=False)
+
+
+def cam_layer(model: nn.Module, arch: str) -> str:
+    """The name of the module of `model` whose output Grad-CAM weights."""
+    return getattr(model, "cam_layer", None) or CAM_LAYERS[arch]
 
 
 def is_pretrained_arch(name: str) -> bool:

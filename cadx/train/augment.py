@@ -42,7 +42,33 @@ def image_augmentation(size_px: int, seed: int = 0, vertical_flip: bool = False)
     return pipeline
 
 
+SPATIAL_TRANSFORMS = (RandSpatialCrop, Resize, RandAffine, RandFlip)
+
+
 def augment_batch(images: torch.Tensor, pipeline: Compose) -> torch.Tensor:
     """Apply `pipeline` to each (C, H, W) image of a batch and clip to [0, 1]."""
     augmented = [torch.as_tensor(pipeline(image)).as_subclass(torch.Tensor) for image in images]
     return torch.stack(augmented).clamp_(0.0, 1.0).float()
+
+
+def augment_batch_with_masks(images: torch.Tensor, masks: torch.Tensor,
+                             pipeline: Compose) -> tuple[torch.Tensor, torch.Tensor]:
+    """`augment_batch` for images with (N, H, W) lesion masks: each mask follows its image
+    through the spatial transforms (crop, resize, affine, flips; bilinear, so its edges come
+    out soft), the intensity transforms touch the image only. Each transform draws its random
+    parameters as it does without masks, so the images come out as `augment_batch`'s."""
+    split = next((k for k, t in enumerate(pipeline.transforms)
+                  if not isinstance(t, SPATIAL_TRANSFORMS)), len(pipeline.transforms))
+    out_images, out_masks = [], []
+    for image, mask in zip(images, masks, strict=True):
+        stacked = torch.cat([image, mask[None].to(image.dtype)])
+        for transform in pipeline.transforms[:split]:
+            stacked = transform(stacked)
+        stacked = torch.as_tensor(stacked).as_subclass(torch.Tensor)
+        image = stacked[:-1]
+        for transform in pipeline.transforms[split:]:
+            image = transform(image)
+        out_images.append(torch.as_tensor(image).as_subclass(torch.Tensor))
+        out_masks.append(stacked[-1])
+    return (torch.stack(out_images).clamp_(0.0, 1.0).float(),
+            torch.stack(out_masks).clamp_(0.0, 1.0).float())

@@ -34,6 +34,7 @@ from cadx.io.images import (
     find_duplicate_images,
     fold_splits,
     read_images,
+    read_lesion_masks,
 )
 from cadx.io.near_duplicates import (
     DEFAULT_CORRELATION,
@@ -42,6 +43,7 @@ from cadx.io.near_duplicates import (
 )
 from cadx.models.backbones import (
     build_backbone,
+    cam_layer,
     default_feature_layers,
     is_pretrained_arch,
     load_init_weights,
@@ -247,6 +249,15 @@ def _fresh_network(arch: str, config: ImageModelConfig, init_weights: Mapping[st
     return model, source
 
 
+def _training_lesion_masks(data: SplitImages, config: ImageModelConfig) -> np.ndarray:
+    """The training images' lesion masks for lesion-mask guidance (ConfigError without any)."""
+    records = data.records["train"]
+    if not any(r.mask for r in records):
+        raise ConfigError(f"--lesion-mask-weight needs lesion masks: none of the {len(records)} "
+                          "training images has one (give the manifest a `mask` column)")
+    return read_lesion_masks(records, config.size_px)
+
+
 def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: ImageModelConfig,
                          *, init_weights: Mapping[str, str | Path] | None = None,
                          progress: bool = True, n_boot: int = 1000) -> ImageTrainingOutcome:
@@ -260,6 +271,7 @@ def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: Im
         raise ConfigError(f"initial weights given for {unknown}, which are not trained here")
     data = split_image_dataset(dataset, config, progress)
     y_train, y_val = data.labels("train"), data.labels("validation")
+    masks = _training_lesion_masks(data, config) if config.train.lesion_mask_weight else None
     histories, states, val_aucs, sources = {}, [], [], {}
     val_probabilities: dict[str, np.ndarray] = {}
     for index, arch in enumerate(archs):
@@ -267,7 +279,9 @@ def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: Im
         sources[arch] = source or "from scratch (random initialisation)"
         model, history = fit_image_model(model, data.images["train"], y_train,
                                          data.images["validation"], y_val,
-                                         config.train, progress=progress)
+                                         config.train, lesion_masks=masks,
+                                         lesion_layer=cam_layer(model, arch),
+                                         progress=progress)
         histories[f"{index}:{arch}"] = history
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         val_aucs.append(history.best_validation_auc)
