@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from cadx.bundle import PatchModelBundle
 from cadx.config import PRECISIONS, PipelineConfig, PreprocessConfig
 from cadx.io.dataset import load_dataset
 from cadx.patches.cohort import PatchedCase
@@ -47,6 +48,7 @@ from cadx.scale.distributed import patched_cases
 from cadx.synth.ct_phantom import CohortSpec, write_msd_cohort
 from cadx.train.fit import fit_patch_cnn
 from cadx.train.pipeline import choose_thresholds
+from cadx.train.splits import assert_disjoint
 from cadx.workflows import DEMO_CONFIG
 
 TRAINING_LEVERS = ("baseline", "seed", "balanced", "dihedral", "context1", "context2")
@@ -99,6 +101,32 @@ def patch_store_path(data: Path, folder: Path, config: PipelineConfig) -> Path:
     return data / f"store_{folder.name}_p{p.size_px}s{p.stride_px}c{p.context_slices}{z}"
 
 
+def add_bundle_cohort_options(parser: argparse.ArgumentParser) -> None:
+    """BUNDLE, --data and the bundle's training cohort (--train-patients, --train-seed: the
+    reference run's) of the scripts that work on a trained bundle's split."""
+    parser.add_argument("bundle")
+    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
+    parser.add_argument("--train-patients", type=int, default=300)
+    parser.add_argument("--train-seed", type=int, default=101)
+
+
+def bundle_split_cases(bundle: PatchModelBundle, data: Path, train_patients: int,
+                       train_seed: int) -> dict[str, list[PatchedCase]]:
+    """The bundle's training and internal validation phantoms ("train", "validation"), cut
+    from its training cohort (seed `train_seed`, `train_patients` phantoms, cached in `data`)
+    by the split stored in the bundle; the two are checked disjoint."""
+    config = bundle.config
+    folder = cached_cohort(data, f"train_seed{train_seed}_n{train_patients}", train_patients,
+                           train_seed, False)
+    cases = patched_cases(load_dataset(folder), config,
+                          patch_store=patch_store_path(data, folder, config), progress=False)
+    split = bundle.summary["split"]
+    parts = {name: [c for c in cases if c.patient_id in set(split[name])]
+             for name in ("train", "validation")}
+    assert_disjoint({name: [c.patient_id for c in part] for name, part in parts.items()})
+    return parts
+
+
 def add_validation_cohort_options(parser: argparse.ArgumentParser) -> None:
     """--data, --val-patients and --val-seed of the scripts that score a bundle on the
     learning curve's validation cohort (seed 202, which no bundle trains on)."""
@@ -115,9 +143,15 @@ def validation_cohort(args: argparse.Namespace, config: PipelineConfig
     data = Path(args.data)
     folder = cached_cohort(data, f"val_seed{args.val_seed}_n{args.val_patients}",
                            args.val_patients, args.val_seed, False)
-    return folder, patched_cases(load_dataset(folder), config,
-                                 patch_store=patch_store_path(data, folder, config),
-                                 progress=False)
+    return folder, validation_cases(data, args.val_seed, args.val_patients, config)
+
+
+def validation_cases(data: Path, seed: int, n: int, config: PipelineConfig) -> list[PatchedCase]:
+    """The patched cases of the validation cohort of `seed` and `n` phantoms (written and
+    cropped once into `data`) for `config`'s patch settings."""
+    folder = cached_cohort(data, f"val_seed{seed}_n{n}", n, seed, False)
+    return patched_cases(load_dataset(folder), config,
+                         patch_store=patch_store_path(data, folder, config), progress=False)
 
 
 def _cases(folder: Path, config: PipelineConfig, data: Path) -> list[PatchedCase]:

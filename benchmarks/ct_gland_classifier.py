@@ -28,7 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_ct_learning_curve import cached_cohort, patch_store_path
+from bench_ct_learning_curve import (
+    add_bundle_cohort_options,
+    bundle_split_cases,
+    validation_cases,
+)
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -37,9 +41,6 @@ from torch import nn
 
 from cadx.bundle import load_bundle
 from cadx.evaluate.stats import delong_auc_ci, delong_test
-from cadx.io.dataset import load_dataset
-from cadx.scale.distributed import patched_cases
-from cadx.train.splits import assert_disjoint
 
 SMALL_MM = 20.0
 DEPTH, HEIGHT, WIDTH = 16, 112, 144
@@ -125,12 +126,9 @@ def _volumes(cases) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle")
-    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
+    add_bundle_cohort_options(parser)
     parser.add_argument("--top1", required=True,
                         help="ct_secondary_signs.py's JSON (the bundle's top-1 scores)")
-    parser.add_argument("--train-patients", type=int, default=300)
-    parser.add_argument("--train-seed", type=int, default=101)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--json", help="write the scores as JSON")
     args = parser.parse_args()
@@ -139,17 +137,7 @@ def main() -> None:
     config = bundle.config
     data = Path(args.data)
 
-    def cohort(name: str, n: int, seed: int):
-        folder = cached_cohort(data, name, n, seed, False)
-        return patched_cases(load_dataset(folder), config,
-                             patch_store=patch_store_path(data, folder, config), progress=False)
-
-    cases = cohort(f"train_seed{args.train_seed}_n{args.train_patients}", args.train_patients,
-                   args.train_seed)
-    split = bundle.summary["split"]
-    parts = {name: [c for c in cases if c.patient_id in set(split[name])]
-             for name in ("train", "validation")}
-    assert_disjoint({name: [c.patient_id for c in part] for name, part in parts.items()})
+    parts = bundle_split_cases(bundle, data, args.train_patients, args.train_seed)
     started = time.perf_counter()
     x_train, x_val = _volumes(parts["train"]), _volumes(parts["validation"])
     y_train = torch.tensor([float(c.has_tumour) for c in parts["train"]])
@@ -185,7 +173,7 @@ def main() -> None:
     top1 = json.loads(Path(args.top1).read_text())
     values, truths, smalls = {}, {}, {}
     for role, seed, n in (("choose", 202, 60), ("measure", 303, 200)):
-        val_cases = cohort(f"val_seed{seed}_n{n}", n, seed)
+        val_cases = validation_cases(data, seed, n, config)
         truth = np.array([c.has_tumour for c in val_cases])
         assert truth.tolist() == top1[role]["truth"], "cohort order differs from the JSON's"
         truths[role] = truth

@@ -24,21 +24,17 @@ from pathlib import Path
 import numpy as np
 from bench_ct_learning_curve import (
     add_validation_cohort_options,
-    cached_cohort,
-    patch_store_path,
+    bundle_split_cases,
     validation_cohort,
 )
 
 from cadx.bundle import PatchModelBundle, load_bundle, save_bundle
 from cadx.evaluate.cohort import cohort_patient_scores
 from cadx.evaluate.stats import delong_auc_ci, delong_test
-from cadx.io.dataset import load_dataset
 from cadx.patches.grid import PatchSet
 from cadx.patches.store import join_patches
-from cadx.scale.distributed import patched_cases
 from cadx.train.fit import fit_patch_cnn, predict_patch_probabilities
 from cadx.train.pipeline import choose_thresholds, score_cases
-from cadx.train.splits import assert_disjoint
 
 SMALL_MM = 20.0
 
@@ -103,14 +99,7 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     config = bundle.config
     data = Path(args.data)
-    folder = cached_cohort(data, f"train_seed{args.train_seed}_n{args.train_patients}",
-                           args.train_patients, args.train_seed, False)
-    cases = patched_cases(load_dataset(folder), config,
-                          patch_store=patch_store_path(data, folder, config), progress=False)
-    split = bundle.summary["split"]
-    parts = {name: [c for c in cases if c.patient_id in set(split[name])]
-             for name in ("train", "validation")}
-    assert_disjoint({name: [c.patient_id for c in part] for name, part in parts.items()})
+    parts = bundle_split_cases(bundle, data, args.train_patients, args.train_seed)
     print(f"bundle split: {len(parts['train'])} train, {len(parts['validation'])} validation")
     started = time.perf_counter()
     model = bundle.build_model()

@@ -26,19 +26,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_ct_learning_curve import cached_cohort, patch_store_path
+from bench_ct_learning_curve import (
+    add_bundle_cohort_options,
+    bundle_split_cases,
+    validation_cases,
+)
 from sklearn.metrics import roc_auc_score
 
 from cadx.bundle import load_bundle
 from cadx.evaluate.stats import delong_auc_ci, delong_test
-from cadx.io.dataset import load_dataset
 from cadx.patches.store import join_patches
-from cadx.scale.distributed import patched_cases
 from cadx.train.fit import augment_patches
 from cadx.train.loss import WeightedBCELoss
 from cadx.train.pipeline import score_cases
 from cadx.train.precision import autocast, resolve_precision
-from cadx.train.splits import assert_disjoint
 
 SMALL_MM = 20.0
 
@@ -53,19 +54,10 @@ def patient_top1(model, cases, config) -> np.ndarray:
     return np.array([s.max() for s in per_case])
 
 
-def cohort(data: Path, seed: int, n: int, config) -> list:
-    folder = cached_cohort(data, f"val_seed{seed}_n{n}", n, seed, False)
-    return patched_cases(load_dataset(folder), config,
-                         patch_store=patch_store_path(data, folder, config), progress=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle")
-    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
-    parser.add_argument("--train-patients", type=int, default=300)
-    parser.add_argument("--train-seed", type=int, default=101)
+    add_bundle_cohort_options(parser)
     parser.add_argument("--patients-per-step", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--patient-weight", type=float, default=1.0)
@@ -76,14 +68,7 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     config = bundle.config
     data = Path(args.data)
-    folder = cached_cohort(data, f"train_seed{args.train_seed}_n{args.train_patients}",
-                           args.train_patients, args.train_seed, False)
-    cases = patched_cases(load_dataset(folder), config,
-                          patch_store=patch_store_path(data, folder, config), progress=False)
-    split = bundle.summary["split"]
-    parts = {name: [c for c in cases if c.patient_id in set(split[name])]
-             for name in ("train", "validation")}
-    assert_disjoint({name: [c.patient_id for c in part] for name, part in parts.items()})
+    parts = bundle_split_cases(bundle, data, args.train_patients, args.train_seed)
     train = join_patches(parts["train"])
     bounds = np.cumsum([0] + [len(c.patches) for c in parts["train"]])
     patient_label = torch.tensor([float(c.has_tumour) for c in parts["train"]])
@@ -134,7 +119,7 @@ def main() -> None:
     results: dict[str, object] = {"args": vars(args), "internal_validation": history,
                                   "kept_epoch": best_epoch}
     for seed, n in ((202, 60), (303, 200)):
-        val_cases = cohort(data, seed, n, config)
+        val_cases = validation_cases(data, seed, n, config)
         truth = np.array([c.has_tumour for c in val_cases])
         small = truth & (np.array([c.tumour_diameter_mm or 0.0 for c in val_cases]) < SMALL_MM)
         keep = small | ~truth

@@ -22,20 +22,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from bench_ct_learning_curve import cached_cohort, patch_store_path
+from bench_ct_learning_curve import (
+    add_bundle_cohort_options,
+    bundle_split_cases,
+    validation_cases,
+)
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cadx.bundle import load_bundle
 from cadx.evaluate.stats import delong_auc_ci, delong_test
-from cadx.io.dataset import load_dataset
 from cadx.patches.grid import PatchSet
 from cadx.patches.store import join_patches
-from cadx.scale.distributed import patched_cases
 from cadx.train.fit import fit_patch_cnn
 from cadx.train.pipeline import score_cases
-from cadx.train.splits import assert_disjoint
 
 SMALL_MM = 20.0
 EPS = 1e-6
@@ -57,12 +58,6 @@ def aggregates(per_case: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {"mean": np.array([s.mean() for s in per_case]),
             "top10": np.array([np.sort(s)[-10:].mean() for s in per_case]),
             "top1": np.array([s.max() for s in per_case])}
-
-
-def cohort(data: Path, seed: int, n: int, config) -> list:
-    folder = cached_cohort(data, f"val_seed{seed}_n{n}", n, seed, False)
-    return patched_cases(load_dataset(folder), config,
-                         patch_store=patch_store_path(data, folder, config), progress=False)
 
 
 def scores(bundle, tuned, cases) -> dict[str, np.ndarray]:
@@ -87,10 +82,7 @@ def _auc_line(name: str, truth: np.ndarray, values: np.ndarray, small: np.ndarra
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle")
-    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
-    parser.add_argument("--train-patients", type=int, default=300)
-    parser.add_argument("--train-seed", type=int, default=101)
+    add_bundle_cohort_options(parser)
     parser.add_argument("--choose-seed", type=int, default=202)
     parser.add_argument("--choose-patients", type=int, default=60)
     parser.add_argument("--measure-seed", type=int, default=303)
@@ -102,15 +94,8 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     config = bundle.config
     data = Path(args.data)
-    folder = cached_cohort(data, f"train_seed{args.train_seed}_n{args.train_patients}",
-                           args.train_patients, args.train_seed, False)
-    cases = patched_cases(load_dataset(folder), config,
-                          patch_store=patch_store_path(data, folder, config), progress=False)
-    split = bundle.summary["split"]
-    parts = {name: [c for c in cases if c.patient_id in set(split[name])]
-             for name in ("train", "validation")}
-    assert_disjoint({name: [c.patient_id for c in part] for name, part in parts.items()})
-    label_of = {c.patient_id: int(c.has_tumour) for c in cases}
+    parts = bundle_split_cases(bundle, data, args.train_patients, args.train_seed)
+    label_of = {c.patient_id: int(c.has_tumour) for part in parts.values() for c in part}
     started = time.perf_counter()
     train_cfg = replace(config.train, learning_rate=args.lr, max_epochs=args.epochs,
                         monitor="auc", early_stop_patience=args.epochs,
@@ -127,7 +112,7 @@ def main() -> None:
     chosen_scores = {}
     for role, seed, n in (("choose", args.choose_seed, args.choose_patients),
                           ("measure", args.measure_seed, args.measure_patients)):
-        val_cases = cohort(data, seed, n, config)
+        val_cases = validation_cases(data, seed, n, config)
         truth = np.array([c.has_tumour for c in val_cases])
         small = truth & (np.array([c.tumour_diameter_mm or 0.0 for c in val_cases]) < SMALL_MM)
         values = scores(bundle, tuned, val_cases)
