@@ -27,7 +27,7 @@ from cadx.io.clinical import (
     validate_clinical,
     with_columns,
 )
-from cadx.io.images import ImageDataset, ImageRecord, read_image, read_images
+from cadx.io.images import ImageDataset, ImageRecord, read_images, read_lesion_masks
 from cadx.train.image_pipeline import evaluate_images
 
 CAM_BATCH = 16
@@ -76,10 +76,6 @@ def _overlap_warning(records: Sequence[ImageRecord], bundle: ImageModelBundle) -
             "people, these figures are not an independent validation"]
 
 
-def _masks(records: Sequence[ImageRecord], size_px: int) -> np.ndarray:
-    return np.stack([read_image(r.mask, size_px, 1)[0] > 0.5 for r in records])
-
-
 def cam_quality(bundle: ImageModelBundle, records: Sequence[ImageRecord], images: np.ndarray,
                 labels: np.ndarray, method: str = "gradcam", flip_average: bool = False,
                 input_px: int | None = None) -> dict[str, CamLocalisation]:
@@ -97,7 +93,7 @@ def cam_quality(bundle: ImageModelBundle, records: Sequence[ImageRecord], images
         cams = np.concatenate([grad_cam(models, archs, weights, images[index[k:k + CAM_BATCH]],
                                         method, flip_average, input_px)
                                for k in range(0, len(index), CAM_BATCH)])
-        masks = _masks([records[i] for i in index], bundle.size_px)
+        masks = read_lesion_masks([records[i] for i in index], bundle.size_px) > 0.5
         keep = masks.any(axis=(1, 2))
         if keep.any():
             out[name] = cam_localisation(cams[keep], masks[keep])
