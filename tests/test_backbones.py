@@ -8,7 +8,9 @@ from torch import nn
 
 from cadx.errors import ConfigError, InputError
 from cadx.models.backbones import (
+    BACKBONES,
     build_backbone,
+    cam_layer,
     embedding_size,
     feature_modules,
     load_init_weights,
@@ -41,6 +43,20 @@ def test_darknet19_rejects_images_smaller_than_its_downsampling():
 def test_resnets_give_one_logit_per_image(name, in_channels):
     model = build_backbone(name, in_channels)
     assert model(torch.rand(2, in_channels, 64, 64)).shape == (2, 1)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_names_a_spatial_cam_layer(name):
+    # Grad-CAM weights this layer's map and lesion-mask guidance hooks it: it must exist and
+    # keep a spatial grid.
+    width = 1.0 if name.startswith("efficientnet") else 0.25
+    model = build_backbone(name, 3, 1, width, pretrained=False).eval()
+    maps = []
+    model.get_submodule(cam_layer(model, name)).register_forward_hook(
+        lambda module, inputs, output: maps.append(output))
+    with torch.no_grad():
+        model(torch.rand(2, 3, 64, 64))
+    assert len(maps) == 1 and maps[0].dim() == 4 and maps[0].shape[-1] >= 2
 
 
 def test_unknown_backbone_lists_the_choices():
