@@ -34,10 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy.special import logit
 
 from cadx.bundle import PatchModelBundle
 from cadx.config import PRECISIONS, PipelineConfig, PreprocessConfig
@@ -99,6 +102,22 @@ def patch_store_path(data: Path, folder: Path, config: PipelineConfig) -> Path:
     thickness = config.preprocess.slice_thickness_mm
     z = "" if thickness == PreprocessConfig().slice_thickness_mm else f"_z{thickness:g}"
     return data / f"store_{folder.name}_p{p.size_px}s{p.stride_px}c{p.context_slices}{z}"
+
+
+# The seed's size split: sensitivity for tumours under 2 cm.
+SMALL_MM = 20.0
+LOGIT_EPS = 1e-6
+
+
+def small_tumours(cases: Sequence[PatchedCase]) -> np.ndarray:
+    """True for each case whose tumour is under SMALL_MM (False for tumour-free cases)."""
+    return np.array([c.has_tumour and (c.tumour_diameter_mm or 0.0) < SMALL_MM for c in cases])
+
+
+def clipped_logit(p: np.ndarray | float) -> np.ndarray:
+    """The logit of probabilities clipped to [LOGIT_EPS, 1 - LOGIT_EPS] (a probability of
+    exactly 0 or 1 stays finite)."""
+    return logit(np.clip(p, LOGIT_EPS, 1 - LOGIT_EPS))
 
 
 def add_bundle_cohort_options(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from bench_ct_learning_curve import (
     add_bundle_cohort_options,
     bundle_split_cases,
+    clipped_logit,
+    small_tumours,
     validation_cases,
 )
 from sklearn.linear_model import LogisticRegression
@@ -42,9 +44,7 @@ from torch import nn
 from cadx.bundle import load_bundle
 from cadx.evaluate.stats import delong_auc_ci, delong_test
 
-SMALL_MM = 20.0
 DEPTH, HEIGHT, WIDTH = 16, 112, 144
-EPS = 1e-6
 
 
 def gland_volume(case) -> np.ndarray:
@@ -114,11 +114,6 @@ def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
                                for k in range(0, len(x), 32)])
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
-
-
 def _volumes(cases) -> np.ndarray:
     return np.stack([gland_volume(c) for c in cases])
 
@@ -177,14 +172,14 @@ def main() -> None:
         truth = np.array([c.has_tumour for c in val_cases])
         assert truth.tolist() == top1[role]["truth"], "cohort order differs from the JSON's"
         truths[role] = truth
-        smalls[role] = truth & (np.array([c.tumour_diameter_mm or 0.0 for c in val_cases])
-                                < SMALL_MM)
+        smalls[role] = small_tumours(val_cases)
         values[role] = {"run top-1": np.array(top1[role]["run top-1"]),
                         "gland": _logits(model, _volumes(val_cases))}
-    fit = np.column_stack([_logit(values["choose"]["run top-1"]), values["choose"]["gland"]])
+    fit = np.column_stack([clipped_logit(values["choose"]["run top-1"]), values["choose"]["gland"]])
     combo = make_pipeline(StandardScaler(), LogisticRegression()).fit(fit, truths["choose"])
     for role in values:
-        features = np.column_stack([_logit(values[role]["run top-1"]), values[role]["gland"]])
+        features = np.column_stack([clipped_logit(values[role]["run top-1"]),
+                                    values[role]["gland"]])
         values[role]["run top-1 + gland"] = combo.predict_proba(features)[:, 1]
     choose_auc = {k: roc_auc_score(truths["choose"], v) for k, v in values["choose"].items()}
     chosen = max(("gland", "run top-1 + gland"), key=lambda k: choose_auc[k])

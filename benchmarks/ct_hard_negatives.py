@@ -25,6 +25,7 @@ import numpy as np
 from bench_ct_learning_curve import (
     add_validation_cohort_options,
     bundle_split_cases,
+    small_tumours,
     validation_cohort,
 )
 
@@ -35,8 +36,6 @@ from cadx.patches.grid import PatchSet
 from cadx.patches.store import join_patches
 from cadx.train.fit import fit_patch_cnn, predict_patch_probabilities
 from cadx.train.pipeline import choose_thresholds, score_cases
-
-SMALL_MM = 20.0
 
 
 def mined_training_set(model, train: PatchSet, hard_per_positive: float,
@@ -64,8 +63,7 @@ def _rows(bundle: PatchModelBundle, cases, label: str) -> dict[str, object]:
     truth = np.array([c.has_tumour for c in cases])
     scores = cohort_patient_scores(cases, per_case, bundle.patch_threshold, config)
     auc = delong_auc_ci(truth, scores)
-    size = np.array([c.tumour_diameter_mm or 0.0 for c in cases])
-    small = truth & (size < SMALL_MM)
+    small = small_tumours(cases)
     free = ~truth
     keep = small | free
     small_auc = delong_auc_ci(truth[keep], scores[keep])

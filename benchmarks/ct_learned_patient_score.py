@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from bench_ct_learning_curve import validation_cohort
+from bench_ct_learning_curve import clipped_logit, validation_cohort
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -24,19 +24,12 @@ from cadx.bundle import load_bundle
 from cadx.evaluate.stats import delong_auc_ci, delong_test
 from cadx.train.pipeline import score_cases
 
-_EPS = 1e-6
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, _EPS), 1 - _EPS)
-    return float(np.log(p / (1 - p)))
-
 
 def patient_summary(probabilities: np.ndarray, patch_threshold: float) -> np.ndarray:
     """The five numbers the learned score sees for one patient's patch probabilities."""
     ranked = np.sort(probabilities)[::-1]
-    return np.array([_logit(ranked[0]), _logit(ranked[:3].mean()), _logit(ranked[:10].mean()),
-                     float((probabilities >= patch_threshold).mean()),
+    tops = clipped_logit([ranked[0], ranked[:3].mean(), ranked[:10].mean()])
+    return np.array([*tops, float((probabilities >= patch_threshold).mean()),
                      float((probabilities >= 0.5).mean())])
 
 

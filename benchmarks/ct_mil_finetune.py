@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from bench_ct_learning_curve import (
     add_bundle_cohort_options,
     bundle_split_cases,
+    small_tumours,
     validation_cases,
 )
 from sklearn.metrics import roc_auc_score
@@ -40,8 +41,6 @@ from cadx.train.fit import augment_patches
 from cadx.train.loss import WeightedBCELoss
 from cadx.train.pipeline import score_cases
 from cadx.train.precision import autocast, resolve_precision
-
-SMALL_MM = 20.0
 
 
 def top_k_logit(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -121,7 +120,7 @@ def main() -> None:
     for seed, n in ((202, 60), (303, 200)):
         val_cases = validation_cases(data, seed, n, config)
         truth = np.array([c.has_tumour for c in val_cases])
-        small = truth & (np.array([c.tumour_diameter_mm or 0.0 for c in val_cases]) < SMALL_MM)
+        small = small_tumours(val_cases)
         keep = small | ~truth
         rows = {"run top-1": patient_top1(base, val_cases, config),
                 "MIL-tuned top-1": patient_top1(model, val_cases, config)}

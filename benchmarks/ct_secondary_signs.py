@@ -25,6 +25,8 @@ import numpy as np
 from bench_ct_learning_curve import (
     add_bundle_cohort_options,
     bundle_split_cases,
+    clipped_logit,
+    small_tumours,
     validation_cases,
 )
 from sklearn.linear_model import LogisticRegression
@@ -38,19 +40,11 @@ from cadx.patches.store import join_patches
 from cadx.train.fit import fit_patch_cnn
 from cadx.train.pipeline import score_cases
 
-SMALL_MM = 20.0
-EPS = 1e-6
-
 
 def patient_labelled(patches: PatchSet, label_of: dict[str, int]) -> PatchSet:
     """The same patches, each labelled with its patient's label."""
     labels = np.array([label_of[str(p)] for p in patches.patient_ids], dtype=np.int64)
     return PatchSet(patches.patches, patches.patient_ids, patches.coords, labels)
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, EPS, 1 - EPS)
-    return np.log(p / (1 - p))
 
 
 def aggregates(per_case: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -114,7 +108,7 @@ def main() -> None:
                           ("measure", args.measure_seed, args.measure_patients)):
         val_cases = validation_cases(data, seed, n, config)
         truth = np.array([c.has_tumour for c in val_cases])
-        small = truth & (np.array([c.tumour_diameter_mm or 0.0 for c in val_cases]) < SMALL_MM)
+        small = small_tumours(val_cases)
         values = scores(bundle, tuned, val_cases)
         chosen_scores[role] = (truth, small, values)
         results[role] = {"seed": seed, "truth": truth.tolist(),
@@ -123,14 +117,14 @@ def main() -> None:
     # Combinations: logistic regression on the two logits, fitted on the choosing cohort.
     combos = {}
     for agg in ("mean", "top10", "top1"):
-        features = np.column_stack([_logit(values["run top-1"]), _logit(values[f"PL {agg}"])])
+        features = clipped_logit(np.column_stack([values["run top-1"], values[f"PL {agg}"]]))
         combos[f"run top-1 + PL {agg}"] = make_pipeline(StandardScaler(), LogisticRegression(
             C=1.0)).fit(features, truth)
     for name, model in combos.items():
         agg = name.rsplit(" ", 1)[1]
         for role in ("choose", "measure"):
             _, _, vals = chosen_scores[role]
-            features = np.column_stack([_logit(vals["run top-1"]), _logit(vals[f"PL {agg}"])])
+            features = clipped_logit(np.column_stack([vals["run top-1"], vals[f"PL {agg}"]]))
             vals[name] = model.predict_proba(features)[:, 1]
     candidates = [k for k in values if k != "run top-1"]
     choose_auc = {k: delong_auc_ci(truth, values[k]).estimate for k in values}
