@@ -18,7 +18,7 @@ from cadx.image_bundle import ImageModelBundle, load_image_bundle, save_image_bu
 from cadx.io.atomic import write_json_atomic
 from cadx.io.clinical import load_clinical_schema
 from cadx.io.images import load_image_dataset, patient_id_from_filename
-from cadx.models.backbones import default_feature_layers, is_pretrained_arch
+from cadx.models.backbones import feature_layers_of, is_pretrained_arch
 from cadx.synth.us_lesions import UltrasoundCohortSpec, write_us_cohort
 from cadx.train.image_pipeline import (
     ImageModelConfig,
@@ -112,10 +112,8 @@ def train_features(dataset: str | Path, out_path: str | Path, backbones: Sequenc
     console = console or Console()
     source = load_image_bundle(backbones_from) if backbones_from else None
     data = load_image_dataset(dataset, progress=progress)
-    chosen = {arch: default_feature_layers(arch) if layers is None else layers
-              for arch in backbones}
-    what = [", ".join(f"{arch} {'/'.join(names)}" for arch, names in chosen.items())
-            ] if backbones else []
+    what = [", ".join(f"{arch} {'/'.join(feature_layers_of(arch, layers))}"
+                      for arch in backbones)] if backbones else []
     what += ["GLCM + wavelet texture"] if texture else []
     console.print(f"[bold]cadx train-features[/]: {len(data)} images of "
                   f"{len(data.patient_ids)} patients from {dataset}; features: "

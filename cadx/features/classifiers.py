@@ -58,6 +58,15 @@ def cv_splitter(y: np.ndarray, groups: np.ndarray | None = None, seed: int = 0,
     return StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
 
 
+def _grid_search(estimator: Pipeline, grid: dict[str, list],
+                 cv: StratifiedKFold | StratifiedGroupKFold | None, seed: int) -> GridSearchCV:
+    """`estimator` tuned over `grid` by ROC AUC over `cv` (default: 5 shuffled stratified
+    folds)."""
+    if cv is None:
+        cv = StratifiedKFold(MAX_CV_SPLITS, shuffle=True, random_state=seed)
+    return GridSearchCV(estimator, grid, scoring="roc_auc", cv=cv, error_score="raise")
+
+
 def make_svm(seed: int = 0, cv: StratifiedKFold | StratifiedGroupKFold | None = None,
              ) -> GridSearchCV:
     """Standardised RBF SVM with balanced class weights and Platt-scaled probabilities, its C
@@ -69,9 +78,7 @@ def make_svm(seed: int = 0, cv: StratifiedKFold | StratifiedGroupKFold | None = 
     platt_svm = CalibratedClassifierCV(SVC(kernel="rbf", class_weight="balanced"),
                                        method="sigmoid", cv=PLATT_FOLDS, ensemble=False)
     svm = Pipeline([("scale", StandardScaler()), ("svc", platt_svm)])
-    if cv is None:
-        cv = StratifiedKFold(MAX_CV_SPLITS, shuffle=True, random_state=seed)
-    return GridSearchCV(svm, SVM_PARAM_GRID, scoring="roc_auc", cv=cv, error_score="raise")
+    return _grid_search(svm, SVM_PARAM_GRID, cv, seed)
 
 
 def make_logistic_regression(seed: int = 0,
@@ -81,9 +88,7 @@ def make_logistic_regression(seed: int = 0,
     features), its C chosen by ROC AUC over `cv` (default: 5 shuffled stratified folds)."""
     logreg = Pipeline([("scale", StandardScaler()),
                        ("logreg", LogisticRegression(class_weight="balanced", max_iter=2000))])
-    if cv is None:
-        cv = StratifiedKFold(MAX_CV_SPLITS, shuffle=True, random_state=seed)
-    return GridSearchCV(logreg, LOGREG_PARAM_GRID, scoring="roc_auc", cv=cv, error_score="raise")
+    return _grid_search(logreg, LOGREG_PARAM_GRID, cv, seed)
 
 
 def make_random_forest(seed: int = 0) -> RandomForestClassifier:

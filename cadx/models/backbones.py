@@ -12,7 +12,7 @@ to a local file load with `load_init_weights`. Nothing is downloaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,11 @@ def default_feature_layers(name: str) -> tuple[str, ...]:
     "stages" for the pretrained backbones (chosen on the validation patients of DDTI, MMOTU
     and BUS-BRA, docs/images-2d.md), "avgpool" for the others."""
     return ("stages",) if is_pretrained_arch(name) else ("avgpool",)
+
+
+def feature_layers_of(name: str, layers: Sequence[str] | None) -> tuple[str, ...]:
+    """The feature layers backbone `name` is read at: `layers`, or its defaults when None."""
+    return default_feature_layers(name) if layers is None else tuple(layers)
 
 
 def _check_name(name: str) -> None:

@@ -44,7 +44,7 @@ from cadx.io.near_duplicates import (
 from cadx.models.backbones import (
     build_backbone,
     cam_layer,
-    default_feature_layers,
+    feature_layers_of,
     is_pretrained_arch,
     load_init_weights,
 )
@@ -326,7 +326,7 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
                         feature_cache: str | Path | None = None,
                         candidate_sizes: Sequence[int] = (),
                         progress: bool = True, n_boot: int = 1000) -> ImageTrainingOutcome:
-    """Deep features of `layers` of each backbone (None: `default_feature_layers` of each;
+    """Deep features of `layers` of each backbone (None: each backbone's `default_feature_layers`;
     concatenated across backbones) and/or
     texture features, classified by each of `classifiers` (averaged when several). With
     `feature_cache` (a folder) the feature matrices are stored and reused by later runs.
@@ -369,8 +369,7 @@ def train_feature_model(dataset: ImageDataset, backbones: Sequence[str],
             model, source = _fresh_network(arch, config, init_weights, index)
             width = network_width(arch, config)
             sources[arch] = source or "random initialisation (no trained weights)"
-        specs.append(NetworkSpec(arch, width, layers=tuple(
-            default_feature_layers(arch) if layers is None else layers)))
+        specs.append(NetworkSpec(arch, width, layers=feature_layers_of(arch, layers)))
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         models.append(model.eval())
     validation_auc, best = {}, None
