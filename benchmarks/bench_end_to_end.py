@@ -21,7 +21,7 @@ from rich.console import Console
 from cadx.bundle import PatchModelBundle, save_bundle
 from cadx.decide.roc import OperatingPoint
 from cadx.io.dataset import load_dataset
-from cadx.models.patch_cnn import PatchCNN
+from cadx.models.patch_network import build_patch_network
 from cadx.synth.ct_phantom import CohortSpec, write_msd_cohort
 from cadx.workflows import DEMO_CONFIG, diagnose_file
 
@@ -32,7 +32,9 @@ def random_bundle(path: Path) -> Path:
     """A bundle with the demo's settings and an untrained network."""
     torch.manual_seed(0)
     point = OperatingPoint(0.5, 0.0, 0.0, 0.0, 0.5, (0.0, 1.0), (0.0, 1.0))
-    bundle = PatchModelBundle(config=DEMO_CONFIG, state_dict=PatchCNN(50).state_dict(),
+    network = build_patch_network(DEMO_CONFIG.model, DEMO_CONFIG.patches.size_px,
+                                  DEMO_CONFIG.patches.channels, pretrained=False)
+    bundle = PatchModelBundle(config=DEMO_CONFIG, state_dict=network.state_dict(),
                               patch_operating_point=point, patient_operating_point=point)
     return save_bundle(bundle, path)
 

@@ -146,6 +146,7 @@ def auc_comparison(args: argparse.Namespace) -> None:
     of the difference on the same validation patches."""
     from bench_ct_learning_curve import _balanced_subset, _cases, cached_cohort
 
+    from cadx.config import ModelConfig
     from cadx.evaluate.stats import delong_test
     from cadx.patches.store import join_patches
     from cadx.train.fit import fit_patch_cnn, predict_patch_probabilities
@@ -156,7 +157,7 @@ def auc_comparison(args: argparse.Namespace) -> None:
                                                             args.auc_epochs)
     patch, stride = (16, 8) if args.quick else (DEMO_CONFIG.patches.size_px,
                                                 DEMO_CONFIG.patches.stride_px)
-    config = replace(DEMO_CONFIG,
+    config = replace(DEMO_CONFIG, model=ModelConfig(),  # the Table-1 network
                      patches=replace(DEMO_CONFIG.patches, size_px=patch, stride_px=stride),
                      train=replace(DEMO_CONFIG.train, max_epochs=epochs,
                                    early_stop_patience=epochs))

@@ -1,14 +1,15 @@
-"""The dense-supervision lever at the demo's scale: does a network that trains twice as fast
-buy the demo accuracy within its time budget? (issue 14)
+"""The dense-supervision lever at the demo's scale: the dense UNet patch network
+(`--patch-network unet`) against the demo's Table-1 network, both trained the way `cadx demo`
+trains (issue 14).
 
-`cadx demo` is limited by training steps (see the learning curve). The dense UNet of
-`ct_dense_supervision.py` takes about twice the Table-1 network's patches per second, so in
-the same wall time it can train twice the epochs. This script trains, on the learning curve's
-training phantoms (the first N/2 tumour and N/2 tumour-free of seed 101), the demo's 2.5D
-Table-1 network with the demo's schedule and the dense UNet with `--dense-epochs`; each picks
-its epoch on the seed-202 validation phantoms (Table-1: the demo's early stopping on patch
-AUC; dense: top-1 patient AUC) and both are measured on the seed-303 validation phantoms
-(top-1 patient score, flips at test time), with their training wall times. No test cohort.
+`cadx demo` is limited by training steps (see the learning curve), and the dense UNet of
+`ct_dense_supervision.py` takes about twice the Table-1 network's patches per second. This
+script takes the learning curve's training phantoms (the first N/2 tumour and N/2 tumour-free
+of seed 101), trains the demo's 2.5D Table-1 network and the UNet with cadx's own
+`fit_patch_cnn` and the demo's schedule (12 epochs, early stopping on the patch AUC of the
+seed-202 validation phantoms), and measures both on the seed-303 validation phantoms (top-1
+patient score, flips at test time), with their training wall times. cadx's cropped tumour masks
+are checked against the label resampled here. No test cohort.
 
 Run:
     python benchmarks/ct_dense_demo_scale.py --data bench_ct --patients 36 --json demo_scale.json
@@ -30,8 +31,9 @@ from bench_ct_learning_curve import (
     small_tumours,
     validation_cases,
 )
-from ct_dense_supervision import fit_dense, patient_top1, tumour_mask_patches
+from ct_dense_supervision import patient_top1, tumour_mask_patches
 
+from cadx.config import ModelConfig
 from cadx.evaluate.stats import delong_auc_ci, delong_test
 from cadx.io.dataset import load_dataset
 from cadx.patches.store import join_patches
@@ -48,10 +50,12 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=36, help="training phantoms")
     parser.add_argument("--pool", type=int, default=36,
                         help="the cached training cohort they are taken from (seed 101)")
-    parser.add_argument("--dense-epochs", type=int, default=24)
+    parser.add_argument("--table1-scores", metavar="JSON",
+                        help="this script's earlier --json: reuse its Table-1 scores")
     parser.add_argument("--json", help="write the scores as JSON")
     args = parser.parse_args()
-    config = replace(DEMO_CONFIG, train=replace(
+    # the demo's settings with the Table-1 network (the demo's network until this measurement)
+    config = replace(DEMO_CONFIG, model=ModelConfig(), train=replace(
         DEMO_CONFIG.train, precision=resolve_precision(DEMO_CONFIG.train.precision)))
     data = Path(args.data)
     folder = cached_cohort(data, f"train_seed101_n{args.pool}", args.pool, 101, False)
@@ -65,27 +69,39 @@ def main() -> None:
     print(f"{len(train_cases)} training phantoms, {len(train_set)} patches "
           f"({int(train_set.labels.sum())} cancerous)", flush=True)
 
-    started = time.perf_counter()
-    table1, history = fit_patch_cnn(train_set, join_patches(select), config.train,
-                                    model_config=config.model, progress=False)
-    table1_wall = time.perf_counter() - started
-    print(f"Table-1: {len(history.train_loss)} epochs (best {history.best_epoch}), "
-          f"{table1_wall / 60:.1f} min", flush=True)
-
-    masks = tumour_mask_patches(train_cases, folder, config)
-    started = time.perf_counter()
-    dense, dense_history, kept = fit_dense(train_cases, masks, select, config,
-                                           (16, 32, 64, 128), args.dense_epochs,
-                                           config.train.learning_rate, config.train.batch_size)
-    dense_wall = time.perf_counter() - started
-    print(f"dense: {args.dense_epochs} epochs (kept {kept}), {dense_wall / 60:.1f} min",
-          flush=True)
-
     truth = np.array([c.has_tumour for c in measure])
+    if args.table1_scores:  # a previous run's Table-1 network, same phantoms and seed
+        saved = json.loads(Path(args.table1_scores).read_text())
+        if saved["truth"] != truth.tolist():
+            raise SystemExit(f"{args.table1_scores}: scored another cohort")
+        table1_scores, table1_wall = np.array(saved["table1"]), saved["wall_s"]["table1"]
+    else:
+        started = time.perf_counter()
+        table1, history = fit_patch_cnn(train_set, join_patches(select), config.train,
+                                        model_config=config.model, progress=False)
+        table1_wall = time.perf_counter() - started
+        print(f"Table-1: {len(history.train_loss)} epochs (best {history.best_epoch}), "
+              f"{table1_wall / 60:.1f} min", flush=True)
+        table1_scores = patient_top1(table1, measure, config)
+
+    # The dense network through cadx's own path: cropped with its masks, trained by
+    # fit_patch_cnn with the demo's schedule, monitor and early stopping.
+    dense_config = replace(config, model=replace(config.model, arch="unet"))
+    dense_cases = _balanced_subset(
+        patched_cases(load_dataset(folder), dense_config, progress=False), args.patients)
+    dense_set = join_patches(dense_cases)
+    if not np.array_equal(dense_set.masks, tumour_mask_patches(dense_cases, folder, config)):
+        raise SystemExit("cadx's cropped tumour masks differ from the label resampled here")
+    started = time.perf_counter()
+    dense, dense_history = fit_patch_cnn(dense_set, join_patches(select), dense_config.train,
+                                         model_config=dense_config.model, progress=False)
+    dense_wall = time.perf_counter() - started
+    print(f"dense: {len(dense_history.train_loss)} epochs (best {dense_history.best_epoch}), "
+          f"{dense_wall / 60:.1f} min", flush=True)
+
     small = small_tumours(measure)
     keep = small | ~truth
-    scores = {"table1": patient_top1(table1, measure, config),
-              "dense": patient_top1(dense, measure, config)}
+    scores = {"table1": table1_scores, "dense": patient_top1(dense, measure, dense_config)}
     print(f"seed 303 ({len(truth)} phantoms, {int(truth.sum())} with tumour), top-1:")
     for name, wall in (("table1", table1_wall), ("dense", dense_wall)):
         auc = delong_auc_ci(truth, scores[name])
@@ -97,7 +113,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"args": vars(args), "truth": truth.tolist(), "small": small.tolist(),
-             "dense_selection_auc": dense_history, "dense_kept_epoch": kept,
+             "dense_history": dense_history.to_dict(),
              "wall_s": {"table1": table1_wall, "dense": dense_wall}, "difference": diff,
              **{k: v.tolist() for k, v in scores.items()}}, indent=2, default=float))
 

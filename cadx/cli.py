@@ -99,8 +99,9 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and training")
     g.add_argument("--patch-network", choices=PATCH_ARCHS, default=ModelConfig().arch,
                    help="table1: seed 000's Table-1 CNN; efficientnet_lite0: ImageNet-pretrained "
-                        "EfficientNet-Lite0 fine-tuned on the patches (1 or 3 input channels) "
-                        "(default %(default)s)")
+                        "EfficientNet-Lite0 fine-tuned on the patches (1 or 3 input channels); "
+                        "unet: a small UNet trained on each patch's tumour mask, scoring a "
+                        "patch by its largest pixel probability (default %(default)s)")
     g.add_argument("--no-batch-norm", action="store_true",
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,

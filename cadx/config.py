@@ -116,7 +116,9 @@ class PatchConfig:
 
 # The CT patch network: seed 000's Table-1 CNN, or an ImageNet-pretrained EfficientNet-Lite0
 # fine-tuned on the patches (docs/ct-pipeline.md, run 7).
-PATCH_ARCHS = ("table1", "efficientnet_lite0")
+PATCH_ARCHS = ("table1", "efficientnet_lite0", "unet")
+# Patch networks trained on each patch's tumour mask (pixel supervision), not on its label alone.
+DENSE_PATCH_ARCHS = ("unet",)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,11 @@ class ModelConfig:
         if self.arch != "table1" and not self.batch_norm:
             raise ConfigError(f"--no-batch-norm applies to the Table-1 network only; "
                               f"{self.arch} keeps its own BatchNorm")
+
+    @property
+    def dense(self) -> bool:
+        """Whether the network trains on the patches' tumour masks (pixel supervision)."""
+        return self.arch in DENSE_PATCH_ARCHS
 
 
 POSITIVE_WEIGHTINGS = ("patch", "tumour")
@@ -237,7 +244,7 @@ class PipelineConfig:
     decide: DecideConfig = field(default_factory=DecideConfig)
 
     def __post_init__(self) -> None:
-        if self.model.arch != "table1" and self.patches.channels not in (1, 3):
+        if self.model.arch == "efficientnet_lite0" and self.patches.channels not in (1, 3):
             raise ConfigError(f"the {self.model.arch} patch network takes 1 slice or 3 "
                               f"(--context-slices 0 or 1), not {self.patches.channels}")
 

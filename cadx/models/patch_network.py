@@ -1,4 +1,5 @@
-"""Which network classifies CT patches: seed 000's Table-1 CNN or a pretrained EfficientNet-Lite."""
+"""Which network classifies CT patches: seed 000's Table-1 CNN, a pretrained EfficientNet-Lite
+or a dense UNet trained on the patches' tumour masks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torch import nn
 
 from cadx.config import ModelConfig
 from cadx.errors import ConfigError
+from cadx.models.dense_patch_net import DensePatchNet
 from cadx.models.patch_cnn import PatchCNN
 from cadx.models.pretrained import build_efficientnet_lite
 
@@ -36,4 +38,6 @@ def build_patch_network(config: ModelConfig, patch_size_px: int, in_channels: in
     pretrained architecture (training), False leaves it for a bundle's weights (scoring)."""
     if config.arch == "table1":
         return PatchCNN(patch_size_px, config.batch_norm, in_channels)
+    if config.arch == "unet":
+        return DensePatchNet(patch_size_px, in_channels)
     return PretrainedPatchNet(config.arch, patch_size_px, in_channels, pretrained)

@@ -25,13 +25,15 @@ class PatchSet:
     `patches` is (N, P, P), or (N, C, P, P) for 2.5D patches whose C channels are the slice and
     its neighbours (centre slice in the middle channel). `coords` holds (slice, y, x) of each
     patch's top-left corner on the preprocessed grid; `labels` is 1 for cancerous patches, 0
-    otherwise, or None when the truth is unknown.
+    otherwise, or None when the truth is unknown. `masks` (N, P, P) uint8 holds each patch's
+    tumour mask (the centre slice's) where a dense patch network trains on it, else None.
     """
 
     patches: np.ndarray
     patient_ids: np.ndarray
     coords: np.ndarray
     labels: np.ndarray | None = None
+    masks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.patches.shape[0])
@@ -48,11 +50,13 @@ class PatchSet:
     def subset(self, keep: np.ndarray) -> PatchSet:
         """The patches selected by a boolean mask or an index array."""
         return PatchSet(self.patches[keep], self.patient_ids[keep], self.coords[keep],
-                        None if self.labels is None else self.labels[keep])
+                        None if self.labels is None else self.labels[keep],
+                        None if self.masks is None else self.masks[keep])
 
     @staticmethod
     def concat(sets: list[PatchSet]) -> PatchSet:
-        """Join patch sets (all labelled or all unlabelled) into one."""
+        """Join patch sets (all labelled or all unlabelled) into one; masks are kept when
+        every set has them."""
         if not sets:
             raise ValueError("no patch sets to join")
         labelled = [s.labels is not None for s in sets]
@@ -63,6 +67,8 @@ class PatchSet:
             np.concatenate([s.patient_ids for s in sets]),
             np.concatenate([s.coords for s in sets]),
             np.concatenate([s.labels for s in sets]) if all(labelled) else None,
+            (np.concatenate([s.masks for s in sets])
+             if all(s.masks is not None for s in sets) else None),
         )
 
 
@@ -105,12 +111,13 @@ def _touching(positions: np.ndarray, size: int, first: int, last: int) -> np.nda
     return positions[(positions + size > first) & (positions <= last)]
 
 
-def extract_patches(case: Case, config: PatchConfig) -> PatchSet:
+def extract_patches(case: Case, config: PatchConfig, with_masks: bool = False) -> PatchSet:
     """Crop the patches of a preprocessed case that touch its (dilated) organ mask.
 
     A patch holding tumour is kept even where the organ mask misses it; non-cancerous patches
     outside the organ mask are dropped. Works slice by slice on (z, y, x) volumes; a 2D image is
-    a one-slice volume.
+    a one-slice volume. `with_masks` also crops each patch's tumour mask (for a dense patch
+    network; needs the case's tumour mask).
     """
     if case.organ_mask is None:
         raise ConfigError(f"{case.source or case.patient_id}: patch extraction needs an organ mask")
@@ -150,8 +157,11 @@ def extract_patches(case: Case, config: PatchConfig) -> PatchSet:
     else:
         patches = np.ascontiguousarray(windows[slice_idx, ys[iy], xs[ix]], dtype=np.float32)
     coords = np.stack([slice_idx, ys[iy], xs[ix]], axis=1).astype(np.int32)
-    labels = None
+    labels, masks = None, None
     if tumour_counts is not None:
         labels = (tumour_counts[slice_pos, iy, ix] > 0).astype(np.uint8)
+        if with_masks:
+            tumour = sliding_window_view(case.tumour_mask, (size, size), axis=(1, 2))
+            masks = np.ascontiguousarray(tumour[slice_idx, ys[iy], xs[ix]], dtype=np.uint8)
     patient_ids = np.full(len(patches), case.patient_id, dtype=object)
-    return PatchSet(patches, patient_ids, coords, labels)
+    return PatchSet(patches, patient_ids, coords, labels, masks)

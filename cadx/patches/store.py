@@ -24,6 +24,7 @@ from cadx.patches.grid import PatchSet
 
 STORE_FORMAT = "cadx-patch-store/1"
 PATCHES_FILE, INDEX_FILE, MANIFEST_FILE = "patches.f32", "index.npz", "store.json"
+MASKS_FILE = "masks.u8"  # (N, P, P) tumour masks, written when the patches carry them
 
 
 class StoredRows:
@@ -53,19 +54,25 @@ class StoredRows:
 
 def write_patch_store(refs: Sequence[CaseRef], config: PipelineConfig, folder: str | Path,
                       progress: bool = True) -> Path:
-    """Crop every case of `refs` into a store at `folder`; the manifest is written last, so
-    an interrupted write leaves no store that opens."""
+    """Crop every case of `refs` into a store at `folder` (with the patches' tumour masks when
+    `config`'s patch network trains on them); the manifest is written last, so an interrupted
+    write leaves no store that opens."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST_FILE).unlink(missing_ok=True)
+    (folder / MASKS_FILE).unlink(missing_ok=True)
     cases, rows = [], 0
-    with atomic_path(folder / PATCHES_FILE) as tmp, tmp.open("wb") as out:
+    dense = config.model.dense
+    with (atomic_path(folder / PATCHES_FILE) as tmp, tmp.open("wb") as out,
+          atomic_path(folder / MASKS_FILE) as tmp_masks, tmp_masks.open("wb") as out_masks):
         labels, coords = [], []
         for ref in track(refs, description="cropping into the patch store",
                          disable=not progress):
             patched = patch_case(ref, config)
             patches = patched.patches
             np.ascontiguousarray(patches.patches, dtype=np.float32).tofile(out)
+            if dense:
+                np.ascontiguousarray(patches.masks, dtype=np.uint8).tofile(out_masks)
             labels.append(patches.labels)
             coords.append(patches.coords)
             cases.append({"patient_id": patched.patient_id, "start": rows,
@@ -75,15 +82,18 @@ def write_patch_store(refs: Sequence[CaseRef], config: PipelineConfig, folder: s
             rows += len(patches)
     with atomic_path(folder / INDEX_FILE) as tmp, tmp.open("wb") as out:
         np.savez(out, labels=np.concatenate(labels), coords=np.concatenate(coords))
+    if not dense:
+        (folder / MASKS_FILE).unlink()
     write_json_atomic(folder / MANIFEST_FILE, {
         "format": STORE_FORMAT, "n_patches": rows, "patch_size_px": config.patches.size_px,
-        "channels": config.patches.channels,
+        "channels": config.patches.channels, "masks": dense,
         "config": config.to_dict(), "cases": cases})
     return folder
 
 
 def open_patch_store(folder: str | Path) -> list[PatchedCase]:
-    """The cases of a store; their patches are read-only memory-mapped views."""
+    """The cases of a store; their patches (and tumour masks, if stored) are read-only
+    memory-mapped views."""
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text())
@@ -100,12 +110,18 @@ def open_patch_store(folder: str | Path) -> list[PatchedCase]:
     if (folder / PATCHES_FILE).stat().st_size != expected or len(labels) != n:
         raise InputError(f"{folder / PATCHES_FILE}: size does not match the store's manifest")
     mapped = np.memmap(folder / PATCHES_FILE, dtype=np.float32, mode="r", shape=(n, *row_shape))
+    masks = None
+    if manifest.get("masks"):
+        if (folder / MASKS_FILE).stat().st_size != n * size * size:
+            raise InputError(f"{folder / MASKS_FILE}: size does not match the store's manifest")
+        masks = np.memmap(folder / MASKS_FILE, dtype=np.uint8, mode="r", shape=(n, size, size))
     cases = []
     for case in manifest["cases"]:
         part = slice(case["start"], case["stop"])
         ids = np.full(case["stop"] - case["start"], case["patient_id"], dtype=object)
-        rows = StoredRows(mapped, np.arange(case["start"], case["stop"]))
-        patches = PatchSet(rows, ids, coords[part], labels[part])
+        rows = np.arange(case["start"], case["stop"])
+        patches = PatchSet(StoredRows(mapped, rows), ids, coords[part], labels[part],
+                           None if masks is None else StoredRows(masks, rows))
         spacing = case.get("spacing_zyx_mm")  # stores written before cadx kept it: None
         cases.append(PatchedCase(case["patient_id"], patches, case["has_tumour"],
                                  case["tumour_diameter_mm"], case["meta"],
@@ -125,7 +141,10 @@ def join_patches(cases: Sequence[PatchedCase]) -> PatchSet:
     if not sets or len(stored) != len(sets) or len({id(p.mapped) for p in stored}) != 1:
         return PatchSet.concat(sets)
     rows = np.concatenate([p.rows for p in stored])
+    masks = [s.masks for s in sets]
     return PatchSet(StoredRows(stored[0].mapped, rows),
                     np.concatenate([s.patient_ids for s in sets]),
                     np.concatenate([s.coords for s in sets]),
-                    np.concatenate([s.labels for s in sets]))
+                    np.concatenate([s.labels for s in sets]),
+                    StoredRows(masks[0].mapped, rows)
+                    if all(isinstance(m, StoredRows) for m in masks) else None)

@@ -100,8 +100,10 @@ def _store_matches(folder: str | Path, refs: Sequence[CaseRef], config: Pipeline
     wanted = _jsonable(config.to_dict())
     same_settings = all(stored[part] == wanted[part]
                         for part in ("labels", "preprocess", "patches"))
-    stored_ids = [case.patient_id for case in open_patch_store(folder)]
-    return same_settings and stored_ids == [ref.patient_id for ref in refs]
+    stored_cases = open_patch_store(folder)
+    stored_ids = [case.patient_id for case in stored_cases]
+    masks_ok = not config.model.dense or all(c.patches.masks is not None for c in stored_cases)
+    return same_settings and masks_ok and stored_ids == [ref.patient_id for ref in refs]
 
 
 def _jsonable(value: object) -> object:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from monai.losses import DiceLoss
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import roc_auc_score
 from torch.nn.parallel import DistributedDataParallel
@@ -205,6 +207,14 @@ def fit_patch_cnn(
     generator = torch.Generator().manual_seed(config.seed)
     # channels_last is ~1.3x faster for training and ~1.5x for inference on CPU (benchmarks/).
     model_config = model_config or ModelConfig()
+    # A dense network learns each patch's tumour mask (soft Dice over the batch + pixel BCE)
+    # beside the patch loss on its largest pixel logit.
+    dense = model_config.dense
+    if dense and train.masks is None:
+        raise ConfigError(f"the {model_config.arch} patch network trains on each patch's tumour "
+                          "mask, and these training patches carry none (crop them with "
+                          f"--patch-network {model_config.arch})")
+    dice_loss = DiceLoss(sigmoid=True, batch=True)
     # One GPU per rank under nccl (torchrun sets the device); the CPU otherwise.
     on_gpu = distributed and dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device(
@@ -268,14 +278,25 @@ def fit_patch_cnn(
             n_seen = 0
             for index, augmentation in batches:
                 batch = _batch_tensor(train.patches, index.numpy()).to(device)
-                batch = augment_patches(
-                    batch, None if augmentation is None else augmentation.to(device))
+                augmentation = None if augmentation is None else augmentation.to(device)
+                if dense:  # the tumour masks as one more channel, so they move with the patch
+                    both = augment_patches(torch.cat(
+                        [batch, _batch_tensor(train.masks, index.numpy()).to(device)], 1),
+                        augmentation)
+                    batch, target = both[:, :-1], both[:, -1:]
+                else:
+                    batch = augment_patches(batch, augmentation)
                 optimiser.zero_grad(set_to_none=True)
                 with autocast(precision, device.type):
-                    logits = network(batch)
-                loss = train_loss_fn(logits.float(), y_train[index].to(device),
+                    outputs = network(batch, pixels=True) if dense else network(batch)
+                logits = outputs.float().flatten(1).amax(dim=1) if dense else outputs.float()
+                loss = train_loss_fn(logits, y_train[index].to(device),
                                      None if patch_weights is None
                                      else patch_weights[index].to(device))
+                if dense:
+                    pixels = outputs.float()
+                    loss = (loss + dice_loss(pixels, target)
+                            + F.binary_cross_entropy_with_logits(pixels, target))
                 loss.backward()
                 optimiser.step()
                 summed_loss += loss.detach().to(torch.float64) * len(index)

@@ -1,0 +1,36 @@
+"""A patch network trained on each patch's tumour mask: a small MONAI UNet whose largest pixel
+logit is the patch's logit."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import Norm
+from monai.networks.nets import UNet
+from torch import nn
+
+UNET_CHANNELS = (16, 32, 64, 128)
+
+
+class DensePatchNet(nn.Module):
+    """A 2D UNet on (N, C, P, P) patches in 0..1. `forward(x)` gives (N,) patch logits (the
+    largest pixel logit, so cadx scores it as any patch network); `forward(x, pixels=True)`
+    gives the (N, 1, P, P) tumour logits it is trained on. Patches are padded (edge values) to
+    a multiple of the UNet's total stride and the output cropped back."""
+
+    def __init__(self, patch_size_px: int, in_channels: int,
+                 channels: tuple[int, ...] = UNET_CHANNELS) -> None:
+        super().__init__()
+        multiple = 2 ** (len(channels) - 1)
+        extra = -patch_size_px % multiple
+        self.pad = (extra // 2, extra - extra // 2)
+        self.patch_size_px = patch_size_px
+        self.in_channels = in_channels
+        self.unet = UNet(2, in_channels, 1, channels=channels,
+                         strides=(2,) * (len(channels) - 1), num_res_units=1, norm=Norm.BATCH)
+
+    def forward(self, patches: torch.Tensor, pixels: bool = False) -> torch.Tensor:
+        lo, hi = self.pad
+        out = self.unet(F.pad(patches, (lo, hi, lo, hi), mode="replicate"))
+        out = out[..., lo:out.shape[-2] - hi, lo:out.shape[-1] - hi]
+        return out if pixels else out.flatten(1).amax(dim=1)

@@ -1,0 +1,124 @@
+"""The dense patch network (`--patch-network unet`): patches carry their tumour masks, the
+store keeps them, the UNet trains on them and scores patches by its largest pixel logit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cadx.bundle import load_bundle
+from cadx.case import Case
+from cadx.cli import main
+from cadx.config import ModelConfig, PatchConfig, PipelineConfig, TrainConfig
+from cadx.errors import ConfigError
+from cadx.io.dataset import load_dataset
+from cadx.models.dense_patch_net import DensePatchNet
+from cadx.patches.cohort import patch_cohort
+from cadx.patches.grid import PatchSet, extract_patches
+from cadx.patches.store import StoredRows, join_patches
+from cadx.scale.distributed import patched_cases
+from cadx.train.fit import fit_patch_cnn, predict_patch_probabilities
+from tests.conftest import write_toy_dataset
+from tests.test_ct_levers import _diagnoses_a_toy_patient
+
+DENSE = PipelineConfig(patches=PatchConfig(size_px=16, stride_px=8),
+                       model=ModelConfig(arch="unet"))
+
+
+def _case_with_tumour() -> Case:
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 40, 40)).astype(np.float32)
+    organ = np.zeros(image.shape, bool)
+    organ[:, 8:32, 8:32] = True
+    tumour = np.zeros(image.shape, bool)
+    tumour[1, 14:19, 20:26] = True
+    return Case("p", image, (5, 1, 1), organ, tumour)
+
+
+def test_patches_carry_their_centre_slice_tumour_masks():
+    case = _case_with_tumour()
+    config = PatchConfig(size_px=16, stride_px=8, context_slices=1)
+    assert extract_patches(case, config).masks is None
+    patches = extract_patches(case, config, with_masks=True)
+    assert patches.masks.shape == (len(patches), 16, 16) and patches.masks.dtype == np.uint8
+    np.testing.assert_array_equal(patches.masks.any(axis=(1, 2)), patches.labels.astype(bool))
+    for (z, y, x), mask in zip(patches.coords, patches.masks, strict=True):
+        np.testing.assert_array_equal(mask, case.tumour_mask[z, y:y + 16, x:x + 16])
+    assert 0 < patches.labels.sum() < len(patches)
+    keep = np.flatnonzero(patches.labels)
+    np.testing.assert_array_equal(patches.subset(keep).masks, patches.masks[keep])
+    joined = PatchSet.concat([patches, patches])
+    assert len(joined.masks) == 2 * len(patches)
+    assert PatchSet.concat([patches, extract_patches(case, config)]).masks is None
+
+
+def test_store_keeps_the_masks_and_is_recropped_for_a_dense_network(tmp_path):
+    refs = load_dataset(write_toy_dataset(tmp_path / "d", 4))
+    table1 = PipelineConfig(patches=DENSE.patches)
+    folder = tmp_path / "store"
+    assert patched_cases(refs, table1, patch_store=folder, progress=False)[0].patches.masks is None
+    stored = patched_cases(refs, DENSE, patch_store=folder, progress=False)  # re-cropped
+    in_memory = patch_cohort(refs, DENSE, progress=False)
+    for a, b in zip(in_memory, stored, strict=True):
+        assert isinstance(b.patches.masks, StoredRows)
+        np.testing.assert_array_equal(a.patches.masks, np.asarray(b.patches.masks))
+    joined = join_patches(stored)
+    assert isinstance(joined.masks, StoredRows) and len(joined.masks) == len(joined)
+    # a store with masks serves the Table-1 network too, without re-cropping
+    written = (folder / "patches.f32").stat().st_mtime_ns
+    patched_cases(refs, table1, patch_store=folder, progress=False)
+    assert (folder / "patches.f32").stat().st_mtime_ns == written
+
+
+def test_patch_logit_is_the_largest_pixel_logit():
+    model = DensePatchNet(50, 3).eval()
+    patches = torch.rand(4, 3, 50, 50)
+    pixels = model(patches, pixels=True)
+    assert pixels.shape == (4, 1, 50, 50) and model.pad == (3, 3)
+    torch.testing.assert_close(model(patches), pixels.flatten(1).amax(dim=1))
+    assert DensePatchNet(16, 5)(torch.rand(2, 5, 16, 16)).shape == (2,)
+
+
+def _bright_square_patches(n: int = 128, size: int = 16) -> PatchSet:
+    rng = np.random.default_rng(1)
+    patches = (rng.random((n, 3, size, size)) * 0.3).astype(np.float32)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(0, n, 2):
+        y, x = rng.integers(0, size - 5, 2)
+        masks[i, y:y + 5, x:x + 5] = 1
+        patches[i, :, y:y + 5, x:x + 5] += 0.5
+    labels = masks.any(axis=(1, 2)).astype(np.uint8)
+    return PatchSet(patches, np.array([f"p{i % 8}" for i in range(n)], dtype=object),
+                    np.zeros((n, 3), np.int32), labels, masks)
+
+
+def test_dense_training_learns_where_the_tumour_is_and_needs_masks():
+    train = _bright_square_patches()
+    config = TrainConfig(batch_size=32, max_epochs=6, learning_rate=3e-3, precision="fp32")
+    model, history = fit_patch_cnn(train, train, config, model_config=ModelConfig(arch="unet"),
+                                   progress=False)
+    assert history.validation_auc[-1] > 0.9
+    with torch.no_grad():
+        pixels = torch.sigmoid(model(torch.from_numpy(train.patches), pixels=True))[:, 0]
+    inside = pixels.numpy()[train.masks == 1].mean()
+    outside = pixels.numpy()[(train.masks == 0) & (train.labels[:, None, None] == 1)].mean()
+    assert inside > outside + 0.2, (inside, outside)
+    assert predict_patch_probabilities(model, train.patches, flip_average=True).shape == (128,)
+    no_masks = PatchSet(train.patches, train.patient_ids, train.coords, train.labels)
+    with pytest.raises(ConfigError, match="tumour mask"):
+        fit_patch_cnn(no_masks, train, config, model_config=ModelConfig(arch="unet"),
+                      progress=False)
+
+
+def test_cli_trains_stores_and_diagnoses_with_the_dense_network(tmp_path):
+    dataset = write_toy_dataset(tmp_path / "data", n_patients=8)
+    model = tmp_path / "unet.cadx"
+    assert main(["train", str(dataset), "--out", str(model), "--patch-size", "16",
+                 "--stride", "8", "--epochs", "1", "--batch-size", "32", "--quiet",
+                 "--context-slices", "2", "--patch-network", "unet"]) == 0
+    bundle = load_bundle(model)
+    assert bundle.config.model.arch == "unet" and bundle.config.model.dense
+    network = bundle.build_model()
+    assert isinstance(network, DensePatchNet) and network.in_channels == 5
+    _diagnoses_a_toy_patient(model, dataset, tmp_path)
