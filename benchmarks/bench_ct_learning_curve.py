@@ -50,7 +50,7 @@ from cadx.patches.store import join_patches
 from cadx.scale.distributed import patched_cases
 from cadx.synth.ct_phantom import CohortSpec, write_msd_cohort
 from cadx.train.fit import fit_patch_cnn
-from cadx.train.pipeline import choose_thresholds
+from cadx.train.pipeline import choose_thresholds, score_cases
 from cadx.train.splits import assert_disjoint
 from cadx.workflows import DEMO_CONFIG
 
@@ -112,6 +112,14 @@ LOGIT_EPS = 1e-6
 def small_tumours(cases: Sequence[PatchedCase]) -> np.ndarray:
     """True for each case whose tumour is under SMALL_MM (False for tumour-free cases)."""
     return np.array([c.has_tumour and (c.tumour_diameter_mm or 0.0) < SMALL_MM for c in cases])
+
+
+def patient_top1(model: torch.nn.Module, cases: Sequence[PatchedCase], config: PipelineConfig
+                 ) -> np.ndarray:
+    """Each case's highest patch probability (flip-averaged as `config` decides, in its
+    precision): the top-1 patient score."""
+    per_case = score_cases(model, cases, config.decide.test_time_flips, config.train.precision)
+    return np.array([s.max() for s in per_case])
 
 
 def clipped_logit(p: np.ndarray | float) -> np.ndarray:

@@ -28,10 +28,11 @@ from bench_ct_learning_curve import (
     _balanced_subset,
     cached_cohort,
     patch_store_path,
+    patient_top1,
     small_tumours,
     validation_cases,
 )
-from ct_dense_supervision import patient_top1, tumour_mask_patches
+from ct_dense_supervision import tumour_mask_patches
 
 from cadx.config import ModelConfig
 from cadx.evaluate.stats import delong_auc_ci, delong_test

@@ -32,12 +32,11 @@ from bench_ct_learning_curve import (
     add_bundle_cohort_options,
     bundle_split_cases,
     cached_cohort,
+    patient_top1,
     small_tumours,
     validation_cases,
 )
 from monai.losses import DiceLoss
-from monai.networks.layers import Norm
-from monai.networks.nets import UNet
 from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.metrics import roc_auc_score
 
@@ -46,35 +45,13 @@ from cadx.config import PipelineConfig
 from cadx.evaluate.stats import delong_auc_ci, delong_test
 from cadx.io.dataset import load_dataset
 from cadx.io.volumes import read_case
+from cadx.models.dense_patch_net import DensePatchNet
 from cadx.patches.cohort import PatchedCase
 from cadx.patches.store import join_patches
 from cadx.preprocess.resample import resample_grid
 from cadx.train.fit import augment_patches
 from cadx.train.loss import WeightedBCELoss
-from cadx.train.pipeline import score_cases
 from cadx.train.precision import autocast, resolve_precision
-
-
-class DensePatchNet(torch.nn.Module):
-    """A 2D UNet on (N, C, P, P) patches: `pixel_logits` gives (N, 1, P, P) tumour logits,
-    `forward` the patch logit (the largest pixel logit), so that cadx scores it as any
-    patch network."""
-
-    def __init__(self, in_channels: int, patch_px: int, channels: tuple[int, ...]) -> None:
-        super().__init__()
-        multiple = 2 ** (len(channels) - 1)
-        padded = -(-patch_px // multiple) * multiple
-        self.pad = ((padded - patch_px) // 2, padded - patch_px - (padded - patch_px) // 2)
-        self.unet = UNet(2, in_channels, 1, channels=channels, strides=(2,) * (len(channels) - 1),
-                         num_res_units=1, norm=Norm.BATCH)
-
-    def pixel_logits(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.pad
-        out = self.unet(F.pad(x, (lo, hi, lo, hi), mode="replicate"))
-        return out[..., lo:out.shape[-2] - hi, lo:out.shape[-1] - hi]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pixel_logits(x).flatten(1).amax(dim=1)
 
 
 def tumour_mask_patches(cases: list[PatchedCase], folder: Path, config: PipelineConfig
@@ -100,12 +77,6 @@ def tumour_mask_patches(cases: list[PatchedCase], folder: Path, config: Pipeline
     return np.concatenate(out)
 
 
-def patient_top1(model: torch.nn.Module, cases: list[PatchedCase], config: PipelineConfig
-                 ) -> np.ndarray:
-    per_case = score_cases(model, cases, config.decide.test_time_flips, config.train.precision)
-    return np.array([s.max() for s in per_case])
-
-
 def fit_dense(train_cases: list[PatchedCase], masks: np.ndarray, select_cases: list[PatchedCase],
               config: PipelineConfig, channels: tuple[int, ...], epochs: int, lr: float,
               batch_size: int) -> tuple[DensePatchNet, list[float], int]:
@@ -118,7 +89,7 @@ def fit_dense(train_cases: list[PatchedCase], masks: np.ndarray, select_cases: l
     patch_loss = WeightedBCELoss(n_positive=n_pos, n_negative=len(train) - n_pos)
     dice = DiceLoss(sigmoid=True, batch=True)
     labels = torch.from_numpy(train.labels.astype(np.float32))
-    model = DensePatchNet(train.channels, train.patch_size_px, channels)
+    model = DensePatchNet(train.patch_size_px, train.channels, channels)
     model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision(config.train.precision)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
@@ -139,7 +110,7 @@ def fit_dense(train_cases: list[PatchedCase], masks: np.ndarray, select_cases: l
             batch, target = both[:, :-1], both[:, -1:]
             optimiser.zero_grad(set_to_none=True)
             with autocast(precision):
-                pixels = model.pixel_logits(batch).float()
+                pixels = model(batch, pixels=True).float()
             loss = (dice(pixels, target) + F.binary_cross_entropy_with_logits(pixels, target)
                     + patch_loss(pixels.flatten(1).amax(dim=1), labels[rows]))
             loss.backward()

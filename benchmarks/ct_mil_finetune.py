@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from bench_ct_learning_curve import (
     add_bundle_cohort_options,
     bundle_split_cases,
+    patient_top1,
     small_tumours,
     validation_cases,
 )
@@ -39,18 +40,12 @@ from cadx.evaluate.stats import delong_auc_ci, delong_test
 from cadx.patches.store import join_patches
 from cadx.train.fit import augment_patches
 from cadx.train.loss import WeightedBCELoss
-from cadx.train.pipeline import score_cases
 from cadx.train.precision import autocast, resolve_precision
 
 
 def top_k_logit(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Mean of the k largest logits (all of them when there are fewer)."""
     return logits.topk(min(k, len(logits))).values.mean()
-
-
-def patient_top1(model, cases, config) -> np.ndarray:
-    per_case = score_cases(model, cases, config.decide.test_time_flips, config.train.precision)
-    return np.array([s.max() for s in per_case])
 
 
 def main() -> None:
