@@ -51,13 +51,16 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=36, help="training phantoms")
     parser.add_argument("--pool", type=int, default=36,
                         help="the cached training cohort they are taken from (seed 101)")
+    parser.add_argument("--seed", type=int, default=DEMO_CONFIG.train.seed,
+                        help="training seed of both networks (default the demo's, %(default)s)")
     parser.add_argument("--table1-scores", metavar="JSON",
                         help="this script's earlier --json: reuse its Table-1 scores")
     parser.add_argument("--json", help="write the scores as JSON")
     args = parser.parse_args()
     # the demo's settings with the Table-1 network (the demo's network until this measurement)
     config = replace(DEMO_CONFIG, model=ModelConfig(), train=replace(
-        DEMO_CONFIG.train, precision=resolve_precision(DEMO_CONFIG.train.precision)))
+        DEMO_CONFIG.train, seed=args.seed,
+        precision=resolve_precision(DEMO_CONFIG.train.precision)))
     data = Path(args.data)
     folder = cached_cohort(data, f"train_seed101_n{args.pool}", args.pool, 101, False)
     train_cases = _balanced_subset(
@@ -73,8 +76,8 @@ def main() -> None:
     truth = np.array([c.has_tumour for c in measure])
     if args.table1_scores:  # a previous run's Table-1 network, same phantoms and seed
         saved = json.loads(Path(args.table1_scores).read_text())
-        if saved["truth"] != truth.tolist():
-            raise SystemExit(f"{args.table1_scores}: scored another cohort")
+        if saved["truth"] != truth.tolist() or saved["args"].get("seed", 0) != args.seed:
+            raise SystemExit(f"{args.table1_scores}: scored another cohort or seed")
         table1_scores, table1_wall = np.array(saved["table1"]), saved["wall_s"]["table1"]
     else:
         started = time.perf_counter()
