@@ -219,6 +219,17 @@ class DecideConfig:
         """`fraction`, `cluster` or `topk:K`: the key of this score's validation threshold."""
         return f"topk:{self.top_k}" if self.patient_score == "topk" else self.patient_score
 
+    @property
+    def description(self) -> str:
+        """What the patient score is, in words (for reports and the service)."""
+        if self.patient_score == "fraction":
+            return "fraction of patches above the patch threshold"
+        if self.patient_score == "cluster":
+            return "largest 3D cluster of patches above the patch threshold, n/(n+1)"
+        if self.top_k == 1:
+            return "highest patch probability"
+        return f"mean of the {self.top_k} highest patch probabilities"
+
 
 # How `cadx train` and the demo decide unless told otherwise, chosen on validation phantoms
 # (benchmarks/bench_ct_learning_curve.py, 60 validation patients of a separate seed;

@@ -378,3 +378,12 @@ def test_pretrained_patch_network_refuses_other_channel_counts(tmp_path, capsys)
                  "--patch-network", "efficientnet_lite0", "--no-batch-norm"]) == 2
     assert "--no-batch-norm applies to the Table-1 network only" in _error_line(capsys)
     assert not (tmp_path / "m.cadx").exists()
+
+
+def test_each_patient_score_is_described_in_words():
+    assert DecideConfig(patient_score="fraction").description == (
+        "fraction of patches above the patch threshold")
+    assert DecideConfig(patient_score="topk", top_k=1).description == "highest patch probability"
+    assert DecideConfig(patient_score="topk", top_k=5).description == (
+        "mean of the 5 highest patch probabilities")
+    assert "largest 3D cluster" in DecideConfig(patient_score="cluster").description

@@ -11,8 +11,11 @@ from cadx.bundle import load_bundle
 from cadx.case import Case
 from cadx.cli import main
 from cadx.config import ModelConfig, PatchConfig, PipelineConfig, TrainConfig
+from cadx.diagnose.heatmap import ct_heatmap
+from cadx.diagnose.patient import diagnose_case
 from cadx.errors import ConfigError
 from cadx.io.dataset import load_dataset
+from cadx.io.volumes import read_case
 from cadx.models.dense_patch_net import DensePatchNet
 from cadx.patches.cohort import patch_cohort
 from cadx.patches.grid import PatchSet, extract_patches
@@ -122,3 +125,9 @@ def test_cli_trains_stores_and_diagnoses_with_the_dense_network(tmp_path):
     network = bundle.build_model()
     assert isinstance(network, DensePatchNet) and network.in_channels == 5
     _diagnoses_a_toy_patient(model, dataset, tmp_path)
+    # the heat map shows the network's pixel probabilities (patch scores without the network)
+    case = read_case(dataset / "imagesTr" / "toy_000.nii.gz",
+                     organ_mask_path=dataset / "labelsTr" / "toy_000.nii.gz")
+    diagnosis = diagnose_case(bundle, case)
+    assert ct_heatmap(case, diagnosis, bundle.config, network).per_pixel
+    assert not ct_heatmap(case, diagnosis, bundle.config).per_pixel

@@ -3,9 +3,16 @@
 import io
 
 import numpy as np
+import torch
 from PIL import Image
 
-from cadx.diagnose.heatmap import MIN_DISPLAY_PX, choose_slice, render_slice, score_map
+from cadx.diagnose.heatmap import (
+    MIN_DISPLAY_PX,
+    choose_slice,
+    pixel_score_map,
+    render_slice,
+    score_map,
+)
 from cadx.diagnose.patient import Diagnosis, PositivePatch
 
 
@@ -42,3 +49,26 @@ def test_render_marks_hot_pixels_and_enlarges_small_slices():
     assert hot[0] > hot[2]  # warm colour over the positive patch
     outline = rgb[4 * factor, 8 * factor]
     assert tuple(outline) == (0, 200, 255)  # organ outline
+
+
+class _CentreSliceLogits(torch.nn.Module):
+    """A stand-in dense network: the centre channel's pixel values as logits."""
+
+    def forward(self, patches: torch.Tensor, pixels: bool = False) -> torch.Tensor:
+        middle = patches[:, patches.shape[1] // 2: patches.shape[1] // 2 + 1]
+        return middle if pixels else middle.flatten(1).amax(dim=1)
+
+
+def test_dense_heat_is_the_networks_pixel_probability_inside_positive_patches():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    patches = [PositivePatch(1, 5.0, 0, 0, 4, 0.7), PositivePatch(1, 5.0, 2, 2, 4, 0.8),
+               PositivePatch(2, 10.0, 6, 6, 4, 0.9)]  # another slice: not drawn
+    heat = pixel_score_map(_diagnosis(patches), 1, image, 1, _CentreSliceLogits())
+    expected = 1 / (1 + np.exp(-image[1]))
+    covered = np.zeros((12, 12), bool)
+    covered[0:6, 0:6] = True
+    covered[0:2, 4:6] = covered[4:6, 0:2] = False  # outside both squares
+    np.testing.assert_allclose(heat[covered], expected[covered], rtol=1e-6)
+    assert (heat[~covered] == 0).all()
+    assert (pixel_score_map(_diagnosis(patches), 0, image, 1, _CentreSliceLogits()) == 0).all()

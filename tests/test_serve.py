@@ -91,6 +91,8 @@ def test_ct_diagnosis_matches_the_pipeline_and_leaves_no_files(served, tmp_path,
     assert result["score"] == pytest.approx(expected.patient_score)
     assert result["positive"] == (expected.patient_score > 0.2)
     assert result["decision"] == expected.decision
+    # named as the bundle scores patients (the served toy bundle: the seed's fraction)
+    assert result["score_name"] == load_bundle(served["bundle"]).config.decide.description
     assert result["details"]["n_positive_patches"] == expected.n_positive_patches
     assert result["details"]["source"] == "patient_ct.nii.gz"  # no temporary path leaks
     png = base64.b64decode(result["heatmap"]["png"].removeprefix("data:image/png;base64,"))

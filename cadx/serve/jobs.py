@@ -139,7 +139,7 @@ def _ct_result(request: DiagnoseRequest, paths: list[Path], mask: Path | None,
     add_fusion(bundle, diagnosis, request.clinical, source="clinical")
     result: dict[str, Any] = {
         "patient_id": diagnosis.patient_id, "score": diagnosis.patient_score,
-        "score_name": "fraction of patches above the patch threshold",
+        "score_name": bundle.config.decide.description,
         "threshold": diagnosis.patient_threshold, "decision": diagnosis.decision,
         "positive": False, "heatmap": None, "images": [],
         "fna": _fna(model, False, request.lesion_size_mm), "fusion": diagnosis.fusion,
@@ -148,15 +148,18 @@ def _ct_result(request: DiagnoseRequest, paths: list[Path], mask: Path | None,
     if diagnosis.patient_score is None:  # the segmenter found no organ: no decision
         return result
     positive = diagnosis.patient_score > diagnosis.patient_threshold
-    heat = ct_heatmap(case, diagnosis, bundle.config.preprocess)
+    heat = ct_heatmap(case, diagnosis, bundle.config, model.patch_network)
     thickness = bundle.config.preprocess.slice_thickness_mm
     organ = "predicted" if diagnosis.organ_mask == "predicted" else "given"
+    colouring = ("tumour probability per pixel above it" if heat.per_pixel
+                 else "coloured by score")
     result.update(
         positive=positive, fna=_fna(model, positive, request.lesion_size_mm),
         heatmap={"png": png_data_url(heat.png), "slice_index": heat.slice_index,
+                 "per_pixel": heat.per_pixel,
                  "caption": f"slice {heat.slice_index} of the {thickness:g} mm grid: "
                             f"{heat.n_positive_patches_on_slice} patches above the patch "
-                            f"threshold {diagnosis.patch_threshold:.3f} coloured by score; "
+                            f"threshold {diagnosis.patch_threshold:.3f}, {colouring}; "
                             f"{organ} organ outline in cyan"})
     return result
 
