@@ -240,7 +240,7 @@ class DecideConfig:
 CADX_DECIDE = DecideConfig(patient_score="topk", top_k=1, test_time_flips=True)
 
 # `cadx demo`'s cohort size (cadx.workflows.DEMO_CONFIG holds its settings).
-DEMO_PATIENTS = 120
+DEMO_PATIENTS = 160
 
 
 @dataclass(frozen=True)
