@@ -13,13 +13,13 @@ from cadx.cli import main
 from cadx.config import ModelConfig, PatchConfig, PipelineConfig, TrainConfig
 from cadx.diagnose.heatmap import ct_heatmap
 from cadx.diagnose.patient import diagnose_case
-from cadx.errors import ConfigError
+from cadx.errors import ConfigError, InputError
 from cadx.io.dataset import load_dataset
 from cadx.io.volumes import read_case
 from cadx.models.dense_patch_net import DensePatchNet
 from cadx.patches.cohort import patch_cohort
 from cadx.patches.grid import PatchSet, extract_patches
-from cadx.patches.store import StoredRows, join_patches
+from cadx.patches.store import StoredRows, join_patches, open_patch_store
 from cadx.scale.distributed import patched_cases
 from cadx.train.fit import fit_patch_cnn, predict_patch_probabilities
 from tests.conftest import write_toy_dataset
@@ -72,6 +72,14 @@ def test_store_keeps_the_masks_and_is_recropped_for_a_dense_network(tmp_path):
     written = (folder / "patches.f32").stat().st_mtime_ns
     patched_cases(refs, table1, patch_store=folder, progress=False)
     assert (folder / "patches.f32").stat().st_mtime_ns == written
+    # a store whose masks went missing or were cut short is refused in one line
+    masks = (folder / "masks.u8").read_bytes()
+    (folder / "masks.u8").write_bytes(masks[:-1])
+    with pytest.raises(InputError, match="masks.u8: size does not match"):
+        open_patch_store(folder)
+    (folder / "masks.u8").unlink()
+    with pytest.raises(InputError, match="masks.u8: missing"):
+        open_patch_store(folder)
 
 
 def test_patch_logit_is_the_largest_pixel_logit():

@@ -112,6 +112,8 @@ def open_patch_store(folder: str | Path) -> list[PatchedCase]:
     mapped = np.memmap(folder / PATCHES_FILE, dtype=np.float32, mode="r", shape=(n, *row_shape))
     masks = None
     if manifest.get("masks"):
+        if not (folder / MASKS_FILE).is_file():
+            raise InputError(f"{folder / MASKS_FILE}: missing (the store's manifest lists masks)")
         if (folder / MASKS_FILE).stat().st_size != n * size * size:
             raise InputError(f"{folder / MASKS_FILE}: size does not match the store's manifest")
         masks = np.memmap(folder / MASKS_FILE, dtype=np.uint8, mode="r", shape=(n, size, size))
