@@ -289,14 +289,14 @@ def fit_patch_cnn(
                 optimiser.zero_grad(set_to_none=True)
                 with autocast(precision, device.type):
                     outputs = network(batch, pixels=True) if dense else network(batch)
-                logits = outputs.float().flatten(1).amax(dim=1) if dense else outputs.float()
+                outputs = outputs.float()
+                logits = outputs.flatten(1).amax(dim=1) if dense else outputs
                 loss = train_loss_fn(logits, y_train[index].to(device),
                                      None if patch_weights is None
                                      else patch_weights[index].to(device))
-                if dense:
-                    pixels = outputs.float()
-                    loss = (loss + dice_loss(pixels, target)
-                            + F.binary_cross_entropy_with_logits(pixels, target))
+                if dense:  # outputs are the pixel logits
+                    loss = (loss + dice_loss(outputs, target)
+                            + F.binary_cross_entropy_with_logits(outputs, target))
                 loss.backward()
                 optimiser.step()
                 summed_loss += loss.detach().to(torch.float64) * len(index)
