@@ -9,7 +9,9 @@ Run (a BUS-BRA bundle from `bench_us_transfer.py --out DIR` or `cadx train-image
 Variants: gradcam (cadx's default), gradcampp (Grad-CAM++), and either with +flip (the map
 averaged with the map of the left-right mirror image, mirrored back); any of them with @PX
 (e.g. gradcam@320: the map computed on the image resized to PX, a finer CAM-layer grid, and
-resized back; the model's score is not involved).
+resized back; the model's score is not involved), and any of them with *LAYER (e.g.
+gradcam*blocks.10: the map multiplied by the Grad-CAM map of module LAYER, a finer block; for
+EfficientNet-Lite0 blocks.10 ends the H/16 stage).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     variants = args.variants.split(",")
-    unknown = sorted({v.partition("@")[0] for v in variants} - set(VARIANTS))
+    unknown = sorted({v.partition("@")[0].partition("*")[0] for v in variants} - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     make_manifest, folder = DATASETS[args.dataset]
@@ -61,10 +63,11 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for variant in variants:
         name, _, px = variant.partition("@")
+        name, _, fuse_layer = name.partition("*")
         method, _, flip = name.partition("+")
         start = time.perf_counter()
         cams = cam_quality(bundle, records, images, labels, method, flip == "flip",
-                           int(px) if px else None)
+                           int(px) if px else None, fuse_layer or None)
         cells = []
         for name in ("malignant", "benign"):
             c = cams.get(name)

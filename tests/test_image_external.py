@@ -184,6 +184,19 @@ def test_flip_averaged_cam_is_the_mean_with_the_mirror_images_map_mirrored_back(
     np.testing.assert_allclose(averaged, expected, atol=1e-5)
 
 
+def test_fused_cam_is_the_product_of_the_two_layers_maps_rescaled() -> None:
+    net = _BrightSpotNet()
+    net.features[0] = torch.nn.Conv2d(1, 1, 3, padding=1)
+    with torch.no_grad():
+        net.features[0].weight.copy_(torch.tensor([[[[0.0, 0.0, 1.0]] * 3]]))
+        net.features[0].bias.zero_()
+    images = np.random.default_rng(1).random((2, 1, 12, 12)).astype(np.float32)
+    plain = grad_cam([net], ["darknet19"], [1.0], images)
+    # Fused with its own layer the map is squared: the same peak, a sharper map.
+    fused = grad_cam([net], ["darknet19"], [1.0], images, fuse_layer="features")
+    np.testing.assert_allclose(fused, plain ** 2, atol=1e-5)
+
+
 def test_feature_cache_is_reused_only_for_the_same_inputs(cohort, tmp_path) -> None:
     from cadx.train.image_pipeline import train_feature_model
 

@@ -47,7 +47,7 @@ def _maps(cam: GradCAM, x: torch.Tensor, one_at_a_time: bool) -> torch.Tensor:
 
 def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequence[float],
              images: np.ndarray, method: str = "gradcam", flip_average: bool = False,
-             input_px: int | None = None) -> np.ndarray:
+             input_px: int | None = None, fuse_layer: str | None = None) -> np.ndarray:
     """Grad-CAM of the malignancy logit for each (C, H, W) image: (N, H, W) in 0..1.
 
     For an ensemble the members' maps (each scaled to 0..1, most activated = 1) are averaged
@@ -55,6 +55,8 @@ def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequenc
     with `flip_average` each member's map is the mean of the image's map and the map of its
     left-right mirror image, mirrored back. With `input_px` the maps are computed on the images
     resized to input_px x input_px (a finer map of the CAM layer) and resized back to H x W.
+    With `fuse_layer` (a module name, e.g. a finer block) each member's map is the product of
+    its CAM layer's map and that layer's map, both at the input size, rescaled to 0..1.
     """
     if method not in CAM_METHODS:
         raise ConfigError(f"CAM method must be one of {sorted(CAM_METHODS)}, got {method!r}")
@@ -72,6 +74,10 @@ def grad_cam(models: Sequence[nn.Module], archs: Sequence[str], weights: Sequenc
         if flip_average:
             mirrored = _maps(cam, x.flip(-1), one_at_a_time=method == "gradcampp")
             maps = _unit_range((maps + mirrored.flip(-1)) / 2)
+        if fuse_layer is not None:
+            finer = CAM_METHODS[method](nn_module=model, target_layers=fuse_layer,
+                                        postprocessing=_unit_range)
+            maps = _unit_range(maps * _maps(finer, x, one_at_a_time=method == "gradcampp"))
         total += float(weight) * maps.double()
     if input_px is not None:
         total = nn.functional.interpolate(total[:, None], size=size, mode="bilinear",

@@ -78,9 +78,11 @@ def _overlap_warning(records: Sequence[ImageRecord], bundle: ImageModelBundle) -
 
 def cam_quality(bundle: ImageModelBundle, records: Sequence[ImageRecord], images: np.ndarray,
                 labels: np.ndarray, method: str = "gradcam", flip_average: bool = False,
-                input_px: int | None = None) -> dict[str, CamLocalisation]:
+                input_px: int | None = None, fuse_layer: str | None = None,
+                ) -> dict[str, CamLocalisation]:
     """Grad-CAM localisation against the records' masks, per class (malignant, benign);
-    `method`, `flip_average` and `input_px` as in `cadx.diagnose.cam.grad_cam`."""
+    `method`, `flip_average`, `input_px` and `fuse_layer` as in
+    `cadx.diagnose.cam.grad_cam`."""
     models = bundle.build_networks()
     archs = [spec.arch for spec in bundle.networks]
     weights = [spec.weight for spec in bundle.networks]
@@ -91,7 +93,7 @@ def cam_quality(bundle: ImageModelBundle, records: Sequence[ImageRecord], images
         if not len(index):
             continue
         cams = np.concatenate([grad_cam(models, archs, weights, images[index[k:k + CAM_BATCH]],
-                                        method, flip_average, input_px)
+                                        method, flip_average, input_px, fuse_layer)
                                for k in range(0, len(index), CAM_BATCH)])
         masks = read_lesion_masks([records[i] for i in index], bundle.size_px) > 0.5
         keep = masks.any(axis=(1, 2))
