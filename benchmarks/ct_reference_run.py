@@ -56,6 +56,10 @@ from cadx.workflows import DEMO_CONFIG, evaluate_dataset, record_training_data
 
 TRAIN_SEED = 101  # the learning curve's training cohort (benchmarks/bench_ct_learning_curve.py)
 TEST_SEED = 14014  # used by nothing else: the reference run's test cohort
+# Run 9's network and slice thickness (kept on 260 pooled validation phantoms,
+# docs/ct-pipeline.md); runs 1-8 were Table 1 at 5 mm: --patch-network table1 --slice-thickness 5
+REFERENCE_NETWORK = "unet"
+REFERENCE_SLICE_THICKNESS_MM = 2.5
 MIN_TEST_PATIENTS = 60  # issue 14: the reference numbers are on >= 60 test phantoms
 
 
@@ -85,6 +89,7 @@ def _parser(tiny: bool) -> argparse.ArgumentParser:
         patch_size=16 if tiny else DEMO_CONFIG.patches.size_px,
         stride=8 if tiny else DEMO_CONFIG.patches.stride_px,
         context_slices=DEMO_CONFIG.patches.context_slices,
+        patch_network=REFERENCE_NETWORK, slice_thickness=REFERENCE_SLICE_THICKNESS_MM,
         batch_size=schedule.batch_size, epochs=1 if tiny else schedule.max_epochs,
         lr=schedule.learning_rate, reduce_lr_patience=schedule.reduce_lr_patience,
         early_stop_patience=schedule.early_stop_patience, monitor=schedule.monitor,

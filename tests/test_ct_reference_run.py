@@ -36,6 +36,12 @@ def test_defaults_are_the_demo_schedule_with_no_test_split(reference_run):
     assert not train.balanced_sampling
     assert config.patches.context_slices == DEMO_CONFIG.patches.context_slices == 1
     assert config.decide == DEMO_CONFIG.decide and config.decide.test_time_flips
+    # run 9's kept network and slice thickness (runs 1-8: Table 1 at 5 mm, by flags)
+    assert config.model.arch == "unet" and config.model.dense
+    assert config.preprocess.slice_thickness_mm == 2.5
+    seed_like = _pipeline_config(reference_run._parser(tiny=False).parse_args(
+        ["--out", "x", "--patch-network", "table1", "--slice-thickness", "5"]))
+    assert seed_like.model.arch == "table1" and seed_like.preprocess.slice_thickness_mm == 5.0
 
 
 def test_levers_pass_through(reference_run):
