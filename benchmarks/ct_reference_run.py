@@ -1,9 +1,9 @@
 """The CT detector's reference run (issue 14): train on a large phantom cohort, evaluate on a
 separate phantom cohort drawn with a seed used nowhere else.
 
-Run (the documented command; 300 training + 80 test phantoms; measured on 2 idle CPU cores:
-about 2 min an epoch, 24 min of training, about 6 min synthesis and cropping, 1 min
-evaluation; 45 min of training when the cores are shared with other jobs):
+Run (the documented command; 300 training + 80 test phantoms; run 9, measured on 2 idle CPU
+cores without bf16: 3.3 min an epoch, 40 min of training, about 6 min synthesis and cropping,
+1.6 min evaluation):
     python benchmarks/ct_reference_run.py --out ct_reference
 On a GPU (training there; synthesis, cropping and evaluation stay on the CPU):
     python benchmarks/ct_reference_run.py --out ct_reference --device cuda
@@ -28,7 +28,9 @@ What it does:
    specificity at the validation-chosen threshold, each with its CI, and the wall times;
    OUT/result.json holds the same.
 
-Training settings: the levers default to `cadx train`'s defaults; the schedule (patch 50 px,
+Training settings: the network and slice thickness are run 9's (the dense UNet on 2.5 mm
+slices, kept on pooled validation phantoms; runs 1-8: `--patch-network table1
+--slice-thickness 5`); the other levers default to `cadx train`'s defaults; the schedule (patch 50 px,
 stride 25, batch 64, Adam 3e-4, at most 12 epochs, reduce-LR after 3 and early stop after 5
 epochs without validation patch AUC improving, bf16 where the CPU has it, 2.5D input with one
 neighbour slice on each side) defaults to the
