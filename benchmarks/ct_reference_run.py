@@ -31,9 +31,9 @@ What it does:
 Training settings: the network and slice thickness are run 9's (the dense UNet on 2.5 mm
 slices, kept on pooled validation phantoms; runs 1-8: `--patch-network table1
 --slice-thickness 5`); the other levers default to `cadx train`'s defaults; the schedule
-(patch 50 px, stride 25, batch 64, Adam 3e-4, at most 12 epochs, reduce-LR after 3 and early stop after 5
-epochs without validation patch AUC improving, bf16 where the CPU has it, 2.5D input with one
-neighbour slice on each side) defaults to the
+(patch 50 px, stride 25, batch 64, Adam 3e-4, at most 12 epochs, reduce-LR after 3 and early
+stop after 5 epochs without validation patch AUC improving, bf16 where the CPU has it, 2.5D
+input with one neighbour slice on each side) defaults to the
 demo's, which fits a CPU budget (`cadx train`'s own schedule is the seed's 200 epochs). Any
 of them can be given on the command line; the run prints the full configuration.
 """
