@@ -20,6 +20,7 @@ from cadx.config import (
     IMAGE_CLI_SCHEDULE,
     LR_SCHEDULES,
     PATCH_ARCHS,
+    PATCH_LR_SCHEDULES,
     PATIENT_SCORES,
     POSITIVE_WEIGHTINGS,
     PRECISIONS,
@@ -113,6 +114,10 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--reduce-lr-patience", type=int, default=d_train.reduce_lr_patience,
                    help="epochs without improvement of the --monitor quantity (validation loss "
                         "or AUC) before halving the LR (default %(default)s)")
+    g.add_argument("--lr-schedule", choices=PATCH_LR_SCHEDULES, default=d_train.lr_schedule,
+                   help="plateau: constant --lr, halved after --reduce-lr-patience stale "
+                        "epochs (the seed); onecycle: warm-up to --lr, then cosine decay over "
+                        "--epochs, per step (default %(default)s)")
     g.add_argument("--early-stop-patience", type=int, default=d_train.early_stop_patience,
                    help="epochs without improvement of the --monitor quantity (validation loss "
                         "or AUC) before stopping (default %(default)s)")
@@ -380,6 +385,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         model=ModelConfig(batch_norm=not args.no_batch_norm, arch=args.patch_network),
         train=TrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                           learning_rate=args.lr, reduce_lr_patience=args.reduce_lr_patience,
+                          lr_schedule=args.lr_schedule,
                           early_stop_patience=args.early_stop_patience,
                           validation_fraction=args.val_fraction,
                           test_fraction=args.test_fraction, seed=args.seed,

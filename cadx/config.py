@@ -143,6 +143,10 @@ class ModelConfig:
 
 
 POSITIVE_WEIGHTINGS = ("patch", "tumour")
+# How the patch network's learning rate moves: "plateau" (the seed: halved after
+# reduce_lr_patience stale epochs) or "onecycle" (warm-up to learning_rate, then cosine decay
+# to near zero over max_epochs, stepped per batch).
+PATCH_LR_SCHEDULES = ("plateau", "onecycle")
 
 
 @dataclass(frozen=True)
@@ -174,8 +178,12 @@ class TrainConfig:
     # weights and loss. The validation scores that choose the thresholds, and diagnose and
     # evaluate, score in the same precision. Bundles written before this field are fp32.
     precision: str = "fp32"
+    lr_schedule: str = "plateau"
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in PATCH_LR_SCHEDULES:
+            raise ConfigError(f"learning-rate schedule must be one of {PATCH_LR_SCHEDULES}, "
+                              f"got {self.lr_schedule!r}")
         if self.positive_weighting not in POSITIVE_WEIGHTINGS:
             raise ConfigError(f"positive weighting must be one of {POSITIVE_WEIGHTINGS}, got "
                               f"{self.positive_weighting!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +161,17 @@ def _distributed_batches(sampler: DistributedSampler, epoch: int, local_batch: i
         yield index, None if draws is None else draws[:, index]
 
 
+def _batches_per_epoch(labels: np.ndarray, config: TrainConfig,
+                       sampler: DistributedSampler | None, world: int) -> int:
+    """How many optimiser steps one epoch takes on this rank (as the batch iterators above)."""
+    if sampler is not None:
+        return math.ceil(len(sampler) / (config.batch_size // world))
+    if config.balanced_sampling:
+        return len(BalancedBatchSampler(labels, config.batch_size,
+                                        config.batch_positive_fraction))
+    return math.ceil(len(labels) / config.batch_size)
+
+
 def _check_labelled(patch_set: PatchSet, name: str) -> None:
     if patch_set.labels is None or len(patch_set) == 0:
         raise SplitError(f"{name} split has no labelled patches")
@@ -188,6 +200,10 @@ def fit_patch_cnn(
     process there; under torch.distributed each rank uses its own (nccl: its GPU).
     `initial_state` starts from those weights (a trained model's state dict: fine-tuning)
     instead of a fresh initialisation.
+
+    `config.lr_schedule` "plateau" halves the learning rate after `reduce_lr_patience` stale
+    epochs (the seed); "onecycle" warms up to `learning_rate` over the first 15 % of the steps
+    and decays it (cosine) to near zero by the last step of `max_epochs`.
 
     `config.precision` "bf16" runs the forward passes under bfloat16 autocast (weights, the
     optimiser, BatchNorm and the loss stay fp32), the validation scores too; on a device
@@ -247,13 +263,23 @@ def fit_patch_cnn(
         train_loss_fn = WeightedBCELoss(n_positive=k, n_negative=config.batch_size - k)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     mode = "min" if config.monitor == "loss" else "max"
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, mode=mode, factor=config.reduce_lr_factor, patience=config.reduce_lr_patience)
+    per_step = config.lr_schedule == "onecycle"
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=config.learning_rate, pct_start=0.15,
+        total_steps=config.max_epochs * _batches_per_epoch(train.labels, config, sampler, world))
+        if per_step else torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimiser, mode=mode, factor=config.reduce_lr_factor,
+            patience=config.reduce_lr_patience))
     stopper = EarlyStopping(config.early_stop_patience, mode)
     history = TrainingHistory()
     first_epoch = 0
     if saved is not None:
         optimiser.load_state_dict(saved["optimiser"])
+        # A one-cycle schedule is laid out over the run's total steps: only the same run can go on.
+        if saved["scheduler"].get("total_steps") != getattr(scheduler, "total_steps", None):
+            raise ConfigError(f"{checkpoint_path}: written with another learning-rate schedule "
+                              "or number of epochs; resume with the same --lr-schedule and "
+                              "--epochs, or delete it")
         scheduler.load_state_dict(saved["scheduler"])
         stopper.best_value, stopper.best_epoch = saved["best_value"], saved["best_epoch"]
         stopper.best_state = saved["best_model"]
@@ -299,6 +325,9 @@ def fit_patch_cnn(
                             + F.binary_cross_entropy_with_logits(outputs, target))
                 loss.backward()
                 optimiser.step()
+                step_lr = optimiser.param_groups[0]["lr"]  # recorded: the epoch's last step's
+                if per_step:
+                    scheduler.step()
                 summed_loss += loss.detach().to(torch.float64) * len(index)
                 n_seen += len(index)
             loss_sum = torch.stack([summed_loss.cpu(),
@@ -318,9 +347,10 @@ def fit_patch_cnn(
             history.train_loss.append(float(loss_sum[0] / loss_sum[1]))
             history.validation_loss.append(val_loss)
             history.validation_auc.append(val_auc)
-            history.learning_rate.append(optimiser.param_groups[0]["lr"])
+            history.learning_rate.append(step_lr)
             monitored = val_loss if config.monitor == "loss" else val_auc
-            scheduler.step(monitored)
+            if not per_step:
+                scheduler.step(monitored)
             stop = stopper.update(monitored, epoch, model)
             if checkpoint_path is not None and rank == 0:
                 _save_checkpoint(checkpoint_path, {
