@@ -37,6 +37,16 @@ def toy_case(rng: np.random.Generator, with_tumour: bool, shape=(8, 48, 48)):
     return image.astype(np.int16), label
 
 
+def random_patch_set(rng: np.random.Generator, n: int, size_px: int = 16):
+    """`n` single-patient noise patches, about 30 % labelled cancerous and a little brighter."""
+    from cadx.patches.grid import PatchSet
+
+    labels = (rng.random(n) < 0.3).astype(np.uint8)
+    patches = (rng.random((n, size_px, size_px), dtype=np.float32) * 0.5
+               + labels[:, None, None] * 0.02)
+    return PatchSet(patches, np.full(n, "p", dtype=object), np.zeros((n, 3), np.int32), labels)
+
+
 def write_toy_dataset(root: Path, n_patients: int = 12, seed: int = 0,
                       shape=(8, 48, 48)) -> Path:
     """An MSD-layout dataset of toy cases, half with tumours."""

@@ -15,27 +15,21 @@ import cadx.train.fit as fit
 from cadx.cli import _pipeline_config, build_parser
 from cadx.config import ModelConfig, TrainConfig
 from cadx.errors import ConfigError
-from cadx.patches.grid import PatchSet
 from cadx.train.fit import (
     _batches_per_epoch,
     _distributed_batches,
     _single_process_batches,
     fit_patch_cnn,
 )
+from tests.conftest import random_patch_set
 
 PLAIN = ModelConfig(batch_norm=False)
-
-
-def _patches(rng: np.random.Generator, n: int) -> PatchSet:
-    labels = (np.arange(n) % 3 == 0).astype(np.uint8)
-    patches = rng.random((n, 16, 16), dtype=np.float32) * 0.5 + labels[:, None, None] * 0.05
-    return PatchSet(patches, np.full(n, "p", dtype=object), np.zeros((n, 3), np.int32), labels)
 
 
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(1)
-    return _patches(rng, 100), _patches(rng, 30)
+    return random_patch_set(rng, 100), random_patch_set(rng, 30)
 
 
 def _onecycle(epochs: int, **changes) -> TrainConfig:

@@ -8,20 +8,14 @@ import torch
 
 from cadx.config import ModelConfig, TrainConfig
 from cadx.errors import ConfigError
-from cadx.patches.grid import PatchSet
 from cadx.train.fit import fit_patch_cnn
-
-
-def _patches(rng: np.random.Generator, n: int) -> PatchSet:
-    labels = (rng.random(n) < 0.3).astype(np.uint8)
-    patches = rng.random((n, 16, 16), dtype=np.float32) * 0.5 + labels[:, None, None] * 0.02
-    return PatchSet(patches, np.full(n, "p", dtype=object), np.zeros((n, 3), np.int32), labels)
+from tests.conftest import random_patch_set
 
 
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
-    return _patches(rng, 128), _patches(rng, 32)
+    return random_patch_set(rng, 128), random_patch_set(rng, 32)
 
 
 def _config(epochs: int) -> TrainConfig:
