@@ -12,9 +12,11 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from cadx.synth.ct_phantom import (
+    MIN_PATIENTS_PER_WORKER,
     CohortSpec,
     PhantomCase,
     _cohort_plan,
+    default_synthesis_workers,
     make_ct_phantom,
     write_msd_cohort,
 )
@@ -177,10 +179,20 @@ def test_write_msd_cohort(tmp_path: Path) -> None:
             assert row["tumour_diameter_mm"] == ""
             assert not (label == 2).any()
 
-    # Same spec -> byte-identical arrays; no temporary files left behind.
-    again = write_msd_cohort(tmp_path / "again", spec, progress=False)
+    # Same spec -> byte-identical arrays, also from 2 processes; no temporary files left behind.
+    again = write_msd_cohort(tmp_path / "again", spec, progress=False, workers=2)
+    assert (again / "cases.csv").read_text() == (out / "cases.csv").read_text()
     for sub in ("imagesTr", "labelsTr"):
         for pid in ids:
             np.testing.assert_array_equal(_read(out / sub / f"{pid}.nii.gz")[0],
                                           _read(again / sub / f"{pid}.nii.gz")[0])
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_synthesis_workers_default_and_bounds(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert default_synthesis_workers(MIN_PATIENTS_PER_WORKER - 1) == 1  # small cohorts: serial
+    assert default_synthesis_workers(160) == 2  # one per core
+    spec = CohortSpec(n_patients=1, shape_zyx=SMALL_SHAPE, spacing_zyx_mm=SMALL_SPACING)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        write_msd_cohort(tmp_path / "c", spec, progress=False, workers=0)

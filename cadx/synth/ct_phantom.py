@@ -56,11 +56,14 @@ stored as int16.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +74,8 @@ from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 from scipy.ndimage import label as connected_components
 
-__all__ = ["CohortSpec", "PhantomCase", "make_ct_phantom", "write_msd_cohort"]
+__all__ = ["CohortSpec", "PhantomCase", "default_synthesis_workers", "make_ct_phantom",
+           "write_msd_cohort"]
 
 _HU_MIN, _HU_MAX = -1024, 3071
 _GAUSS_TRUNCATE = 4.0  # scipy's default; the noise normalisation below relies on it
@@ -839,15 +843,36 @@ def _atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_msd_cohort(out_dir: str | Path, spec: CohortSpec, progress: bool = True) -> Path:
+def _write_patient(out: Path, pid: str, seed: np.random.SeedSequence, diameter: float | None,
+                   spec: CohortSpec) -> None:
+    """Synthesise one patient from its own seed and write its image and label atomically."""
+    case = make_ct_phantom(np.random.default_rng(seed), diameter, spec.shape_zyx,
+                           spec.spacing_zyx_mm)
+    _atomic_write_image(case.image_hu, case.spacing_zyx_mm, out / "imagesTr" / f"{pid}.nii.gz")
+    _atomic_write_image(case.label, case.spacing_zyx_mm, out / "labelsTr" / f"{pid}.nii.gz")
+
+
+# Below this many patients a second process costs more to start than it saves.
+MIN_PATIENTS_PER_WORKER = 8
+
+
+def default_synthesis_workers(n_patients: int) -> int:
+    """One process per available core, at most one per MIN_PATIENTS_PER_WORKER patients."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, n_patients // MIN_PATIENTS_PER_WORKER))
+
+
+def write_msd_cohort(out_dir: str | Path, spec: CohortSpec, progress: bool = True,
+                     workers: int | None = None) -> Path:
     """Write a synthetic cohort in the Medical Segmentation Decathlon (Task07) layout.
 
     Creates ``imagesTr/pancreas_NNN.nii.gz`` (int16 HU), ``labelsTr/pancreas_NNN.nii.gz``
     (uint8, 0/1/2), ``cases.csv`` (patient_id, has_tumour 0/1, tumour_diameter_mm) and, last,
     ``dataset.json``. Every file is written atomically; an existing ``dataset.json`` is removed
     first, so a directory with ``dataset.json`` always holds a complete cohort. Patient ``i``
-    uses its own child seed of ``spec.seed``, so the arrays are reproducible byte for byte.
-    Returns ``out_dir``.
+    uses its own child seed of ``spec.seed``, so the arrays are reproducible byte for byte,
+    whatever the number of `workers` (processes; default one per core, see
+    `default_synthesis_workers`) that write them. Returns ``out_dir``.
     """
     out = Path(out_dir)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -855,18 +880,25 @@ def write_msd_cohort(out_dir: str | Path, spec: CohortSpec, progress: bool = Tru
     (out / "dataset.json").unlink(missing_ok=True)
     plan = _cohort_plan(spec)
     seeds = np.random.SeedSequence(spec.seed).spawn(spec.n_patients + 1)[1:]
-    rows, training = [], []
-    items = track(range(spec.n_patients), description="synthetic CT cohort",
-                  disable=not progress or spec.n_patients < 2)
-    for i in items:
-        pid = f"pancreas_{i + 1:03d}"
-        case = make_ct_phantom(np.random.default_rng(seeds[i]), plan[i], spec.shape_zyx,
-                               spec.spacing_zyx_mm)
-        _atomic_write_image(case.image_hu, case.spacing_zyx_mm, out / "imagesTr" / f"{pid}.nii.gz")
-        _atomic_write_image(case.label, case.spacing_zyx_mm, out / "labelsTr" / f"{pid}.nii.gz")
-        d = plan[i]
-        rows.append((pid, int(d is not None), "" if d is None else f"{d:.2f}"))
-        training.append({"image": f"./imagesTr/{pid}.nii.gz", "label": f"./labelsTr/{pid}.nii.gz"})
+    pids = [f"pancreas_{i + 1:03d}" for i in range(spec.n_patients)]
+    workers = default_synthesis_workers(spec.n_patients) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    jobs = [(out, pid, seed, d, spec) for pid, seed, d in zip(pids, seeds, plan, strict=True)]
+    with contextlib.ExitStack() as stack:
+        if workers == 1:
+            written = (_write_patient(*job) for job in jobs)
+        else:  # spawn, not fork: the caller may already run torch's thread pools
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn")))
+            written = pool.map(_write_patient, *zip(*jobs, strict=True))
+        for _ in track(written, total=len(jobs), description="synthetic CT cohort",
+                       disable=not progress or spec.n_patients < 2):
+            pass
+    rows = [(pid, int(d is not None), "" if d is None else f"{d:.2f}")
+            for pid, d in zip(pids, plan, strict=True)]
+    training = [{"image": f"./imagesTr/{pid}.nii.gz", "label": f"./labelsTr/{pid}.nii.gz"}
+                for pid in pids]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(("patient_id", "has_tumour", "tumour_diameter_mm"))
