@@ -3,7 +3,7 @@ separate phantom cohort drawn with a seed used nowhere else.
 
 Run (the documented command; 300 training + 80 test phantoms; run 9, measured on 2 idle CPU
 cores without bf16: 3.3 min an epoch, 40 min of training, about 6 min synthesis and cropping,
-1.6 min evaluation):
+1.6 min evaluation; with bf16: 1.5 min an epoch, 18 min of training, 22 min in all):
     python benchmarks/ct_reference_run.py --out ct_reference
 On a GPU (training there; synthesis, cropping and evaluation stay on the CPU):
     python benchmarks/ct_reference_run.py --out ct_reference --device cuda
