@@ -14,6 +14,7 @@ from cadx import __version__
 from cadx.config import (
     CADX_DECIDE,
     DEMO_PATIENTS,
+    DENSE_PATCH_ARCHS,
     EXAM_SCORES,
     FEATURE_SIZES_PX,
     IMAGE_CLI_EPOCHS,
@@ -25,6 +26,7 @@ from cadx.config import (
     POSITIVE_WEIGHTINGS,
     PRECISIONS,
     PRETRAINED_SIZE_PX,
+    SCORE_REGIONS,
     DecideConfig,
     ImageModelConfig,
     ImageTrainConfig,
@@ -103,6 +105,11 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         "EfficientNet-Lite0 fine-tuned on the patches (1 or 3 input channels); "
                         "unet: a small UNet trained on each patch's tumour mask, scoring a "
                         "patch by its largest pixel probability (default %(default)s)")
+    g.add_argument("--patch-score-region", choices=SCORE_REGIONS, default=None,
+                   help="where a dense patch network takes a patch's score, its largest pixel "
+                        "probability: 'organ' (inside the dilated organ mask; the default for "
+                        "a dense network) or 'window' (anywhere in the patch; the only choice "
+                        "for the others)")
     g.add_argument("--no-batch-norm", action="store_true",
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
@@ -382,7 +389,9 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                                     in_plane_spacing_mm=args.in_plane_spacing),
         patches=PatchConfig(args.patch_size, args.stride or args.patch_size, args.patch_start,
                             context_slices=args.context_slices),
-        model=ModelConfig(batch_norm=not args.no_batch_norm, arch=args.patch_network),
+        model=ModelConfig(batch_norm=not args.no_batch_norm, arch=args.patch_network,
+                          score_region=args.patch_score_region or (
+                              "organ" if args.patch_network in DENSE_PATCH_ARCHS else "window")),
         train=TrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                           learning_rate=args.lr, reduce_lr_patience=args.reduce_lr_patience,
                           lr_schedule=args.lr_schedule,

@@ -119,6 +119,11 @@ class PatchConfig:
 PATCH_ARCHS = ("table1", "efficientnet_lite0", "unet")
 # Patch networks trained on each patch's tumour mask (pixel supervision), not on its label alone.
 DENSE_PATCH_ARCHS = ("unet",)
+# Where a dense patch network looks for its patch score, the largest pixel logit: anywhere in
+# the window (as the patch networks before it), or inside the preprocessed (dilated) organ mask
+# only, so that a structure beside the organ cannot outscore a tumour in it
+# (docs/ct-pipeline.md, "organ-restricted patch score").
+SCORE_REGIONS = ("window", "organ")
 
 
 @dataclass(frozen=True)
@@ -127,11 +132,21 @@ class ModelConfig:
 
     batch_norm: bool = True  # Table 1 only (EfficientNet-Lite has its own BatchNorm)
     arch: str = "table1"
+    # "window" for bundles written before the organ-restricted score (and for non-dense
+    # networks); `cadx train` chooses "organ" for a dense network.
+    score_region: str = "window"
 
     def __post_init__(self) -> None:
         if self.arch not in PATCH_ARCHS:
             raise ConfigError(f"unknown patch network {self.arch!r}; one of "
                               f"{', '.join(PATCH_ARCHS)}")
+        if self.score_region not in SCORE_REGIONS:
+            raise ConfigError(f"unknown patch score region {self.score_region!r}; one of "
+                              f"{', '.join(SCORE_REGIONS)}")
+        if self.score_region == "organ" and self.arch not in DENSE_PATCH_ARCHS:
+            raise ConfigError(f"--patch-score-region organ needs a dense patch network "
+                              f"({', '.join(DENSE_PATCH_ARCHS)}); {self.arch} scores whole "
+                              "patches")
         if self.arch != "table1" and not self.batch_norm:
             raise ConfigError(f"--no-batch-norm applies to the Table-1 network only; "
                               f"{self.arch} keeps its own BatchNorm")
@@ -140,6 +155,11 @@ class ModelConfig:
     def dense(self) -> bool:
         """Whether the network trains on the patches' tumour masks (pixel supervision)."""
         return self.arch in DENSE_PATCH_ARCHS
+
+    @property
+    def organ_scored(self) -> bool:
+        """Whether patches are scored inside the organ mask (they then carry its crop)."""
+        return self.score_region == "organ"
 
 
 POSITIVE_WEIGHTINGS = ("patch", "tumour")

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 # 160 phantoms (72 training) instead of 120, within the 10-minute budget (7.9 min idle).
 DEMO_CONFIG = PipelineConfig(
     patches=PatchConfig(size_px=50, stride_px=25, context_slices=1),
-    model=ModelConfig(arch="unet"),
+    model=ModelConfig(arch="unet", score_region="organ"),
     train=TrainConfig(batch_size=64, max_epochs=12, learning_rate=3e-4, reduce_lr_patience=3,
                       early_stop_patience=5, seed=0, monitor="auc", validation_fraction=0.2,
                       test_fraction=0.35, precision="auto"),
@@ -391,7 +391,8 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
             console.print(f"[yellow]warning[/]: {warning}")
     # Printed just above and kept in the report: not a RuntimeWarning as well.
     scores = score_cases(bundle.build_model(warn_bf16_emulated=False), cases,
-                         bundle.config.decide.test_time_flips, bundle.precision)
+                         bundle.config.decide.test_time_flips, bundle.precision,
+                         bundle.config.model)
     evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,
                                  bundle.patient_threshold, config=bundle.config)
     fused, comparisons = [], []

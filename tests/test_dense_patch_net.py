@@ -139,3 +139,124 @@ def test_cli_trains_stores_and_diagnoses_with_the_dense_network(tmp_path):
     diagnosis = diagnose_case(bundle, case)
     assert ct_heatmap(case, diagnosis, bundle.config, network).per_pixel
     assert not ct_heatmap(case, diagnosis, bundle.config).per_pixel
+
+
+# --- the organ-restricted patch score (`--patch-score-region organ`) ------------------------
+
+ORGAN = PipelineConfig(patches=PatchConfig(size_px=16, stride_px=8),
+                       model=ModelConfig(arch="unet", score_region="organ"))
+
+
+def test_patches_carry_their_organ_masks_when_scored_inside_the_organ():
+    case = _case_with_tumour()
+    config = PatchConfig(size_px=16, stride_px=8, context_slices=1)
+    assert extract_patches(case, config).organ_masks is None
+    patches = extract_patches(case, config, with_organ=True)
+    assert patches.organ_masks.shape == (len(patches), 16, 16)
+    for (z, y, x), organ in zip(patches.coords, patches.organ_masks, strict=True):
+        np.testing.assert_array_equal(organ, case.organ_mask[z, y:y + 16, x:x + 16])
+    # windows that only touch the organ's edge hold organ pixels on part of the window only
+    share = patches.organ_masks.mean(axis=(1, 2))
+    assert share.min() < 0.5 < share.max() == 1.0
+    keep = np.flatnonzero(share < 1)
+    np.testing.assert_array_equal(patches.subset(keep).organ_masks, patches.organ_masks[keep])
+    assert PatchSet.concat([patches, extract_patches(case, config)]).organ_masks is None
+
+
+def test_region_score_is_the_largest_pixel_logit_inside_the_region():
+    model = DensePatchNet(16, 1).eval()
+    patches = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        pixels = model(patches, pixels=True)[:, 0]
+        region = torch.zeros(3, 16, 16, dtype=torch.bool)
+        region[0, :4, :4] = True  # a corner
+        region[1, 8:, :] = True  # the lower half
+        # patch 2: an empty region (organ mask missed it): scored over the whole window
+        scores = model(patches, region=region)
+    torch.testing.assert_close(scores[0], pixels[0, :4, :4].max())
+    torch.testing.assert_close(scores[1], pixels[1, 8:, :].max())
+    torch.testing.assert_close(scores[2], pixels[2].max())
+    assert (scores <= model(patches)).all()
+
+
+def test_flip_averaged_region_scores_flip_the_region_with_the_patch():
+    model = DensePatchNet(16, 1).eval()
+    rng = np.random.default_rng(3)
+    patches = rng.random((5, 16, 16)).astype(np.float32)
+    regions = np.zeros((5, 16, 16), np.uint8)
+    regions[:, 2:9, 5:14] = 1
+    got = predict_patch_probabilities(model, patches, flip_average=True, regions=regions)
+    expected = []
+    with torch.no_grad():
+        for dims in ((), (-1,), (-2,), (-2, -1)):
+            x = torch.from_numpy(patches)[:, None]
+            x = x.flip(dims) if dims else x
+            pixels = model(x, pixels=True)[:, 0]
+            pixels = pixels.flip(dims) if dims else pixels  # back onto the organ mask
+            inside = pixels.masked_fill(~torch.from_numpy(regions).bool(), -1e9)
+            expected.append(torch.sigmoid(inside.flatten(1).amax(dim=1)))
+    np.testing.assert_allclose(got, torch.stack(expected).mean(dim=0).numpy(), atol=1e-5)
+    anywhere = predict_patch_probabilities(model, patches, flip_average=True)
+    assert (got <= anywhere + 1e-6).all() and not np.allclose(got, anywhere)
+
+
+def test_organ_region_needs_a_dense_network_and_old_bundles_score_the_window():
+    with pytest.raises(ConfigError, match="needs a dense patch network"):
+        ModelConfig(arch="table1", score_region="organ")
+    with pytest.raises(ConfigError, match="unknown patch score region"):
+        ModelConfig(arch="unet", score_region="tumour")
+    old = ORGAN.to_dict()
+    del old["model"]["score_region"]  # a bundle written before the setting existed
+    assert PipelineConfig.from_dict(old).model.score_region == "window"
+    assert PipelineConfig.from_dict(ORGAN.to_dict()).model.organ_scored
+
+
+def test_store_keeps_organ_masks_and_is_recropped_when_they_are_needed(tmp_path):
+    refs = load_dataset(write_toy_dataset(tmp_path / "d", 4))
+    folder = tmp_path / "store"
+    window = patched_cases(refs, DENSE, patch_store=folder, progress=False)
+    assert window[0].patches.organ_masks is None
+    stored = patched_cases(refs, ORGAN, patch_store=folder, progress=False)  # re-cropped
+    in_memory = patch_cohort(refs, ORGAN, progress=False)
+    for a, b in zip(in_memory, stored, strict=True):
+        assert isinstance(b.patches.organ_masks, StoredRows)
+        np.testing.assert_array_equal(a.patches.organ_masks, np.asarray(b.patches.organ_masks))
+    joined = join_patches(stored)
+    assert isinstance(joined.organ_masks, StoredRows) and len(joined.organ_masks) == len(joined)
+    (folder / "organ.u8").unlink()
+    with pytest.raises(InputError, match="organ.u8: missing"):
+        open_patch_store(folder)
+
+
+def test_training_scores_validation_inside_the_organ_and_needs_organ_masks():
+    train = _bright_square_patches()
+    organ = np.ones_like(train.masks)
+    with_organ = PatchSet(train.patches, train.patient_ids, train.coords, train.labels,
+                          train.masks, organ)
+    config = TrainConfig(batch_size=32, max_epochs=1, learning_rate=3e-3, precision="fp32")
+    model_config = ModelConfig(arch="unet", score_region="organ")
+    fit_patch_cnn(with_organ, with_organ, config, model_config=model_config, progress=False)
+    with pytest.raises(ConfigError, match="carry no organ masks"):
+        fit_patch_cnn(with_organ, train, config, model_config=model_config, progress=False)
+
+
+def test_cli_scores_a_dense_network_inside_the_organ_by_default(tmp_path, capsys):
+    dataset = write_toy_dataset(tmp_path / "data", n_patients=8)
+    model = tmp_path / "unet.cadx"
+    common = ["--patch-size", "16", "--stride", "8", "--epochs", "1", "--batch-size", "32",
+              "--quiet"]
+    assert main(["train", str(dataset), "--out", str(model), *common,
+                 "--patch-network", "unet"]) == 0
+    bundle = load_bundle(model)
+    assert bundle.config.model.score_region == "organ"
+    _diagnoses_a_toy_patient(model, dataset, tmp_path)
+    case = read_case(dataset / "imagesTr" / "toy_000.nii.gz",
+                     organ_mask_path=dataset / "labelsTr" / "toy_000.nii.gz")
+    diagnosis = diagnose_case(bundle, case)
+    assert ct_heatmap(case, diagnosis, bundle.config, bundle.build_model()).per_pixel
+    capsys.readouterr()
+    assert main(["train", str(dataset), "--out", str(tmp_path / "t1.cadx"), *common,
+                 "--patch-score-region", "organ"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a dense patch network" in err and "Traceback" not in err
+    assert not (tmp_path / "t1.cadx").exists()

@@ -58,7 +58,7 @@ def fit_ct_fusion(bundle: PatchModelBundle, refs: Sequence[CaseRef], source: str
                                                     schema, out_of_range)
     cases = patch_cohort(chosen, bundle.config, progress=progress)
     patch_scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips,
-                               bundle.precision)
+                               bundle.precision, bundle.config.model)
     patient_scores = cohort_patient_scores(cases, patch_scores, bundle.patch_threshold,
                                            bundle.config)
     scores = {c.patient_id: float(s) for c, s in zip(cases, patient_scores, strict=True)}

@@ -114,6 +114,8 @@ def ct_heatmap(case: Case, diagnosis: Diagnosis, config: PipelineConfig,
     if per_pixel:
         heat = pixel_score_map(diagnosis, slice_index, processed.image,
                                config.patches.context_slices, network)
+        if config.model.organ_scored:  # the network was scored inside the organ only
+            heat[~processed.organ_mask[slice_index]] = 0.0
     else:
         heat = score_map(diagnosis, slice_index, processed.image.shape[1:])
     png = render_slice(processed.image[slice_index], processed.organ_mask[slice_index], heat,

@@ -10,10 +10,11 @@ import torch
 
 from cadx.bundle import PatchModelBundle
 from cadx.case import Case
+from cadx.config import ModelConfig
 from cadx.decide.aggregate import score_patients
 from cadx.patches.grid import PatchSet, extract_patches
 from cadx.preprocess.pipeline import preprocess_case
-from cadx.train.fit import predict_patch_probabilities
+from cadx.train.fit import patch_regions, predict_patch_probabilities
 from cadx.train.precision import bf16_emulated_warning
 
 POSITIVE, NEGATIVE = "cancer suspected", "no cancer detected"
@@ -64,11 +65,14 @@ class Diagnosis:
 
 
 def score_patches(model: torch.nn.Module, patches: PatchSet,
-                  flip_average: bool = False, precision: str = "fp32") -> np.ndarray:
+                  flip_average: bool = False, precision: str = "fp32",
+                  model_config: ModelConfig | None = None) -> np.ndarray:
     """Cancer probability of every patch, batched (averaged over flips with `flip_average`,
-    in `precision`: the bundle's, in which its thresholds were chosen)."""
-    return predict_patch_probabilities(model, patches.patches, flip_average=flip_average,
-                                       precision=precision)
+    in `precision`: the bundle's, in which its thresholds were chosen; inside the organ where
+    `model_config` says so)."""
+    return predict_patch_probabilities(
+        model, patches.patches, flip_average=flip_average, precision=precision,
+        regions=patch_regions(patches, model_config or ModelConfig(), "scored"))
 
 
 def organ_not_found(bundle: PatchModelBundle, case: Case) -> Diagnosis:
@@ -105,12 +109,13 @@ def diagnose_case(bundle: PatchModelBundle, case: Case, *, organ_mask_source: st
     start = time.perf_counter()
     # A new patient's tumour status is unknown: crop by the organ mask alone.
     processed.tumour_mask = None
-    patches = extract_patches(processed, bundle.config.patches)
+    patches = extract_patches(processed, bundle.config.patches,
+                              with_organ=bundle.config.model.organ_scored)
     timings["patches"] = time.perf_counter() - start
     start = time.perf_counter()
     model = model if model is not None else bundle.build_model(warn_bf16_emulated=False)
     scores = score_patches(model, patches, bundle.config.decide.test_time_flips,
-                           bundle.precision)
+                           bundle.precision, bundle.config.model)
     timings["score"] = time.perf_counter() - start
     start = time.perf_counter()
     score = score_patients(bundle.config.decide, patches.patient_ids, scores,

@@ -14,9 +14,11 @@ UNET_CHANNELS = (16, 32, 64, 128)
 
 class DensePatchNet(nn.Module):
     """A 2D UNet on (N, C, P, P) patches in 0..1. `forward(x)` gives (N,) patch logits (the
-    largest pixel logit, so cadx scores it as any patch network); `forward(x, pixels=True)`
-    gives the (N, 1, P, P) tumour logits it is trained on. Patches are padded (edge values) to
-    a multiple of the UNet's total stride and the output cropped back."""
+    largest pixel logit, so cadx scores it as any patch network); `forward(x, region=r)` the
+    largest inside each patch's (N, P, P) region (an organ mask; a patch whose region is empty
+    is scored over its whole window); `forward(x, pixels=True)` gives the (N, 1, P, P) tumour
+    logits it is trained on. Patches are padded (edge values) to a multiple of the UNet's total
+    stride and the output cropped back."""
 
     def __init__(self, patch_size_px: int, in_channels: int,
                  channels: tuple[int, ...] = UNET_CHANNELS) -> None:
@@ -29,8 +31,16 @@ class DensePatchNet(nn.Module):
         self.unet = UNet(2, in_channels, 1, channels=channels,
                          strides=(2,) * (len(channels) - 1), num_res_units=1, norm=Norm.BATCH)
 
-    def forward(self, patches: torch.Tensor, pixels: bool = False) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, pixels: bool = False,
+                region: torch.Tensor | None = None) -> torch.Tensor:
         lo, hi = self.pad
         out = self.unet(F.pad(patches, (lo, hi, lo, hi), mode="replicate"))
         out = out[..., lo:out.shape[-2] - hi, lo:out.shape[-1] - hi]
-        return out if pixels else out.flatten(1).amax(dim=1)
+        if pixels:
+            return out
+        out = out.flatten(1)
+        if region is not None:
+            inside = region.reshape(len(out), -1).bool()
+            inside |= ~inside.any(dim=1, keepdim=True)  # an empty region: the whole window
+            out = out.masked_fill(~inside, torch.finfo(out.dtype).min)
+        return out.amax(dim=1)

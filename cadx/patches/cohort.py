@@ -34,7 +34,8 @@ def patch_case(ref: CaseRef, config: PipelineConfig) -> PatchedCase:
                      patient_id=ref.patient_id)
     diameter = largest_tumour_diameter_mm(case.tumour_mask, case.spacing_zyx_mm)
     processed = preprocess_case(case, config.preprocess)
-    patches = extract_patches(processed, config.patches, with_masks=config.model.dense)
+    patches = extract_patches(processed, config.patches, with_masks=config.model.dense,
+                              with_organ=config.model.organ_scored)
     return PatchedCase(ref.patient_id, patches, bool(case.tumour_mask.any()), diameter,
                        dict(ref.meta), tuple(float(s) for s in case.spacing_zyx_mm))
 

@@ -26,7 +26,9 @@ class PatchSet:
     its neighbours (centre slice in the middle channel). `coords` holds (slice, y, x) of each
     patch's top-left corner on the preprocessed grid; `labels` is 1 for cancerous patches, 0
     otherwise, or None when the truth is unknown. `masks` (N, P, P) uint8 holds each patch's
-    tumour mask (the centre slice's) where a dense patch network trains on it, else None.
+    tumour mask (the centre slice's) where a dense patch network trains on it, else None;
+    `organ_masks` (N, P, P) uint8 the (dilated) organ mask's, where patches are scored inside
+    the organ only, else None.
     """
 
     patches: np.ndarray
@@ -34,6 +36,7 @@ class PatchSet:
     coords: np.ndarray
     labels: np.ndarray | None = None
     masks: np.ndarray | None = None
+    organ_masks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.patches.shape[0])
@@ -51,12 +54,13 @@ class PatchSet:
         """The patches selected by a boolean mask or an index array."""
         return PatchSet(self.patches[keep], self.patient_ids[keep], self.coords[keep],
                         None if self.labels is None else self.labels[keep],
-                        None if self.masks is None else self.masks[keep])
+                        None if self.masks is None else self.masks[keep],
+                        None if self.organ_masks is None else self.organ_masks[keep])
 
     @staticmethod
     def concat(sets: list[PatchSet]) -> PatchSet:
-        """Join patch sets (all labelled or all unlabelled) into one; masks are kept when
-        every set has them."""
+        """Join patch sets (all labelled or all unlabelled) into one; tumour and organ masks
+        are kept when every set has them."""
         if not sets:
             raise ValueError("no patch sets to join")
         labelled = [s.labels is not None for s in sets]
@@ -69,6 +73,8 @@ class PatchSet:
             np.concatenate([s.labels for s in sets]) if all(labelled) else None,
             (np.concatenate([s.masks for s in sets])
              if all(s.masks is not None for s in sets) else None),
+            (np.concatenate([s.organ_masks for s in sets])
+             if all(s.organ_masks is not None for s in sets) else None),
         )
 
 
@@ -111,13 +117,15 @@ def _touching(positions: np.ndarray, size: int, first: int, last: int) -> np.nda
     return positions[(positions + size > first) & (positions <= last)]
 
 
-def extract_patches(case: Case, config: PatchConfig, with_masks: bool = False) -> PatchSet:
+def extract_patches(case: Case, config: PatchConfig, with_masks: bool = False,
+                    with_organ: bool = False) -> PatchSet:
     """Crop the patches of a preprocessed case that touch its (dilated) organ mask.
 
     A patch holding tumour is kept even where the organ mask misses it; non-cancerous patches
     outside the organ mask are dropped. Works slice by slice on (z, y, x) volumes; a 2D image is
     a one-slice volume. `with_masks` also crops each patch's tumour mask (for a dense patch
-    network; needs the case's tumour mask).
+    network; needs the case's tumour mask), `with_organ` its organ mask (for a patch score
+    inside the organ only).
     """
     if case.organ_mask is None:
         raise ConfigError(f"{case.source or case.patient_id}: patch extraction needs an organ mask")
@@ -157,11 +165,15 @@ def extract_patches(case: Case, config: PatchConfig, with_masks: bool = False) -
     else:
         patches = np.ascontiguousarray(windows[slice_idx, ys[iy], xs[ix]], dtype=np.float32)
     coords = np.stack([slice_idx, ys[iy], xs[ix]], axis=1).astype(np.int32)
-    labels, masks = None, None
+    labels, masks, organ_masks = None, None, None
     if tumour_counts is not None:
         labels = (tumour_counts[slice_pos, iy, ix] > 0).astype(np.uint8)
         if with_masks:
             tumour = sliding_window_view(case.tumour_mask, (size, size), axis=(1, 2))
             masks = np.ascontiguousarray(tumour[slice_idx, ys[iy], xs[ix]], dtype=np.uint8)
+    if with_organ:
+        organ_windows = sliding_window_view(organ, (size, size), axis=(1, 2))
+        organ_masks = np.ascontiguousarray(organ_windows[slice_idx, ys[iy], xs[ix]],
+                                           dtype=np.uint8)
     patient_ids = np.full(len(patches), case.patient_id, dtype=object)
-    return PatchSet(patches, patient_ids, coords, labels, masks)
+    return PatchSet(patches, patient_ids, coords, labels, masks, organ_masks)

@@ -103,7 +103,10 @@ def _store_matches(folder: str | Path, refs: Sequence[CaseRef], config: Pipeline
     stored_cases = open_patch_store(folder)
     stored_ids = [case.patient_id for case in stored_cases]
     masks_ok = not config.model.dense or all(c.patches.masks is not None for c in stored_cases)
-    return same_settings and masks_ok and stored_ids == [ref.patient_id for ref in refs]
+    organ_ok = (not config.model.organ_scored
+                or all(c.patches.organ_masks is not None for c in stored_cases))
+    return (same_settings and masks_ok and organ_ok
+            and stored_ids == [ref.patient_id for ref in refs])
 
 
 def _jsonable(value: object) -> object:

@@ -76,6 +76,18 @@ def epoch_progress(progress: bool) -> Progress:
     return Progress(*columns, disable=not progress)
 
 
+def patch_regions(patches: PatchSet, model_config: ModelConfig, what: str
+                  ) -> np.ndarray | None:
+    """The organ masks inside which `model_config`'s network scores `patches` (None: the
+    whole window); a one-line error when they are needed and the patches carry none."""
+    if not model_config.organ_scored:
+        return None
+    if patches.organ_masks is None:
+        raise ConfigError(f"these {what} patches carry no organ masks, and the patch network "
+                          "scores inside the organ (crop them with --patch-score-region organ)")
+    return patches.organ_masks
+
+
 def _batch_tensor(patches: np.ndarray, index: np.ndarray | slice) -> torch.Tensor:
     """(n, C, P, P) float32 channels_last tensor of the indexed (n, P, P) or (n, C, P, P) patches.
 
@@ -230,6 +242,8 @@ def fit_patch_cnn(
         raise ConfigError(f"the {model_config.arch} patch network trains on each patch's tumour "
                           "mask, and these training patches carry none (crop them with "
                           f"--patch-network {model_config.arch})")
+    # Validation patches are scored as the bundle will score them: inside the organ, if so.
+    val_regions = patch_regions(validation, model_config, "validation")
     dice_loss = DiceLoss(sigmoid=True, batch=True)
     # One GPU per rank under nccl (torchrun sets the device); the CPU otherwise.
     on_gpu = distributed and dist.get_backend() == "nccl"
@@ -332,7 +346,8 @@ def fit_patch_cnn(
                 n_seen += len(index)
             loss_sum = torch.stack([summed_loss.cpu(),
                                     torch.tensor(n_seen, dtype=torch.float64)])
-            val_logits = predict_logits(model, validation.patches, precision=precision)
+            val_logits = predict_logits(model, validation.patches, precision=precision,
+                                        regions=val_regions)
             scores = torch.tensor([float(loss_fn(val_logits, y_val)),
                                    roc_auc_score(validation.labels, val_logits.numpy())],
                                   dtype=torch.float64)
@@ -408,20 +423,35 @@ def _flip_views(batch: torch.Tensor) -> torch.Tensor:
         memory_format=torch.channels_last)
 
 
+def _region_kwargs(regions: np.ndarray | None, index: slice, device: torch.device,
+                   flipped: bool = False) -> dict[str, torch.Tensor]:
+    """`region=` for a dense network scoring inside (N, P, P) organ masks (nothing without);
+    with `flipped`, the masks of the four flip views of `_flip_views`."""
+    if regions is None:
+        return {}
+    region = torch.from_numpy(np.asarray(regions[index], dtype=bool))
+    if flipped:
+        region = torch.cat([region, region.flip(-1), region.flip(-2), region.flip(-2, -1)])
+    return {"region": region.to(device)}
+
+
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, patches: np.ndarray | torch.Tensor,
-                   batch_size: int = INFERENCE_BATCH, *, precision: str = "fp32"
-                   ) -> torch.Tensor:
+                   batch_size: int = INFERENCE_BATCH, *, precision: str = "fp32",
+                   regions: np.ndarray | None = None) -> torch.Tensor:
     """fp32 logits for (N, P, P) or (N, C, P, P) patches (array, memory map or tensor), batch
     by batch, in eval mode; `precision` "bf16" runs the network under bfloat16 autocast (as a
-    bundle trained in bf16 had its thresholds chosen)."""
+    bundle trained in bf16 had its thresholds chosen). `regions`: (N, P, P) organ masks inside
+    which a dense network takes its patch logit."""
     was_training = model.training
     model.eval().to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
     if isinstance(patches, torch.Tensor):
         patches = patches.cpu().numpy()
     with autocast(precision, device.type):
-        outputs = [model(_batch_tensor(patches, slice(i, i + batch_size)).to(device)).float().cpu()
+        outputs = [model(_batch_tensor(patches, slice(i, i + batch_size)).to(device),
+                         **_region_kwargs(regions, slice(i, i + batch_size), device)
+                         ).float().cpu()
                    for i in range(0, len(patches), batch_size)]
     model.train(was_training)
     if not outputs:
@@ -431,9 +461,10 @@ def predict_logits(model: torch.nn.Module, patches: np.ndarray | torch.Tensor,
 
 @torch.inference_mode()
 def _flip_averaged_probabilities(model: torch.nn.Module, patches: np.ndarray,
-                                 batch_size: int, precision: str = "fp32") -> torch.Tensor:
+                                 batch_size: int, precision: str = "fp32",
+                                 regions: np.ndarray | None = None) -> torch.Tensor:
     """Mean probability over each patch and its three flips, the four views in one forward
-    pass per batch."""
+    pass per batch (each view scored inside its flipped region, with `regions`)."""
     was_training = model.training
     model.eval().to(memory_format=torch.channels_last)
     device = next(model.parameters()).device
@@ -441,7 +472,8 @@ def _flip_averaged_probabilities(model: torch.nn.Module, patches: np.ndarray,
     for i in range(0, len(patches), batch_size):
         batch = _batch_tensor(patches, slice(i, i + batch_size)).to(device)
         with autocast(precision, device.type):
-            logits = model(_flip_views(batch))
+            logits = model(_flip_views(batch),
+                           **_region_kwargs(regions, slice(i, i + batch_size), device, True))
         views = torch.sigmoid(logits.float()).cpu()
         outputs.append(views.view(4, len(batch)).mean(dim=0))
     model.train(was_training)
@@ -451,16 +483,19 @@ def _flip_averaged_probabilities(model: torch.nn.Module, patches: np.ndarray,
 def predict_patch_probabilities(model: torch.nn.Module, patches: np.ndarray,
                                 batch_size: int = INFERENCE_BATCH,
                                 flip_average: bool = False, *,
-                                precision: str = "fp32") -> np.ndarray:
+                                precision: str = "fp32",
+                                regions: np.ndarray | None = None) -> np.ndarray:
     """Cancer probability of each (N, P, P) or (N, C, P, P) patch; with `flip_average` the mean
     over the patch and its left-right, up-down and double flips (test-time augmentation).
     `precision`: the bundle's (`PatchModelBundle.precision`), so that scores are computed as
-    when its thresholds were chosen."""
+    when its thresholds were chosen. `regions`: (N, P, P) organ masks inside which a dense
+    network takes each patch's score (`ModelConfig.score_region` "organ")."""
     if flip_average:
         if isinstance(patches, torch.Tensor):
             patches = patches.cpu().numpy()
-        probabilities = _flip_averaged_probabilities(model, patches, batch_size, precision)
+        probabilities = _flip_averaged_probabilities(model, patches, batch_size, precision,
+                                                     regions)
     else:
         probabilities = torch.sigmoid(predict_logits(model, patches, batch_size,
-                                                     precision=precision))
+                                                     precision=precision, regions=regions))
     return probabilities.numpy().astype(np.float64)

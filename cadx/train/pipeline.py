@@ -11,13 +11,18 @@ import torch
 import torch.distributed as dist
 
 from cadx.bundle import PatchModelBundle
-from cadx.config import PATIENT_SCORES, DecideConfig, PipelineConfig
+from cadx.config import PATIENT_SCORES, DecideConfig, ModelConfig, PipelineConfig
 from cadx.decide.roc import OperatingPoint, youden_operating_point
 from cadx.errors import SplitError
 from cadx.evaluate.cohort import CohortEvaluation, cohort_patient_scores, evaluate_cohort
 from cadx.patches.cohort import PatchedCase
 from cadx.patches.store import join_patches
-from cadx.train.fit import TrainingHistory, fit_patch_cnn, predict_patch_probabilities
+from cadx.train.fit import (
+    TrainingHistory,
+    fit_patch_cnn,
+    patch_regions,
+    predict_patch_probabilities,
+)
 from cadx.train.precision import resolve_precision
 from cadx.train.splits import PatientSplit, assert_disjoint, split_patients
 
@@ -39,13 +44,17 @@ STORED_TOP_K = (1, 3, 5, 10, 20)
 
 
 def score_cases(model: torch.nn.Module, cases: Sequence[PatchedCase],
-                flip_average: bool = False, precision: str = "fp32") -> list[np.ndarray]:
+                flip_average: bool = False, precision: str = "fp32",
+                model_config: ModelConfig | None = None) -> list[np.ndarray]:
     """Score all cases' patches in one batched pass (averaged over flips with `flip_average`,
-    in `precision`: a bundle's `precision`); one score array per case."""
+    in `precision`: a bundle's `precision`; inside the organ where `model_config` says so);
+    one score array per case."""
     if not cases:
         return []
-    scores = predict_patch_probabilities(model, join_patches(cases).patches,
-                                         flip_average=flip_average, precision=precision)
+    joined = join_patches(cases)
+    scores = predict_patch_probabilities(
+        model, joined.patches, flip_average=flip_average, precision=precision,
+        regions=patch_regions(joined, model_config or ModelConfig(), "scored"))
     bounds = np.cumsum([len(c.patches) for c in cases])[:-1]
     return np.split(scores, bounds)
 
@@ -100,7 +109,7 @@ def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase],
     """
     config = config or PipelineConfig()
     per_case = score_cases(model, validation, config.decide.test_time_flips,
-                           config.train.precision)
+                           config.train.precision, config.model)
     scores = np.concatenate(per_case)
     labels = np.concatenate([c.patches.labels for c in validation])
     patch_point = youden_operating_point(labels, scores, "validation patches")
@@ -155,7 +164,7 @@ def train_patch_model(cases: Sequence[PatchedCase], config: PipelineConfig,
     if parts["test"]:
         test_evaluation = evaluate_cohort(
             parts["test"], score_cases(model, parts["test"], config.decide.test_time_flips,
-                                       train_cfg.precision),
+                                       train_cfg.precision, config.model),
             patch_point.threshold, patient_point.threshold, config=config)
     summary = {
         "split": {"train": list(split.train), "validation": list(split.validation),
