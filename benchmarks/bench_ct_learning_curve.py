@@ -118,7 +118,8 @@ def patient_top1(model: torch.nn.Module, cases: Sequence[PatchedCase], config: P
                  ) -> np.ndarray:
     """Each case's highest patch probability (flip-averaged as `config` decides, in its
     precision): the top-1 patient score."""
-    per_case = score_cases(model, cases, config.decide.test_time_flips, config.train.precision)
+    per_case = score_cases(model, cases, config.decide.test_time_flips, config.train.precision,
+                           config.model)
     return np.array([s.max() for s in per_case])
 
 

@@ -69,7 +69,7 @@ def main() -> None:
                               progress=False)
         per_bundle.append(top1_scores(score_cases(
             bundle.build_model(), cases, bundle.config.decide.test_time_flips,
-            bundle.config.train.precision)))
+            bundle.config.train.precision, bundle.config.model)))
     scores = np.mean(per_bundle, axis=0)
     truth = np.array([c.has_tumour for c in cases])
     size = np.array([c.tumour_diameter_mm or 0.0 for c in cases])

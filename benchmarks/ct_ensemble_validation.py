@@ -67,7 +67,8 @@ def main() -> None:
             _, cases = validation_cohort(cohort_args, bundle.config)
             scores[name] += score_cases(bundle.build_model(), cases,
                                         bundle.config.decide.test_time_flips,
-                                        bundle.config.train.precision)
+                                        bundle.config.train.precision,
+                                        bundle.config.model)
             if cohort_truth is None:
                 cohort_truth = [(c.patient_id, c.has_tumour) for c in cases]
             elif cohort_truth != [(c.patient_id, c.has_tumour) for c in cases]:

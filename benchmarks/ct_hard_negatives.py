@@ -59,7 +59,7 @@ def mined_training_set(model, train: PatchSet, hard_per_positive: float,
 def _rows(bundle: PatchModelBundle, cases, label: str) -> dict[str, object]:
     config = bundle.config
     per_case = score_cases(bundle.build_model(), cases, config.decide.test_time_flips,
-                           config.train.precision)
+                           config.train.precision, config.model)
     truth = np.array([c.has_tumour for c in cases])
     scores = cohort_patient_scores(cases, per_case, bundle.patch_threshold, config)
     auc = delong_auc_ci(truth, scores)

@@ -38,7 +38,7 @@ def cohort_summaries(bundle, data: str, seed: int, n: int) -> tuple[np.ndarray, 
     _, cases = validation_cohort(argparse.Namespace(data=data, val_seed=seed, val_patients=n),
                                  bundle.config)
     scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips,
-                         bundle.config.train.precision)
+                         bundle.config.train.precision, bundle.config.model)
     threshold = bundle.patch_operating_point.threshold
     return (np.stack([patient_summary(s, threshold) for s in scores]),
             np.array([c.has_tumour for c in cases], dtype=bool))

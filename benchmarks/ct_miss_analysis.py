@@ -52,7 +52,7 @@ def main() -> None:
     folder, cases = validation_cohort(args, config)
     refs = load_dataset(folder)
     per_case = score_cases(bundle.build_model(), cases, config.decide.test_time_flips,
-                           config.train.precision)
+                           config.train.precision, config.model)
     scores = cohort_patient_scores(cases, per_case, bundle.patch_threshold, config)
     truth = np.array([c.has_tumour for c in cases])
     free_scores = scores[~truth]

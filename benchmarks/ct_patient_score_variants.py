@@ -86,7 +86,7 @@ def main() -> None:
         bundle = replace(bundle, config=config)
     _, cases = validation_cohort(args, config)
     per_case = score_cases(bundle.build_model(), cases, config.decide.test_time_flips,
-                           config.train.precision)
+                           config.train.precision, config.model)
     truth = np.array([c.has_tumour for c in cases])
     own = cohort_patient_scores(cases, per_case, bundle.patch_threshold, config)
     rows = []

@@ -58,7 +58,7 @@ def scores(bundle, tuned, cases) -> dict[str, np.ndarray]:
     config = bundle.config
     flips, precision = config.decide.test_time_flips, config.train.precision
     base = np.array([s.max() for s in score_cases(bundle.build_model(), cases, flips,
-                                                   precision)])
+                                                   precision, config.model)])
     out = {"run top-1": base}
     for name, values in aggregates(score_cases(tuned, cases, flips, precision)).items():
         out[f"PL {name}"] = values
