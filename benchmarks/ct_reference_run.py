@@ -3,7 +3,8 @@ separate phantom cohort drawn with a seed used nowhere else.
 
 Run (the documented command; 300 training + 80 test phantoms; run 9, measured on 2 idle CPU
 cores without bf16: 3.3 min an epoch, 40 min of training, about 6 min synthesis and cropping,
-1.6 min evaluation; with bf16: 1.5 min an epoch, 18 min of training, 22 min in all):
+1.6 min evaluation; run 13 (today's defaults) with bf16: 1.4 min an epoch, 17 min of training,
+20 min in all):
     python benchmarks/ct_reference_run.py --out ct_reference
 On a GPU (training there; synthesis, cropping and evaluation stay on the CPU):
     python benchmarks/ct_reference_run.py --out ct_reference --device cuda
@@ -30,7 +31,8 @@ What it does:
 
 Training settings: the network and slice thickness are run 9's (the dense UNet on 2.5 mm
 slices, kept on pooled validation phantoms; runs 1-8: `--patch-network table1
---slice-thickness 5`); the other levers default to `cadx train`'s defaults; the schedule
+--slice-thickness 5`), scored inside the organ mask as run 13 (`--patch-score-region window`
+repeats runs 9-12); the other levers default to `cadx train`'s defaults; the schedule
 (patch 50 px, stride 25, batch 64, Adam 3e-4, at most 12 epochs, reduce-LR after 3 and early
 stop after 5 epochs without validation patch AUC improving, bf16 where the CPU has it, 2.5D
 input with one neighbour slice on each side) defaults to the
