@@ -30,6 +30,7 @@ from cadx.bundle import load_bundle
 from cadx.evaluate.stats import delong_auc_ci, delong_test
 from cadx.io.dataset import load_dataset
 from cadx.io.volumes import read_case
+from cadx.models.dense_patch_net import largest_logit
 from cadx.patches.grid import extract_patches
 from cadx.preprocess.pipeline import preprocess_case
 from cadx.train.precision import autocast
@@ -51,7 +52,8 @@ def restricted_probabilities(model: torch.nn.Module, patches: np.ndarray,
                              regions: list[np.ndarray | None], flips: bool, precision: str
                              ) -> list[np.ndarray]:
     """Patch probabilities from the largest pixel logit inside each region (None: anywhere),
-    averaged over the four flips with `flips`, as `predict_patch_probabilities` does."""
+    averaged over the four flips with `flips`, as `predict_patch_probabilities` does; one
+    forward pass serves every region (`largest_logit`, the network's own reduction)."""
     model.eval()
     out: list[list[torch.Tensor]] = [[] for _ in regions]
     for i in range(0, len(patches), BATCH):
@@ -64,11 +66,9 @@ def restricted_probabilities(model: torch.nn.Module, patches: np.ndarray,
         pixels = torch.stack([p.flip(d) if d else p for p, d in
                               zip(pixels.split(len(x)), dims, strict=True)])  # back: (V, n, P, P)
         for k, region in enumerate(regions):
-            logits = pixels
-            if region is not None:
-                inside = torch.from_numpy(region[i:i + BATCH]).bool()[None]
-                logits = pixels.masked_fill(~inside, float("-inf"))
-            out[k].append(torch.sigmoid(logits.flatten(2).amax(dim=2)).mean(dim=0))
+            inside = None if region is None else torch.from_numpy(region[i:i + BATCH])
+            views_max = torch.stack([largest_logit(view, inside) for view in pixels])
+            out[k].append(torch.sigmoid(views_max).mean(dim=0))
     return [torch.cat(o).numpy().astype(np.float64) for o in out]
 
 

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench_ct_learning_curve import cached_cohort
+from ct_reference_run import small_tumour_sensitivity
 
 from cadx.bundle import load_bundle, save_bundle
 from cadx.io.dataset import load_dataset
@@ -31,8 +32,7 @@ from cadx.workflows import evaluate_dataset
 def _patient_line(report: Path) -> str:
     patient = json.loads((report / "metrics.json").read_text())["levels"]["patient"]
     m = patient["metrics"]
-    small = next((row for row in patient.get("subgroups", {}).get("size_2cm", [])
-                  if row.get("group") == "< 2 cm"), {})
+    small = small_tumour_sensitivity(patient)
     return (f"patient AUC {m['auc']['estimate']:.3f} [{m['auc']['low']:.3f}, "
             f"{m['auc']['high']:.3f}], SN {m['sensitivity']['estimate']:.3f}, SP "
             f"{m['specificity']['estimate']:.3f}, SN < 2 cm "

@@ -110,7 +110,7 @@ def _interval(metric: dict) -> str:
     return f"{metric['estimate']:.3f}{ci}"
 
 
-def _small_tumour_sensitivity(patient_level: dict) -> dict:
+def small_tumour_sensitivity(patient_level: dict) -> dict:
     """The `< 2 cm` row of the patient level's size_2cm subgroups (sensitivity and counts)."""
     for row in patient_level.get("subgroups", {}).get("size_2cm", []):
         if row.get("group") == "< 2 cm":
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     patient = metrics["levels"]["patient"]
-    small = _small_tumour_sensitivity(patient)
+    small = small_tumour_sensitivity(patient)
     result = {
         "train_cohort": {"seed": args.train_seed, "patients": args.train_patients,
                          "folder": str(train_folder)},

@@ -36,11 +36,16 @@ class DensePatchNet(nn.Module):
         lo, hi = self.pad
         out = self.unet(F.pad(patches, (lo, hi, lo, hi), mode="replicate"))
         out = out[..., lo:out.shape[-2] - hi, lo:out.shape[-1] - hi]
-        if pixels:
-            return out
-        out = out.flatten(1)
-        if region is not None:
-            inside = region.reshape(len(out), -1).bool()
-            inside |= ~inside.any(dim=1, keepdim=True)  # an empty region: the whole window
-            out = out.masked_fill(~inside, torch.finfo(out.dtype).min)
-        return out.amax(dim=1)
+        return out if pixels else largest_logit(out, region)
+
+
+def largest_logit(pixel_logits: torch.Tensor, region: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Each patch's largest pixel logit of (N, ..., P, P) `pixel_logits`, inside its (N, P, P)
+    `region` when given; a patch whose region is empty is scored over its whole window."""
+    flat = pixel_logits.flatten(1)
+    if region is not None:
+        inside = region.reshape(len(flat), -1).bool()
+        inside |= ~inside.any(dim=1, keepdim=True)
+        flat = flat.masked_fill(~inside, torch.finfo(flat.dtype).min)
+    return flat.amax(dim=1)
