@@ -110,6 +110,11 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         "probability: 'organ' (inside the dilated organ mask; the default for "
                         "a dense network) or 'window' (anywhere in the patch; the only choice "
                         "for the others)")
+    g.add_argument("--patch-loss-region", choices=SCORE_REGIONS, default=d_train.patch_loss_region,
+                   help="where a dense patch network's patch loss takes the patch's largest "
+                        "pixel logit while training: anywhere in the window, or inside the "
+                        "organ mask where it is scored (needs --patch-score-region organ; "
+                        "default %(default)s)")
     g.add_argument("--no-batch-norm", action="store_true",
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
@@ -404,6 +409,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           balanced_sampling=args.balanced_sampling,
                           batch_positive_fraction=args.batch_positive_fraction,
                           positive_weighting=args.positive_weighting,
+                          patch_loss_region=args.patch_loss_region,
                           precision=args.precision),
         decide=DecideConfig(args.patient_score, args.top_k, test_time_flips=args.tta),
     )

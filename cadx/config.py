@@ -199,8 +199,15 @@ class TrainConfig:
     # evaluate, score in the same precision. Bundles written before this field are fp32.
     precision: str = "fp32"
     lr_schedule: str = "plateau"
+    # Where a dense network's patch loss takes the patch's largest pixel logit: anywhere in the
+    # window (runs 8-13), or inside the organ mask, where the patch is scored ("organ": the
+    # largest in-organ logit of a tumour-free patch is what the loss pushes down).
+    patch_loss_region: str = "window"
 
     def __post_init__(self) -> None:
+        if self.patch_loss_region not in SCORE_REGIONS:
+            raise ConfigError(f"patch loss region must be one of {SCORE_REGIONS}, got "
+                              f"{self.patch_loss_region!r}")
         if self.lr_schedule not in PATCH_LR_SCHEDULES:
             raise ConfigError(f"learning-rate schedule must be one of {PATCH_LR_SCHEDULES}, "
                               f"got {self.lr_schedule!r}")
@@ -283,6 +290,10 @@ class PipelineConfig:
     decide: DecideConfig = field(default_factory=DecideConfig)
 
     def __post_init__(self) -> None:
+        if self.train.patch_loss_region == "organ" and not self.model.organ_scored:
+            raise ConfigError("--patch-loss-region organ needs a dense patch network scored "
+                              "inside the organ (--patch-network unet --patch-score-region "
+                              "organ)")
         if self.model.arch == "efficientnet_lite0" and self.patches.channels not in (1, 3):
             raise ConfigError(f"the {self.model.arch} patch network takes 1 slice or 3 "
                               f"(--context-slices 0 or 1), not {self.patches.channels}")

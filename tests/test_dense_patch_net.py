@@ -260,3 +260,41 @@ def test_cli_scores_a_dense_network_inside_the_organ_by_default(tmp_path, capsys
     err = capsys.readouterr().err
     assert "needs a dense patch network" in err and "Traceback" not in err
     assert not (tmp_path / "t1.cadx").exists()
+
+
+def _trained_weights(train: PatchSet, loss_region: str) -> list[torch.Tensor]:
+    config = TrainConfig(batch_size=32, max_epochs=1, learning_rate=3e-3, precision="fp32",
+                         patch_loss_region=loss_region)
+    model, _ = fit_patch_cnn(train, train, config, progress=False,
+                             model_config=ModelConfig(arch="unet", score_region="organ"))
+    return list(model.state_dict().values())
+
+
+def test_patch_loss_inside_the_organ_takes_the_largest_in_organ_logit():
+    train = _bright_square_patches()
+    whole = np.ones_like(train.masks)
+    half = whole.copy()
+    half[:, :, :8] = 0  # the organ covers the right half of every window
+
+    def with_organ(organ: np.ndarray) -> PatchSet:
+        return PatchSet(train.patches, train.patient_ids, train.coords, train.labels,
+                        train.masks, organ)
+
+    window = _trained_weights(with_organ(whole), "window")
+    # An organ covering the whole window is the window: the same training, step for step.
+    for a, b in zip(window, _trained_weights(with_organ(whole), "organ"), strict=True):
+        torch.testing.assert_close(a, b)
+    moved = _trained_weights(with_organ(half), "organ")
+    assert any(not torch.allclose(a, b) for a, b in zip(window, moved, strict=True)
+               if a.is_floating_point())
+
+
+def test_patch_loss_region_is_checked_and_old_bundles_train_on_the_window():
+    with pytest.raises(ConfigError, match="patch loss region must be one of"):
+        TrainConfig(patch_loss_region="tumour")
+    with pytest.raises(ConfigError, match="--patch-loss-region organ needs"):
+        PipelineConfig(model=ModelConfig(arch="unet", score_region="window"),
+                       train=TrainConfig(patch_loss_region="organ"))
+    old = ORGAN.to_dict()
+    del old["train"]["patch_loss_region"]  # a bundle written before the setting existed
+    assert PipelineConfig.from_dict(old).train.patch_loss_region == "window"

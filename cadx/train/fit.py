@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 from cadx.config import ModelConfig, TrainConfig
 from cadx.errors import ConfigError, SplitError
 from cadx.io.atomic import atomic_path
+from cadx.models.dense_patch_net import largest_logit
 from cadx.models.patch_network import build_patch_network
 from cadx.patches.grid import PatchSet
 from cadx.train.loss import WeightedBCELoss, per_tumour_weights
@@ -244,6 +245,9 @@ def fit_patch_cnn(
                           f"--patch-network {model_config.arch})")
     # Validation patches are scored as the bundle will score them: inside the organ, if so.
     val_regions = patch_regions(validation, model_config, "validation")
+    # The patch loss takes the largest pixel logit inside the organ too, with that setting.
+    loss_regions = (patch_regions(train, model_config, "training")
+                    if dense and config.patch_loss_region == "organ" else None)
     dice_loss = DiceLoss(sigmoid=True, batch=True)
     # One GPU per rank under nccl (torchrun sets the device); the CPU otherwise.
     on_gpu = distributed and dist.get_backend() == "nccl"
@@ -319,18 +323,22 @@ def fit_patch_cnn(
             for index, augmentation in batches:
                 batch = _batch_tensor(train.patches, index.numpy()).to(device)
                 augmentation = None if augmentation is None else augmentation.to(device)
-                if dense:  # the tumour masks as one more channel, so they move with the patch
+                region = None
+                if dense:  # tumour (and organ) masks as more channels: they move with the patch
+                    masks = [train.masks] + ([] if loss_regions is None else [loss_regions])
                     both = augment_patches(torch.cat(
-                        [batch, _batch_tensor(train.masks, index.numpy()).to(device)], 1),
-                        augmentation)
-                    batch, target = both[:, :-1], both[:, -1:]
+                        [batch] + [_batch_tensor(m, index.numpy()).to(device) for m in masks],
+                        1), augmentation)
+                    batch, target = both[:, :-len(masks)], both[:, -len(masks):][:, :1]
+                    if loss_regions is not None:
+                        region = both[:, -1] > 0.5
                 else:
                     batch = augment_patches(batch, augmentation)
                 optimiser.zero_grad(set_to_none=True)
                 with autocast(precision, device.type):
                     outputs = network(batch, pixels=True) if dense else network(batch)
                 outputs = outputs.float()
-                logits = outputs.flatten(1).amax(dim=1) if dense else outputs
+                logits = largest_logit(outputs, region) if dense else outputs
                 loss = train_loss_fn(logits, y_train[index].to(device),
                                      None if patch_weights is None
                                      else patch_weights[index].to(device))
