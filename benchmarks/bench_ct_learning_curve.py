@@ -32,6 +32,7 @@ Levers (--levers, each a separate training run on the same N patients):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from collections.abc import Sequence
@@ -83,12 +84,16 @@ def _lever_config(base: PipelineConfig, lever: str) -> PipelineConfig:
     return replace(base, train=train, patches=patches, model=model)
 
 
-def cached_cohort(data: Path, name: str, n: int, seed: int, tiny: bool) -> Path:
-    """A phantom cohort of `n` patients in data/name, written unless it is already there."""
+def cached_cohort(data: Path, name: str, n: int, seed: int, tiny: bool,
+                  tumour_diameter_mm: tuple[float, float] | None = None) -> Path:
+    """A phantom cohort of `n` patients in data/name, written unless it is already there
+    (tumour diameters over the generator's default range unless `tumour_diameter_mm`)."""
     folder = data / name
     if (folder / "dataset.json").exists() and len(load_dataset(folder)) == n:
         return folder
     spec = CohortSpec(n_patients=n, seed=seed)
+    if tumour_diameter_mm is not None:
+        spec = replace(spec, tumour_diameter_mm=tumour_diameter_mm)
     if tiny:
         spec = replace(spec, shape_zyx=TINY_SHAPE, spacing_zyx_mm=TINY_SPACING)
     return write_msd_cohort(folder, spec)
@@ -180,6 +185,21 @@ def validation_cases(data: Path, seed: int, n: int, config: PipelineConfig) -> l
     folder = cached_cohort(data, f"val_seed{seed}_n{n}", n, seed, False)
     return patched_cases(load_dataset(folder), config,
                          patch_store=patch_store_path(data, folder, config), progress=False)
+
+
+def generator_diameters(folder: Path) -> dict[str, float]:
+    """Each phantom's tumour diameter as drawn by the generator (cases.csv; nan: no tumour)."""
+    with open(folder / "cases.csv", newline="") as f:
+        return {r["patient_id"]: float(r["tumour_diameter_mm"] or "nan")
+                for r in csv.DictReader(f)}
+
+
+def sensitivity_at_specificity(truth: np.ndarray, small: np.ndarray, scores: np.ndarray,
+                               specificity: float = 0.90) -> tuple[int, int]:
+    """Tumours < 2 cm found at the lowest threshold keeping `specificity` on the same patients."""
+    negatives = np.sort(scores[~truth])[::-1]
+    threshold = negatives[int(np.floor((1.0 - specificity) * len(negatives)))]
+    return int((scores[small] > threshold).sum()), int(small.sum())
 
 
 def _cases(folder: Path, config: PipelineConfig, data: Path) -> list[PatchedCase]:

@@ -55,6 +55,7 @@ from cadx.cli import _add_pipeline_options, _pipeline_config
 from cadx.config import PipelineConfig
 from cadx.io.dataset import load_dataset
 from cadx.scale.distributed import patched_cases
+from cadx.synth.ct_phantom import CohortSpec
 from cadx.train.pipeline import train_patch_model
 from cadx.workflows import DEMO_CONFIG, evaluate_dataset, record_training_data
 
@@ -78,6 +79,10 @@ def _parser(tiny: bool) -> argparse.ArgumentParser:
     parser.add_argument("--test-patients", type=int, default=12 if tiny else 80,
                         help="separate test cohort (default %(default)s)")
     parser.add_argument("--train-seed", type=int, default=TRAIN_SEED)
+    parser.add_argument("--train-tumour-mm", type=_diameter_range, metavar="LO,HI",
+                        help="training phantoms only: draw tumour diameters uniformly over "
+                             "LO-HI mm (default the generator's 5-40); the test cohort keeps "
+                             "the generator's range")
     parser.add_argument("--test-seed", type=int, default=TEST_SEED)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="train on this device (default %(default)s)")
@@ -99,6 +104,17 @@ def _parser(tiny: bool) -> argparse.ArgumentParser:
         early_stop_patience=schedule.early_stop_patience, monitor=schedule.monitor,
         precision=schedule.precision, test_fraction=0.0)
     return parser
+
+
+def _diameter_range(text: str) -> tuple[float, float]:
+    """'LO,HI' in mm, 0 < LO <= HI (argparse type)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI in mm, got {text!r}") from None
+    if not 0.0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"need 0 < LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def _interval(metric: dict) -> str:
@@ -141,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, float] = {}
     started = time.perf_counter()
 
-    train_name = f"train_seed{args.train_seed}_n{args.train_patients}{suffix}"
+    sizes = "" if args.train_tumour_mm is None else "_d{:g}-{:g}".format(*args.train_tumour_mm)
+    train_name = f"train_seed{args.train_seed}_n{args.train_patients}{sizes}{suffix}"
     train_folder = cached_cohort(data, train_name, args.train_patients, args.train_seed,
-                                 args.tiny)
+                                 args.tiny, args.train_tumour_mm)
     test_name = f"test_seed{args.test_seed}_n{args.test_patients}{suffix}"
     test_folder = cached_cohort(data, test_name, args.test_patients, args.test_seed, args.tiny)
     walls["synthesise"] = time.perf_counter() - started
@@ -179,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     small = small_tumour_sensitivity(patient)
     result = {
         "train_cohort": {"seed": args.train_seed, "patients": args.train_patients,
+                         "tumour_diameter_mm": list(args.train_tumour_mm or
+                                                    CohortSpec().tumour_diameter_mm),
                          "folder": str(train_folder)},
         "test_cohort": {"seed": args.test_seed, "patients": args.test_patients,
                         "folder": str(test_folder)},

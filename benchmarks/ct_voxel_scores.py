@@ -29,12 +29,11 @@ Run:
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_ct_learning_curve import cached_cohort
+from bench_ct_learning_curve import cached_cohort, generator_diameters, sensitivity_at_specificity
 from rich.progress import track
 from scipy import ndimage
 
@@ -111,14 +110,6 @@ def map_scores(volume: np.ndarray, organ: np.ndarray, spacing_zyx: tuple[float, 
     return scores
 
 
-def sensitivity_at_specificity(truth: np.ndarray, small: np.ndarray, scores: np.ndarray,
-                               specificity: float = 0.90) -> tuple[int, int]:
-    """Tumours < 2 cm found at the lowest threshold keeping `specificity` on the same patients."""
-    negatives = np.sort(scores[~truth])[::-1]
-    threshold = negatives[int(np.floor((1.0 - specificity) * len(negatives)))]
-    return int((scores[small] > threshold).sum()), int(small.sum())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,9 +129,7 @@ def main() -> None:
     for cohort in args.cohorts.split(","):
         seed, n = (int(v) for v in cohort.split(":"))
         folder = cached_cohort(Path(args.data), f"val_seed{seed}_n{n}", n, seed, False)
-        with open(folder / "cases.csv", newline="") as f:  # the generator's tumour diameters
-            size = {r["patient_id"]: float(r["tumour_diameter_mm"] or "nan")
-                    for r in csv.DictReader(f)}
+        size = generator_diameters(folder)
         for ref in track(load_dataset(folder), description=f"cohort {cohort}"):
             case = read_case(ref.image_path, ref.label_path, labels=config.labels,
                              patient_id=ref.patient_id)

@@ -76,3 +76,20 @@ def test_tiny_run_records_its_training_scans(reference_run, tmp_path, capsys):
     split = bundle.summary["split"]
     assert set(bundle.summary["image_sha256"]) == set(split["train"]) | set(split["validation"])
     assert "test patient AUC" in out
+
+
+def test_training_tumour_sizes_are_an_option_for_training_phantoms_only(reference_run, tmp_path):
+    import csv
+
+    parser = reference_run._parser(tiny=False)
+    assert parser.parse_args(["--out", "x"]).train_tumour_mm is None
+    assert parser.parse_args(["--out", "x", "--train-tumour-mm", "5,25"]).train_tumour_mm == (
+        5.0, 25.0)
+    for bad in ("25,5", "0,10", "5", "a,b"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--out", "x", "--train-tumour-mm", bad])
+    folder = reference_run.cached_cohort(tmp_path, "small", 4, 7, True, (5.0, 8.0))
+    with open(folder / "cases.csv") as f:
+        diameters = [float(r["tumour_diameter_mm"]) for r in csv.DictReader(f)
+                     if r["has_tumour"] == "1"]
+    assert len(diameters) == 2 and all(5.0 <= d <= 8.0 for d in diameters)
