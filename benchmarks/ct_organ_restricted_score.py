@@ -47,6 +47,20 @@ def grow_in_plane(mask: np.ndarray, margin_mm: float, spacing_yx_mm: tuple[float
     return ndimage.binary_dilation(mask, structure=disc[None])
 
 
+FLIPS = [(), (-1,), (-2,), (-2, -1)]  # the test-time flip views, as in `cadx` scoring
+
+
+def flipped_back_pixel_logits(model: torch.nn.Module, x: torch.Tensor, flips: bool,
+                              precision: str) -> torch.Tensor:
+    """(V, n, P, P) pixel logits of a batch `x` (n, C, P, P), one per flip view (V = 4 with
+    `flips`, else 1), each flipped back onto the patch's own pixel grid."""
+    dims = FLIPS if flips else [()]
+    with autocast(precision):
+        pixels = model(torch.cat([x.flip(d) if d else x for d in dims]), pixels=True)
+    return torch.stack([p.flip(d) if d else p for p, d in
+                        zip(pixels.float()[:, 0].split(len(x)), dims, strict=True)])
+
+
 @torch.inference_mode()
 def restricted_probabilities(model: torch.nn.Module, patches: np.ndarray,
                              regions: list[np.ndarray | None], flips: bool, precision: str
@@ -59,12 +73,7 @@ def restricted_probabilities(model: torch.nn.Module, patches: np.ndarray,
     for i in range(0, len(patches), BATCH):
         x = torch.from_numpy(patches[i:i + BATCH])
         x = x[:, None] if x.ndim == 3 else x
-        dims = [(), (-1,), (-2,), (-2, -1)] if flips else [()]
-        views = torch.cat([x.flip(d) if d else x for d in dims])
-        with autocast(precision):
-            pixels = model(views, pixels=True).float()[:, 0]  # (V*n, P, P)
-        pixels = torch.stack([p.flip(d) if d else p for p, d in
-                              zip(pixels.split(len(x)), dims, strict=True)])  # back: (V, n, P, P)
+        pixels = flipped_back_pixel_logits(model, x, flips, precision)
         for k, region in enumerate(regions):
             inside = None if region is None else torch.from_numpy(region[i:i + BATCH])
             views_max = torch.stack([largest_logit(view, inside) for view in pixels])

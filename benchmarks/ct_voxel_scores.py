@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_ct_learning_curve import cached_cohort, generator_diameters, sensitivity_at_specificity
+from ct_organ_restricted_score import flipped_back_pixel_logits
 from rich.progress import track
 from scipy import ndimage
 
@@ -44,10 +45,8 @@ from cadx.io.volumes import read_case
 from cadx.models.dense_patch_net import largest_logit
 from cadx.patches.grid import extract_patches
 from cadx.preprocess.pipeline import preprocess_case
-from cadx.train.precision import autocast
 
 BATCH = 256
-FLIPS = [(), (-1,), (-2,), (-2, -1)]
 SMOOTH_MM = (1.0, 2.0, 3.0)
 
 
@@ -57,15 +56,11 @@ def pixel_logits(model: torch.nn.Module, patches: np.ndarray, regions: np.ndarra
     """(n, P, P) pixel logits averaged over the flip views (flipped back), and the bundle's
     patch probabilities (sigmoid of each view's largest in-region logit, averaged)."""
     model.eval()
-    dims = FLIPS if flips else [()]
     maps, probs = [], []
     for i in range(0, len(patches), BATCH):
         x = torch.from_numpy(np.asarray(patches[i:i + BATCH], dtype=np.float32))
         x = x[:, None] if x.ndim == 3 else x
-        with autocast(precision):
-            out = model(torch.cat([x.flip(d) if d else x for d in dims]), pixels=True)
-        views = torch.stack([v.flip(d) if d else v for v, d in
-                             zip(out.float()[:, 0].split(len(x)), dims, strict=True)])
+        views = flipped_back_pixel_logits(model, x, flips, precision)
         inside = torch.from_numpy(regions[i:i + BATCH])
         probs.append(torch.sigmoid(torch.stack([largest_logit(v, inside) for v in views]))
                      .mean(dim=0))
