@@ -6,11 +6,17 @@ Run (needs ../shared/data; each model is one `cadx train-images` run):
     python benchmarks/bench_us_transfer.py --dataset busbra --archs efficientnet_lite0 \
         --seeds 0 --test-fold 1 [--size 160 --epochs 8 --precision bf16]
     python benchmarks/bench_us_transfer.py --dataset ddti --archs efficientnet_lite0,resnet18
+An ensemble is one `--archs` entry joined by '+' (one `cadx train-images --arch a,b` run); the
+same architecture k times is a seed ensemble:
+    python benchmarks/bench_us_transfer.py --dataset busbra --test-fold 1 \
+        --archs efficientnet_lite0+efficientnet_lite0+efficientnet_lite0
 
-Prints one Markdown row per (arch, seed): validation AUC (what settings are chosen on), test
+Prints one Markdown row per (model, seed): validation AUC (what settings are chosen on), test
 AUC per image and per exam with 95 % CIs, test sensitivity/specificity at the validation-Youden
 exam threshold, the pointing game on validation (where CAM settings are chosen) and test
-malignant images (with its chance level), and wall time. Nothing is chosen on the test patients.
+malignant images (with its chance level), and wall time; for an ensemble, also its first member
+alone on the same validation images (the single network of that seed, trained identically).
+Nothing is chosen on the test patients.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cadx.config import PRETRAINED_SIZE_PX, ImageModelConfig, ImageTrainConfig
 from cadx.evaluate.images import cam_quality
-from cadx.image_bundle import save_image_bundle
+from cadx.image_bundle import ImageModelBundle, save_image_bundle
 from cadx.io.images import load_image_dataset
 from cadx.io.public_datasets import busbra_manifest, ddti_manifest, mmotu_manifest
 from cadx.models.backbones import is_pretrained_arch
@@ -38,13 +45,20 @@ def _interval(metric) -> str:
     return f"{metric.estimate:.3f} [{metric.low:.3f}, {metric.high:.3f}]"
 
 
-def _pointing_game(outcome, part: str) -> str:
-    """Grad-CAM pointing game on the malignant images of `part` (validation: where the CAM
-    settings are chosen; test: reported), with its CI and chance level; "-" without masks."""
+def first_member(bundle: ImageModelBundle) -> ImageModelBundle:
+    """The ensemble's first network alone (weight 1)."""
+    return replace(bundle, networks=[replace(bundle.networks[0], weight=1.0)],
+                   state_dicts=bundle.state_dicts[:1])
+
+
+def _pointing_game(outcome, part: str, bundle: ImageModelBundle | None = None) -> str:
+    """Grad-CAM pointing game of `bundle` (default the outcome's) on the malignant images of
+    `part` (validation: where the CAM settings are chosen; test: reported), with its CI and
+    chance level; "-" without masks."""
     records = outcome.data.records[part]
     if not any(r.mask for r in records):
         return "-"
-    cams = cam_quality(outcome.bundle, records, outcome.data.images[part],
+    cams = cam_quality(bundle or outcome.bundle, records, outcome.data.images[part],
                        outcome.data.labels(part))
     if "malignant" not in cams:
         return "-"
@@ -86,8 +100,9 @@ def main() -> int:
     print("| model | seed | px | val AUC | val pointing game | test AUC images | test AUC exams "
           "| exam SN | exam SP | pointing game (chance) | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for arch in args.archs.split(","):
-        size = args.size if is_pretrained_arch(arch) else args.scratch_size
+    for model in args.archs.split(","):
+        members = model.split("+")
+        size = args.size if any(map(is_pretrained_arch, members)) else args.scratch_size
         for seed in map(int, args.seeds.split(",")):
             config = ImageModelConfig(
                 size_px=size, width=args.width, seed=seed, test_fold=args.test_fold,
@@ -95,16 +110,21 @@ def main() -> int:
                                        schedule=args.schedule, precision=args.precision,
                                        seed=seed, lesion_mask_weight=args.lesion_mask_weight))
             start = time.perf_counter()
-            outcome = train_image_ensemble(dataset, [arch], config, progress=False)
+            outcome = train_image_ensemble(dataset, members, config, progress=False)
             wall = time.perf_counter() - start
             if args.out is not None:
                 save_image_bundle(outcome.bundle,
-                                  args.out / f"{args.dataset}_{arch}_seed{seed}.cadx")
+                                  args.out / f"{args.dataset}_{model}_seed{seed}.cadx")
             images, exams = outcome.test_levels
             val_pointing, pointing = ("-" if args.no_cam else _pointing_game(outcome, part)
                                       for part in ("validation", "test"))
-            print(f"| {arch}{' (ImageNet)' if is_pretrained_arch(arch) else ' (scratch)'} "
-                  f"| {seed} | {size} | {outcome.bundle.networks[0].validation_auc:.3f} "
+            if len(members) > 1 and not args.no_cam:
+                print(f"first member alone: validation AUC "
+                      f"{outcome.bundle.networks[0].validation_auc:.3f}, validation pointing "
+                      f"game {_pointing_game(outcome, 'validation', first_member(outcome.bundle))}")
+            kind = " (ImageNet)" if is_pretrained_arch(members[0]) else " (scratch)"
+            print(f"| {model}{kind} "
+                  f"| {seed} | {size} | {outcome.bundle.summary['validation_auc_ensemble']:.3f} "
                   f"| {val_pointing} | {_interval(images.metrics['auc'])} "
                   f"| {_interval(exams.metrics['auc'])} "
                   f"| {_interval(exams.metrics['sensitivity'])} "

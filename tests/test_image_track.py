@@ -82,6 +82,27 @@ def test_ensemble_training_splits_by_patient_and_weights_by_auc(ensemble):
     assert np.allclose(bundle.predict(images), expected, atol=1e-5)
 
 
+def test_an_architecture_listed_twice_is_a_seed_ensemble(cohort, monkeypatch):
+    import cadx.train.image_pipeline as pipeline
+
+    seeds = []
+    real_fit = pipeline.fit_image_model
+
+    def recording_fit(model, *args, **kwargs):
+        seeds.append(args[4].seed)
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_image_model", recording_fit)
+    dataset = load_image_dataset(cohort, progress=False)
+    config = replace(TINY, train=replace(TINY.train, max_epochs=1, seed=5))
+    twice = train_image_ensemble(dataset, ["resnet18", "resnet18"], config, progress=False,
+                                 n_boot=20)
+    assert seeds == [5, 6]  # each member its own batch order and augmentation draws
+    first, second = twice.bundle.state_dicts
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert [s.arch for s in twice.bundle.networks] == ["resnet18", "resnet18"]
+
+
 def test_image_bundle_round_trip_and_checksum(ensemble, tmp_path):
     path = save_image_bundle(ensemble.bundle, tmp_path / "us.cadx")
     loaded = load_any_bundle(path)

@@ -262,7 +262,9 @@ def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: Im
                          *, init_weights: Mapping[str, str | Path] | None = None,
                          progress: bool = True, n_boot: int = 1000) -> ImageTrainingOutcome:
     """Train one CNN per architecture, weight them by validation AUC, choose thresholds on
-    validation, evaluate on the held-out test patients."""
+    validation, evaluate on the held-out test patients. An architecture listed k times gives k
+    members, the j-th (from 0) trained with seed `config.train.seed + j` (its own batch order
+    and augmentation draws): a seed ensemble."""
     if not archs:
         raise ConfigError("give at least one architecture (--arch)")
     init_weights = dict(init_weights or {})
@@ -277,9 +279,11 @@ def train_image_ensemble(dataset: ImageDataset, archs: Sequence[str], config: Im
     for index, arch in enumerate(archs):
         model, source = _fresh_network(arch, config, init_weights, index)
         sources[arch] = source or "from scratch (random initialisation)"
+        repeat = list(archs[:index]).count(arch)
+        train_config = replace(config.train, seed=config.train.seed + repeat)
         model, history = fit_image_model(model, data.images["train"], y_train,
                                          data.images["validation"], y_val,
-                                         config.train, lesion_masks=masks,
+                                         train_config, lesion_masks=masks,
                                          lesion_layer=cam_layer(model, arch),
                                          progress=progress)
         histories[f"{index}:{arch}"] = history
