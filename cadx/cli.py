@@ -949,7 +949,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", type=_names, default=["efficientnet_lite0"],
                    help="comma-separated, from efficientnet_lite0/1/2 (ImageNet-pretrained; "
                         "lite1/2 need their -pytorch-model package), resnet18, resnet50, "
-                        "darknet19 (from scratch) (default efficientnet_lite0)")
+                        "darknet19 (from scratch); one listed k times gives k members "
+                        "trained with seeds seed..seed+k-1 (default efficientnet_lite0)")
     _add_image_options(p)
     p.set_defaults(func=_cmd_train_images)
 

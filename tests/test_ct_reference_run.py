@@ -82,7 +82,7 @@ def test_training_tumour_sizes_are_an_option_for_training_phantoms_only(referenc
     import csv
 
     parser = reference_run._parser(tiny=False)
-    assert parser.parse_args(["--out", "x"]).train_tumour_mm is None
+    assert parser.parse_args(["--out", "x"]).train_tumour_mm == (5.0, 25.0)  # run 16's
     assert parser.parse_args(["--out", "x", "--train-tumour-mm", "5,25"]).train_tumour_mm == (
         5.0, 25.0)
     for bad in ("25,5", "0,10", "5", "a,b"):
