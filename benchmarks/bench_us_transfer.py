@@ -63,7 +63,7 @@ def _pointing_game(outcome, part: str, bundle: ImageModelBundle | None = None) -
     if "malignant" not in cams:
         return "-"
     c = cams["malignant"]
-    return (f"{c.pointing_game:.2f} [{c.pointing_game_ci.low:.2f}, "
+    return (f"{c.pointing_game:.2f} ({c.pointing_hits}/{c.n}) [{c.pointing_game_ci.low:.2f}, "
             f"{c.pointing_game_ci.high:.2f}] ({c.chance:.2f})")
 
 
