@@ -90,7 +90,7 @@ def _parser(tiny: bool) -> argparse.ArgumentParser:
                         default=TRAIN_TUMOUR_MM,
                         help="training phantoms only: draw tumour diameters uniformly over "
                              "LO-HI mm (default %(default)s; the generator's own range is "
-                             "5,40); the test cohort keeps the generator's range"),
+                             "5,40); the test cohort keeps the generator's range")
     parser.add_argument("--test-seed", type=int, default=TEST_SEED)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="train on this device (default %(default)s)")

@@ -33,7 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_ct_learning_curve import cached_cohort, generator_diameters, sensitivity_at_specificity
+from bench_ct_learning_curve import (
+    SMALL_MM,
+    cached_cohort,
+    generator_diameters,
+    sensitivity_at_specificity,
+)
 from ct_organ_restricted_score import flipped_back_pixel_logits
 from rich.progress import track
 from scipy import ndimage
@@ -142,7 +147,7 @@ def main() -> None:
     table = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     if args.out:
         np.savez(args.out, truth=y, diameter=np.array(diameters), **table)
-    small = y & (np.array(diameters) < 20.0)
+    small = y & (np.array(diameters) < SMALL_MM)
     print(f"{len(y)} validation phantoms ({y.sum()} with tumour, {small.sum()} under 2 cm), "
           f"cohorts {args.cohorts}")
     for name, s in table.items():
