@@ -192,6 +192,17 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _specificity(text: str) -> float:
+    """A specificity in (0, 1] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(name) for name in _names(text)]
@@ -333,6 +344,7 @@ _INPUT_ARGS: dict[str, dict[str, str]] = {
     "evaluate-images": {"model": "model bundle", "dataset": "dataset",
                         "clinical_schema": "clinical schema"},
     "fuse": {"model": "model bundle", "dataset": "dataset", "clinical_schema": "clinical schema"},
+    "calibrate": {"model": "model bundle", "dataset": "dataset"},
     "train-router": {"dataset": "dataset"},
     "train-qc": {"dataset": "dataset"},
     "triage-train": {"data_root": "data folder"},
@@ -686,6 +698,20 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from cadx.bundle import BUNDLE_FORMAT, read_manifest
+
+    if read_manifest(args.model).get("format") != BUNDLE_FORMAT:
+        raise InputError(f"{args.model}: not a CT/MR patch bundle (cadx train); cadx calibrate "
+                         "re-chooses a CT/MR model's patient threshold")
+    from cadx.workflows import calibrate_command
+
+    calibrate_command(args.model, args.dataset, args.out,
+                      target_specificity=args.target_specificity, console=console,
+                      progress=not args.quiet)
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from cadx.evaluate.predictions import compare_predictions
 
@@ -914,6 +940,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_clinical_options(p)
     _add_max_voxels(p)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="CT/MR model: re-choose its patient threshold on a "
+                                         "labelled cohort it has never seen (a site's "
+                                         "operating point)")
+    p.add_argument("model", help="model bundle (.cadx) from cadx train")
+    p.add_argument("dataset", help="labelled patients new to the model: folder with "
+                                   "dataset.json, or a CSV manifest")
+    p.add_argument("--out", required=True, help="calibrated bundle to write (.cadx)")
+    p.add_argument("--target-specificity", type=_specificity, metavar="SP",
+                   help="the most sensitive threshold whose specificity on these patients is "
+                        ">= SP (default: max Youden, the seed's rule)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_max_voxels(p)
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("report", help="report any model's scores from a predictions CSV")
     p.add_argument("predictions",

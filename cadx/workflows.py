@@ -274,6 +274,49 @@ def fuse_ct_command(model_path: str | Path, dataset: str | Path, columns: Sequen
     return bundle
 
 
+def calibrate_command(model_path: str | Path, dataset: str | Path, out_path: str | Path, *,
+                      target_specificity: float | None = None,
+                      console: Console | None = None, progress: bool = True
+                      ) -> PatchModelBundle:
+    """`cadx calibrate`: re-choose a CT/MR bundle's patient thresholds on a labelled cohort it
+    has never seen (max Youden, or the most sensitive point with specificity >=
+    `target_specificity`) and write the calibrated bundle to `out_path`. A cohort holding a
+    scan the model was trained or tuned on is refused: its threshold would be optimistic."""
+    from cadx.decide.calibration import calibrated_bundle
+
+    console = console or Console()
+    bundle = load_bundle(model_path)
+    refs = load_dataset(dataset)
+    warnings, seen = training_overlap_warnings(bundle, refs)
+    if seen:
+        raise InputError(f"{dataset}: {len(seen)} of its scans were used to train or tune "
+                         f"{model_path} (e.g. {', '.join(seen[:3])}); calibrate on patients "
+                         "the model has never seen")
+    for warning in warnings:  # ids shared with training, contents unknown (older bundles)
+        console.print(f"[yellow]warning[/]: {escape(warning)}")
+    cases = patch_cohort(refs, bundle.config, progress=progress)
+    warning = cohort_spacing_warning(bundle, cases)
+    if warning is not None:
+        console.print(f"[yellow]warning[/]: {warning}")
+    scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips,
+                         bundle.precision, bundle.config.model)
+    calibrated, record = calibrated_bundle(bundle, cases, scores, target_specificity,
+                                           str(dataset))
+    save_bundle(calibrated, out_path)
+    console.print(
+        f"calibrated on {record['patients']} patients of {dataset} ({record['with_tumour']} "
+        f"with tumour), patient score {record['patient_score']}, {record['rule']}:\n"
+        f"  previous threshold {record['previous_threshold']:.4f}: SN "
+        f"{record['previous_sensitivity']:.3f}, SP {record['previous_specificity']:.3f} on "
+        f"these patients\n"
+        f"  new threshold      {record['threshold']:.4f}: SN {record['sensitivity']:.3f}, SP "
+        f"{record['specificity']:.3f} (AUC {record['auc']:.3f}); the patch threshold "
+        f"{calibrated.patch_threshold:.4f} is kept\n"
+        f"calibrated bundle written to {out_path}; measure it on other patients "
+        "(cadx evaluate), not on these")
+    return calibrated
+
+
 def _diagnose_given_or_predicted_organ(bundle: PatchModelBundle, case: Case,
                                        console: Console) -> Diagnosis:
     """Diagnose inside the case's organ mask, or inside the bundle's segmenter's prediction
@@ -430,6 +473,8 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
         meta["clinical"] = clinical.to_dict()
     if bundle.fusion is not None:
         meta["fusion"] = bundle.fusion.describe()
+    if "calibration" in bundle.summary:  # thresholds re-chosen by cadx calibrate
+        meta["calibration"] = bundle.summary["calibration"]
     if fusion_notes:
         meta["notes"] = fusion_notes
     levels = write_cohort_report(out_dir, evaluation, title=title, warnings=warnings,

@@ -17,6 +17,8 @@ patient of `patient_ids` included (0 for a patient without positive patches).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -106,3 +108,16 @@ def score_patients(config: DecideConfig, patient_ids: np.ndarray, patch_scores: 
                                        neighbour_px)
         return {pid: size / (size + 1.0) for pid, size in sizes.items()}
     raise ConfigError(f"patient score must be one of {PATIENT_SCORES}, got {method!r}")
+
+
+# Top-k patient scores whose validation thresholds every bundle stores, so that `evaluate
+# --patient-score topk --top-k K` can use any of them without choosing on the evaluated data.
+STORED_TOP_K = (1, 3, 5, 10, 20)
+
+
+def candidate_patient_scores(decide: DecideConfig) -> list[DecideConfig]:
+    """Every patient score a bundle stores a threshold for: each of PATIENT_SCORES, top-k for
+    each k in STORED_TOP_K and `decide.top_k`, with `decide`'s other settings."""
+    tops = sorted({*STORED_TOP_K, decide.top_k})
+    return ([replace(decide, patient_score=name) for name in PATIENT_SCORES if name != "topk"]
+            + [replace(decide, patient_score="topk", top_k=k) for k in tops])

@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from cadx.bundle import PatchModelBundle
-from cadx.config import PATIENT_SCORES, DecideConfig, ModelConfig, PipelineConfig
+from cadx.config import ModelConfig, PipelineConfig
+from cadx.decide.aggregate import candidate_patient_scores
 from cadx.decide.roc import OperatingPoint, youden_operating_point
 from cadx.errors import SplitError
 from cadx.evaluate.cohort import CohortEvaluation, cohort_patient_scores, evaluate_cohort
@@ -36,11 +37,6 @@ class TrainingOutcome:
     history: TrainingHistory
     test_cases: list[PatchedCase]
     test_evaluation: CohortEvaluation | None
-
-
-# Top-k patient scores whose validation thresholds every bundle stores, so that `evaluate
-# --patient-score topk --top-k K` can use any of them without choosing on the evaluated data.
-STORED_TOP_K = (1, 3, 5, 10, 20)
 
 
 def score_cases(model: torch.nn.Module, cases: Sequence[PatchedCase],
@@ -68,13 +64,6 @@ def _patch_counts(cases: Sequence[PatchedCase]) -> dict[str, int]:
     labels = np.concatenate([c.patches.labels for c in cases]) if cases else np.zeros(0)
     return {"patients": len(cases), "patients_with_tumour": sum(c.has_tumour for c in cases),
             "patches": int(labels.size), "cancerous_patches": int(labels.sum())}
-
-
-def _candidate_scores(config: PipelineConfig) -> list[DecideConfig]:
-    tops = sorted({*STORED_TOP_K, config.decide.top_k})
-    return ([replace(config.decide, patient_score=name) for name in PATIENT_SCORES
-             if name != "topk"]
-            + [replace(config.decide, patient_score="topk", top_k=k) for k in tops])
 
 
 def training_in_plane_spacing(cases: Sequence[PatchedCase], config: PipelineConfig
@@ -115,7 +104,7 @@ def choose_thresholds(model: torch.nn.Module, validation: Sequence[PatchedCase],
     patch_point = youden_operating_point(labels, scores, "validation patches")
     truth = np.array([c.has_tumour for c in validation])
     points = {}
-    for decide in _candidate_scores(config):
+    for decide in candidate_patient_scores(config.decide):
         p_scores = cohort_patient_scores(validation, per_case, patch_point.threshold,
                                          replace(config, decide=decide))
         points[decide.score_name] = youden_operating_point(
