@@ -283,7 +283,8 @@ _CT_SCHEMA = """columns:
 
 
 def _ct_fixture(work: Path) -> None:
-    """Labelled CT folders `DATASET_DIR/` (36 toy patients) and `TEST_DATASET_DIR/` (12 others),
+    """Labelled CT folders `DATASET_DIR/` (36 toy patients), `TEST_DATASET_DIR/` and
+    `SITE_DATASET_DIR/` (12 others each),
     MSD layout with age and CA125 in cases.csv, one scan `ct.nii.gz` with `organ.nii.gz`,
     `schema.yaml` for the two clinical columns, and a CT bundle (random weights, 16-px
     patches; its summary splits DATASET_DIR's patients by thirds) as `model.cadx`, `ct.cadx`
@@ -292,7 +293,8 @@ def _ct_fixture(work: Path) -> None:
     from tests.conftest import write_toy_dataset
     from tests.serve_support import write_ct_bundle, write_ct_upload
 
-    for name, n_patients, seed in (("DATASET_DIR", 36, 0), ("TEST_DATASET_DIR", 12, 1)):
+    for name, n_patients, seed in (("DATASET_DIR", 36, 0), ("TEST_DATASET_DIR", 12, 1),
+                                   ("SITE_DATASET_DIR", 12, 2)):
         dataset = write_toy_dataset(work / name, n_patients=n_patients, seed=seed)
         rows = ["patient_id,age,ca125"]
         for k in range(n_patients):
