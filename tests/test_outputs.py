@@ -57,6 +57,7 @@ def _argv(bad: str) -> list[list[str]]:
         ["evaluate-images", "m.cadx", "data.csv", "--out", bad],
         ["report", "p.csv", "--out", bad],
         ["fuse", "m.cadx", "data.csv", "--clinical", "age", "--out", bad],
+        ["calibrate", "m.cadx", "data", "--out", bad],
         ["compare", "p.csv", "--models", "a,b", "--out", bad],
         ["manifest", "ddti", "root", "--out", bad],
         ["train-images", "data", "--out", bad],
