@@ -146,3 +146,17 @@ def test_calibrate_refuses_a_2d_bundle_and_a_specificity_out_of_range(toy_model,
               "--target-specificity", "0"])
     assert exit_info.value.code == 2
     assert "expected a number in (0, 1]" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_a_cohort_of_one_class(toy_model, tmp_path, capsys) -> None:
+    root, dataset, model = toy_model
+    manifest = tmp_path / "tumours_only.csv"
+    rows = ["image,label,patient_id"] + [
+        f"{dataset}/imagesTr/toy_{k:03d}.nii.gz,{dataset}/labelsTr/toy_{k:03d}.nii.gz,toy_{k:03d}"
+        for k in range(0, 8, 2)]  # write_toy_dataset puts a tumour in every other patient
+    manifest.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "calibrated.cadx"
+    assert main(["calibrate", str(model), str(manifest), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "need both positive and negative cases" in err and err.count("\n") == 1
+    assert not out.exists()
