@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
@@ -294,12 +295,7 @@ def calibrate_command(model_path: str | Path, dataset: str | Path, out_path: str
                          "the model has never seen")
     for warning in warnings:  # ids shared with training, contents unknown (older bundles)
         console.print(f"[yellow]warning[/]: {escape(warning)}")
-    cases = patch_cohort(refs, bundle.config, progress=progress)
-    warning = cohort_spacing_warning(bundle, cases)
-    if warning is not None:
-        console.print(f"[yellow]warning[/]: {warning}")
-    scores = score_cases(bundle.build_model(), cases, bundle.config.decide.test_time_flips,
-                         bundle.precision, bundle.config.model)
+    cases, scores, _ = scored_cohort(bundle, refs, console, progress)
     calibrated, record = calibrated_bundle(bundle, cases, scores, target_specificity,
                                            str(dataset))
     save_bundle(calibrated, out_path)
@@ -360,6 +356,23 @@ def training_overlap_warnings(bundle: PatchModelBundle, refs: list[CaseRef]
                         "bundle stores no image fingerprints, so whether they are the same "
                         "scans is unknown (if so, metrics will be optimistic)")
     return warnings, same
+
+
+def scored_cohort(bundle: PatchModelBundle, refs: list[CaseRef], console: Console,
+                  progress: bool) -> tuple[list[PatchedCase], list[np.ndarray], list[str]]:
+    """A labelled cohort cropped and scored by `bundle` as `diagnose` would (its precision,
+    test-time flips): (cases, patch scores per case, warnings). The warnings (in-plane spacing
+    outside the training range, bf16 emulated in software) are printed once here."""
+    cases = patch_cohort(refs, bundle.config, progress=progress)
+    warnings = [w for w in (cohort_spacing_warning(bundle, cases),
+                            bf16_emulated_warning(bundle.precision)) if w is not None]
+    for warning in warnings:
+        console.print(f"[yellow]warning[/]: {warning}")
+    # Printed just above (and kept in evaluate's report): not a RuntimeWarning as well.
+    scores = score_cases(bundle.build_model(warn_bf16_emulated=False), cases,
+                         bundle.config.decide.test_time_flips, bundle.precision,
+                         bundle.config.model)
+    return cases, scores, warnings
 
 
 def cohort_spacing_warning(bundle: PatchModelBundle, cases: list[PatchedCase]) -> str | None:
@@ -426,16 +439,8 @@ def evaluate_dataset(model_path: str | Path, dataset: str | Path, out_dir: str |
         fusion_notes = clinical.notes + fusion_notes
     for warning in warnings:
         console.print(f"[yellow]warning[/]: {escape(warning)}")
-    cases = patch_cohort(refs, bundle.config, progress=progress)
-    for warning in (cohort_spacing_warning(bundle, cases),
-                    bf16_emulated_warning(bundle.precision)):
-        if warning is not None:
-            warnings.append(warning)
-            console.print(f"[yellow]warning[/]: {warning}")
-    # Printed just above and kept in the report: not a RuntimeWarning as well.
-    scores = score_cases(bundle.build_model(warn_bf16_emulated=False), cases,
-                         bundle.config.decide.test_time_flips, bundle.precision,
-                         bundle.config.model)
+    cases, scores, scoring_warnings = scored_cohort(bundle, refs, console, progress)
+    warnings += scoring_warnings
     evaluation = evaluate_cohort(cases, scores, bundle.patch_threshold,
                                  bundle.patient_threshold, config=bundle.config)
     fused, comparisons = [], []
