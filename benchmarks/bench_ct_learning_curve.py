@@ -45,6 +45,7 @@ from scipy.special import logit
 
 from cadx.bundle import PatchModelBundle
 from cadx.config import PRECISIONS, ModelConfig, PipelineConfig, PreprocessConfig
+from cadx.decide.roc import specificity_operating_point
 from cadx.io.dataset import load_dataset
 from cadx.patches.cohort import PatchedCase
 from cadx.patches.store import join_patches
@@ -196,9 +197,9 @@ def generator_diameters(folder: Path) -> dict[str, float]:
 
 def sensitivity_at_specificity(truth: np.ndarray, small: np.ndarray, scores: np.ndarray,
                                specificity: float = 0.90) -> tuple[int, int]:
-    """Tumours < 2 cm found at the lowest threshold keeping `specificity` on the same patients."""
-    negatives = np.sort(scores[~truth])[::-1]
-    threshold = negatives[int(np.floor((1.0 - specificity) * len(negatives)))]
+    """Tumours < 2 cm found at the most sensitive threshold keeping `specificity` on the same
+    patients (cadx's fixed-specificity operating point, as `cadx calibrate` sets it)."""
+    threshold = specificity_operating_point(truth, scores, specificity).threshold
     return int((scores[small] > threshold).sum()), int(small.sum())
 
 
