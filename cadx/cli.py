@@ -15,6 +15,7 @@ from cadx.config import (
     CADX_DECIDE,
     DEMO_PATIENTS,
     DENSE_PATCH_ARCHS,
+    DICE_REDUCTIONS,
     EXAM_SCORES,
     FEATURE_SIZES_PX,
     IMAGE_CLI_EPOCHS,
@@ -115,6 +116,10 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                         "pixel logit while training: anywhere in the window, or inside the "
                         "organ mask where it is scored (needs --patch-score-region organ; "
                         "default %(default)s)")
+    g.add_argument("--dice-reduction", choices=DICE_REDUCTIONS, default=d_train.dice_reduction,
+                   help="a dense patch network's soft Dice loss over all pixels of the batch, "
+                        "or per cancerous patch and averaged ('patch': a small tumour's mask "
+                        "counts as much as a large one's) (default %(default)s)")
     g.add_argument("--no-batch-norm", action="store_true",
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
@@ -422,6 +427,7 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                           batch_positive_fraction=args.batch_positive_fraction,
                           positive_weighting=args.positive_weighting,
                           patch_loss_region=args.patch_loss_region,
+                          dice_reduction=args.dice_reduction,
                           precision=args.precision),
         decide=DecideConfig(args.patient_score, args.top_k, test_time_flips=args.tta),
     )

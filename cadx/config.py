@@ -167,6 +167,10 @@ POSITIVE_WEIGHTINGS = ("patch", "tumour")
 # reduce_lr_patience stale epochs) or "onecycle" (warm-up to learning_rate, then cosine decay
 # to near zero over max_epochs, stepped per batch).
 PATCH_LR_SCHEDULES = ("plateau", "onecycle")
+# How a dense network's soft Dice loss is reduced: over all pixels of the batch ("batch": a
+# 4 cm tumour's pixels outweigh a 1 cm tumour's sixteen-fold), or per cancerous patch, then
+# averaged over them ("patch": each cancerous patch's mask counts the same, however small).
+DICE_REDUCTIONS = ("batch", "patch")
 
 
 @dataclass(frozen=True)
@@ -203,8 +207,12 @@ class TrainConfig:
     # window (runs 8-13), or inside the organ mask, where the patch is scored ("organ": the
     # largest in-organ logit of a tumour-free patch is what the loss pushes down).
     patch_loss_region: str = "window"
+    dice_reduction: str = "batch"
 
     def __post_init__(self) -> None:
+        if self.dice_reduction not in DICE_REDUCTIONS:
+            raise ConfigError(f"Dice reduction must be one of {DICE_REDUCTIONS}, got "
+                              f"{self.dice_reduction!r}")
         if self.patch_loss_region not in SCORE_REGIONS:
             raise ConfigError(f"patch loss region must be one of {SCORE_REGIONS}, got "
                               f"{self.patch_loss_region!r}")
@@ -294,6 +302,9 @@ class PipelineConfig:
             raise ConfigError("--patch-loss-region organ needs a dense patch network scored "
                               "inside the organ (--patch-network unet --patch-score-region "
                               "organ)")
+        if self.train.dice_reduction != "batch" and not self.model.dense:
+            raise ConfigError(f"--dice-reduction {self.train.dice_reduction} needs a dense patch "
+                              "network (--patch-network unet): only it learns tumour masks")
         if self.model.arch == "efficientnet_lite0" and self.patches.channels not in (1, 3):
             raise ConfigError(f"the {self.model.arch} patch network takes 1 slice or 3 "
                               f"(--context-slices 0 or 1), not {self.patches.channels}")

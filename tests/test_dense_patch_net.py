@@ -22,6 +22,7 @@ from cadx.patches.grid import PatchSet, extract_patches
 from cadx.patches.store import StoredRows, join_patches, open_patch_store
 from cadx.scale.distributed import patched_cases
 from cadx.train.fit import fit_patch_cnn, predict_patch_probabilities
+from cadx.train.loss import TumourDiceLoss
 from tests.conftest import write_toy_dataset
 from tests.test_ct_levers import _diagnoses_a_toy_patient
 
@@ -260,6 +261,10 @@ def test_cli_scores_a_dense_network_inside_the_organ_by_default(tmp_path, capsys
     err = capsys.readouterr().err
     assert "needs a dense patch network" in err and "Traceback" not in err
     assert not (tmp_path / "t1.cadx").exists()
+    assert main(["train", str(dataset), "--out", str(tmp_path / "t1.cadx"), *common,
+                 "--dice-reduction", "patch"]) == 2
+    err = capsys.readouterr().err
+    assert "--dice-reduction patch needs a dense" in err and "Traceback" not in err
 
 
 def _trained_weights(train: PatchSet, loss_region: str) -> list[torch.Tensor]:
@@ -298,3 +303,44 @@ def test_patch_loss_region_is_checked_and_old_bundles_train_on_the_window():
     old = ORGAN.to_dict()
     del old["train"]["patch_loss_region"]  # a bundle written before the setting existed
     assert PipelineConfig.from_dict(old).train.patch_loss_region == "window"
+
+
+def _disc_mask(size: int, radius: float, centre: tuple[float, float]) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    inside = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    return inside.float()[None]
+
+
+def test_per_patch_dice_weighs_a_small_tumour_as_much_as_a_large_one():
+    large = _disc_mask(32, 12, (16, 16))
+    small = _disc_mask(32, 2, (8, 8))
+    masks = torch.stack([large, small, torch.zeros_like(large)])
+    # The large tumour found exactly, the small one missed, the tumour-free patch clean.
+    logits = torch.where(masks > 0.5, 20.0, -20.0)
+    logits[1] = -20.0
+    batch = float(TumourDiceLoss("batch")(logits, masks))
+    per_patch = float(TumourDiceLoss("patch")(logits, masks))
+    # Over the batch's pixels the 13 missed pixels hardly count against 441 found ones ...
+    found, missed = float(large.sum()), float(small.sum())
+    assert batch == pytest.approx(1 - 2 * found / (2 * found + missed), abs=1e-3)
+    assert batch < 0.02
+    # ... per patch, the missed tumour is half the loss; the tumour-free patch adds nothing.
+    assert per_patch == pytest.approx(0.5, abs=0.01)
+    clean = torch.full_like(masks[2:], -20.0)
+    assert float(TumourDiceLoss("patch")(clean, masks[2:])) == 0.0
+
+
+def test_per_patch_dice_trains_and_needs_a_dense_network():
+    train = _bright_square_patches()
+    config = TrainConfig(batch_size=32, max_epochs=1, learning_rate=3e-3, precision="fp32",
+                         dice_reduction="patch")
+    model, history = fit_patch_cnn(train, train, config, progress=False,
+                                   model_config=ModelConfig(arch="unet", score_region="window"))
+    assert np.isfinite(history.train_loss[0])
+    with pytest.raises(ConfigError, match="Dice reduction must be one of"):
+        TrainConfig(dice_reduction="tumour")
+    with pytest.raises(ConfigError, match="--dice-reduction patch needs a dense"):
+        PipelineConfig(train=TrainConfig(dice_reduction="patch"))
+    old = ORGAN.to_dict()
+    del old["train"]["dice_reduction"]  # a bundle written before the setting existed
+    assert PipelineConfig.from_dict(old).train.dice_reduction == "batch"

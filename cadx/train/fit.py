@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from monai.losses import DiceLoss
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sklearn.metrics import roc_auc_score
 from torch.nn.parallel import DistributedDataParallel
@@ -24,7 +23,7 @@ from cadx.io.atomic import atomic_path
 from cadx.models.dense_patch_net import largest_logit
 from cadx.models.patch_network import build_patch_network
 from cadx.patches.grid import PatchSet
-from cadx.train.loss import WeightedBCELoss, per_tumour_weights
+from cadx.train.loss import TumourDiceLoss, WeightedBCELoss, per_tumour_weights
 from cadx.train.precision import autocast, resolve_precision
 from cadx.train.sampling import BalancedBatchSampler
 
@@ -236,7 +235,7 @@ def fit_patch_cnn(
     generator = torch.Generator().manual_seed(config.seed)
     # channels_last is ~1.3x faster for training and ~1.5x for inference on CPU (benchmarks/).
     model_config = model_config or ModelConfig()
-    # A dense network learns each patch's tumour mask (soft Dice over the batch + pixel BCE)
+    # A dense network learns each patch's tumour mask (soft Dice + pixel BCE)
     # beside the patch loss on its largest pixel logit.
     dense = model_config.dense
     if dense and train.masks is None:
@@ -248,7 +247,7 @@ def fit_patch_cnn(
     # The patch loss takes the largest pixel logit inside the organ too, with that setting.
     loss_regions = (patch_regions(train, model_config, "training")
                     if dense and config.patch_loss_region == "organ" else None)
-    dice_loss = DiceLoss(sigmoid=True, batch=True)
+    dice_loss = TumourDiceLoss(config.dice_reduction)
     # One GPU per rank under nccl (torchrun sets the device); the CPU otherwise.
     on_gpu = distributed and dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device(

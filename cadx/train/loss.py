@@ -1,10 +1,12 @@
-"""Class-weighted binary cross-entropy (seed 000: w1:w2 = N_noncancerous : N_cancerous)."""
+"""Patch losses: class-weighted binary cross-entropy (seed 000: w1:w2 = N_noncancerous :
+N_cancerous) and a dense network's soft Dice on the patches' tumour masks."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 
 
 class WeightedBCELoss(torch.nn.Module):
@@ -47,3 +49,30 @@ def per_tumour_weights(labels: np.ndarray, patient_ids: np.ndarray) -> np.ndarra
     positive = 1.0 / counts[inverse.ravel()]
     weights[labels] = positive / positive.mean()
     return weights
+
+
+class TumourDiceLoss(torch.nn.Module):
+    """Soft Dice of a dense network's pixel logits against the patches' tumour masks.
+
+    `reduction` "batch": one Dice over every pixel of the batch (large tumours dominate);
+    "patch": each cancerous patch's own Dice, averaged over the batch's cancerous patches, so a
+    1 cm tumour's mask counts as much as a 4 cm one's (tumour-free patches are left to the
+    pixel and patch BCE; a batch without a cancerous patch contributes 0).
+    """
+
+    def __init__(self, reduction: str = "batch") -> None:
+        super().__init__()
+        if reduction not in ("batch", "patch"):
+            raise ValueError(f"Dice reduction must be 'batch' or 'patch', got {reduction!r}")
+        self.reduction = reduction
+        self.dice = DiceLoss(sigmoid=True, batch=reduction == "batch",
+                             reduction="mean" if reduction == "batch" else "none")
+
+    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        loss = self.dice(logits, masks)
+        if self.reduction == "batch":
+            return loss
+        cancerous = masks.flatten(1).amax(1) > 0.5
+        if not bool(cancerous.any()):
+            return logits.sum() * 0.0  # keeps the graph; no mask to learn from
+        return loss.flatten()[cancerous].mean()
