@@ -120,6 +120,10 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                    help="a dense patch network's soft Dice loss over all pixels of the batch, "
                         "or per cancerous patch and averaged ('patch': a small tumour's mask "
                         "counts as much as a large one's) (default %(default)s)")
+    g.add_argument("--unet-width", type=int, default=ModelConfig().unet_width,
+                   help="the dense UNet's channels at its first level, doubled at each of its "
+                        "four levels (default %(default)s: 16/32/64/128; compute grows with its "
+                        "square)")
     g.add_argument("--no-batch-norm", action="store_true",
                    help="the Table-1 network exactly, without BatchNorm after each convolution")
     g.add_argument("--batch-size", type=int, default=d_train.batch_size,
@@ -413,7 +417,8 @@ def _pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                             context_slices=args.context_slices),
         model=ModelConfig(batch_norm=not args.no_batch_norm, arch=args.patch_network,
                           score_region=args.patch_score_region or (
-                              "organ" if args.patch_network in DENSE_PATCH_ARCHS else "window")),
+                              "organ" if args.patch_network in DENSE_PATCH_ARCHS else "window"),
+                          unet_width=args.unet_width),
         train=TrainConfig(batch_size=args.batch_size, max_epochs=args.epochs,
                           learning_rate=args.lr, reduce_lr_patience=args.reduce_lr_patience,
                           lr_schedule=args.lr_schedule,

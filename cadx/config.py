@@ -135,8 +135,15 @@ class ModelConfig:
     # "window" for bundles written before the organ-restricted score (and for non-dense
     # networks); `cadx train` chooses "organ" for a dense network.
     score_region: str = "window"
+    # The dense UNet's channels at its first level (doubled at each of its four levels: 16 ->
+    # 16/32/64/128, 0.21 M parameters; compute grows with its square).
+    unet_width: int = 16
 
     def __post_init__(self) -> None:
+        if self.unet_width < 4:
+            raise ConfigError(f"UNet width must be >= 4 channels, got {self.unet_width}")
+        if self.unet_width != 16 and self.arch not in DENSE_PATCH_ARCHS:
+            raise ConfigError(f"--unet-width applies to the dense UNet only, not {self.arch}")
         if self.arch not in PATCH_ARCHS:
             raise ConfigError(f"unknown patch network {self.arch!r}; one of "
                               f"{', '.join(PATCH_ARCHS)}")

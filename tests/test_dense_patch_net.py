@@ -344,3 +344,22 @@ def test_per_patch_dice_trains_and_needs_a_dense_network():
     old = ORGAN.to_dict()
     del old["train"]["dice_reduction"]  # a bundle written before the setting existed
     assert PipelineConfig.from_dict(old).train.dice_reduction == "batch"
+
+
+def test_unet_width_sets_the_channels_and_is_checked():
+    from cadx.models.patch_network import build_patch_network
+
+    narrow = build_patch_network(ModelConfig(arch="unet"), 50, 3, pretrained=False)
+    wide = build_patch_network(ModelConfig(arch="unet", unet_width=24), 50, 3, pretrained=False)
+    first = [m for m in wide.modules() if isinstance(m, torch.nn.Conv2d)][0]
+    assert first.out_channels == 24
+    assert (sum(p.numel() for p in wide.parameters())
+            > 2 * sum(p.numel() for p in narrow.parameters()))
+    assert wide(torch.rand(2, 3, 50, 50), pixels=True).shape == (2, 1, 50, 50)
+    with pytest.raises(ConfigError, match="UNet width must be >= 4"):
+        ModelConfig(arch="unet", unet_width=2)
+    with pytest.raises(ConfigError, match="--unet-width applies to the dense UNet only"):
+        ModelConfig(arch="table1", unet_width=24)
+    old = ORGAN.to_dict()
+    del old["model"]["unet_width"]  # a bundle written before the setting existed
+    assert PipelineConfig.from_dict(old).model.unet_width == 16

@@ -12,6 +12,11 @@ from torch import nn
 UNET_CHANNELS = (16, 32, 64, 128)
 
 
+def unet_channels(width: int) -> tuple[int, ...]:
+    """The UNet's channels per level for a first level of `width` (16: `UNET_CHANNELS`)."""
+    return tuple(width * 2 ** level for level in range(len(UNET_CHANNELS)))
+
+
 class DensePatchNet(nn.Module):
     """A 2D UNet on (N, C, P, P) patches in 0..1. `forward(x)` gives (N,) patch logits (the
     largest pixel logit, so cadx scores it as any patch network); `forward(x, region=r)` the

@@ -8,7 +8,7 @@ from torch import nn
 
 from cadx.config import ModelConfig
 from cadx.errors import ConfigError
-from cadx.models.dense_patch_net import DensePatchNet
+from cadx.models.dense_patch_net import DensePatchNet, unet_channels
 from cadx.models.patch_cnn import PatchCNN
 from cadx.models.pretrained import build_efficientnet_lite
 
@@ -39,5 +39,5 @@ def build_patch_network(config: ModelConfig, patch_size_px: int, in_channels: in
     if config.arch == "table1":
         return PatchCNN(patch_size_px, config.batch_norm, in_channels)
     if config.arch == "unet":
-        return DensePatchNet(patch_size_px, in_channels)
+        return DensePatchNet(patch_size_px, in_channels, unet_channels(config.unet_width))
     return PretrainedPatchNet(config.arch, patch_size_px, in_channels, pretrained)
