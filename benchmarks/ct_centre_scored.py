@@ -19,20 +19,12 @@ Run:
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from bench_ct_learning_curve import (
-    SMALL_MM,
-    generator_diameters,
-    sensitivity_at_specificity,
-    validation_cohort,
-)
+import torch
 from ct_organ_restricted_score import restricted_probabilities
-from rich.progress import track
+from ct_patch_score_variants import run
 
-from cadx.bundle import load_bundle
-from cadx.evaluate.stats import delong_auc_ci, delong_test
+from cadx.bundle import PatchModelBundle
 
 
 def centre_square(size_px: int, stride_px: int) -> np.ndarray:
@@ -44,75 +36,21 @@ def centre_square(size_px: int, stride_px: int) -> np.ndarray:
     return mask
 
 
-def _auc_line(truth: np.ndarray, scores: np.ndarray, reference: np.ndarray | None) -> str:
-    auc = delong_auc_ci(truth, scores)
-    text = f"{auc.estimate:.3f} [{auc.low:.3f}, {auc.high:.3f}]"
-    if reference is not None:
-        diff = delong_test(truth, scores, reference)
-        text += f" ({diff['difference']:+.3f}, p = {diff['p_value']:.2f})"
-    return text
+def organ_and_centre(bundle: PatchModelBundle, model: torch.nn.Module, patches: np.ndarray,
+                     organ: np.ndarray) -> list[np.ndarray]:
+    """Patch probabilities inside the organ (the bundle's score) and inside the organ and the
+    window's centre square (0 where that holds no organ pixel), flip-averaged as the bundle."""
+    in_centre = organ & centre_square(bundle.config.patches.size_px,
+                                      bundle.config.patches.stride_px)
+    probabilities = restricted_probabilities(model, patches, [organ, in_centre],
+                                             bundle.config.decide.test_time_flips,
+                                             bundle.config.train.precision)
+    probabilities[1][~in_centre.any(axis=(1, 2))] = 0.0
+    return probabilities
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="cohort and patch-store cache folder")
-    parser.add_argument("--bundle", action="append", required=True,
-                        help="NAME=BUNDLE (dense, scored inside the organ)")
-    parser.add_argument("--cohorts", default="202:60,303:200",
-                        help="validation SEED:N,... (default %(default)s)")
-    args = parser.parse_args()
-    bundles = {name: load_bundle(path) for name, path in
-               (item.split("=", 1) for item in args.bundle)}
-    if not all(b.config.model.organ_scored for b in bundles.values()):
-        parser.error("every bundle must be dense and scored inside the organ")
-    variants = ("organ", "centre")
-    top1 = {(name, v): [] for name in bundles for v in variants}
-    truth: list[bool] = []
-    diameters: list[float] = []
-    for cohort in args.cohorts.split(","):
-        seed, n = (int(v) for v in cohort.split(":"))
-        cohort_args = argparse.Namespace(data=args.data, val_seed=seed, val_patients=n)
-        cohort_truth = None
-        for name, bundle in bundles.items():
-            folder, cases = validation_cohort(cohort_args, bundle.config)
-            model = bundle.build_model()
-            centre = centre_square(bundle.config.patches.size_px,
-                                   bundle.config.patches.stride_px)
-            for case in track(cases, description=f"{name} {cohort}"):
-                organ = np.asarray(case.patches.organ_masks[:], dtype=bool)
-                in_centre = organ & centre
-                patches = np.asarray(case.patches.patches[:], dtype=np.float32)
-                probabilities = restricted_probabilities(
-                    model, patches, [organ, in_centre],
-                    bundle.config.decide.test_time_flips, bundle.config.train.precision)
-                probabilities[1][~in_centre.any(axis=(1, 2))] = 0.0
-                for v, p in zip(variants, probabilities, strict=True):
-                    top1[(name, v)].append(float(p.max()))
-            ids = [(c.patient_id, c.has_tumour) for c in cases]
-            if cohort_truth is None:
-                cohort_truth = ids
-            elif cohort_truth != ids:
-                raise SystemExit(f"{name}: not the same patients in cohort {cohort}")
-        truth += [has_tumour for _, has_tumour in cohort_truth]
-        size = generator_diameters(folder)
-        diameters += [size[patient_id] for patient_id, _ in cohort_truth]
-    y = np.array(truth, dtype=bool)
-    small = y & (np.array(diameters) < SMALL_MM)
-    in_small_set = small | ~y
-    print(f"{len(y)} validation phantoms ({y.sum()} with tumour, {small.sum()} under 2 cm), "
-          f"cohorts {args.cohorts}, patient score top-1")
-    for name in bundles:
-        base = np.array(top1[(name, "organ")])
-        for v in variants:
-            s = np.array(top1[(name, v)])
-            paired = v != "organ"
-            small_line = _auc_line(small[in_small_set], s[in_small_set],
-                                   base[in_small_set] if paired else None)
-            found, total = sensitivity_at_specificity(y, small, s)
-            print(f"  {name:8s} {v:7s} AUC {_auc_line(y, s, base if paired else None)}  "
-                  f"< 2 cm vs tumour-free {small_line}  SN < 2 cm at SP >= 0.90: "
-                  f"{found}/{total}", flush=True)
+    run(__doc__, ("organ", "centre"), organ_and_centre)
 
 
 if __name__ == "__main__":
