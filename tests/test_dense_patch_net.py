@@ -265,6 +265,11 @@ def test_cli_scores_a_dense_network_inside_the_organ_by_default(tmp_path, capsys
                  "--dice-reduction", "patch"]) == 2
     err = capsys.readouterr().err
     assert "--dice-reduction patch needs a dense" in err and "Traceback" not in err
+    assert main(["train", str(dataset), "--out", str(tmp_path / "t1.cadx"), *common,
+                 "--patch-network", "unet", "--unet-width", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "UNet width must be >= 4" in err and "Traceback" not in err
+    assert not (tmp_path / "t1.cadx").exists()
 
 
 def _trained_weights(train: PatchSet, loss_region: str) -> list[torch.Tensor]:
