@@ -2,7 +2,8 @@
 
 A single 80- or 200-phantom test cohort moves a detector's AUC by several hundredths; pooling
 every fresh test cohort a bundle was evaluated on gives its steadiest test estimate. Reads each
-report's `patients.csv` (patient score, truth, generator diameter), and prints per cohort and
+report's `patients.csv` (patient score, truth, the tumour's longest axial diameter measured on
+its label, as the report's size rows use it), and prints per cohort and
 pooled: patient AUC (DeLong 95 % CI), specificity and sensitivity for tumours under 2 cm and
 under 1 cm at the bundle's own patient threshold (Wilson 95 % CIs), and, descriptively, the
 sensitivity under 2 cm at the thresholds that give specificity 0.85 / 0.90 / 0.93 on the pooled
@@ -30,7 +31,7 @@ SMALL_MM, TINY_MM = 20.0, 10.0
 
 
 def read_report(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Truth, patient scores and generator diameters (nan: no tumour) of one report."""
+    """Truth, patient scores and measured tumour diameters (nan: no tumour) of one report."""
     with open(folder / "patients.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     truth = np.array([r["has_tumour"] == "True" for r in rows])

@@ -9,12 +9,15 @@ from monai.networks.layers import Norm
 from monai.networks.nets import UNet
 from torch import nn
 
-UNET_CHANNELS = (16, 32, 64, 128)
+UNET_LEVELS = 4
 
 
 def unet_channels(width: int) -> tuple[int, ...]:
-    """The UNet's channels per level for a first level of `width` (16: `UNET_CHANNELS`)."""
-    return tuple(width * 2 ** level for level in range(len(UNET_CHANNELS)))
+    """The UNet's channels at each of its levels for `width` at the first, doubled at each."""
+    return tuple(width * 2 ** level for level in range(UNET_LEVELS))
+
+
+UNET_CHANNELS = unet_channels(16)  # 16/32/64/128: `ModelConfig.unet_width`'s default
 
 
 class DensePatchNet(nn.Module):
